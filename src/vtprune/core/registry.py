@@ -1,0 +1,355 @@
+"""Plugin discovery and lookup: entry points -> pluggy hooks -> frozen dicts of stage specs.
+
+Environment variables:
+    VTPRUNE_PLUGINS: comma-separated allow-list of third-party entry-point (or distribution)
+        names; when set, only those load. vtprune's own built-ins always load.
+    VTPRUNE_BLOCK_PLUGINS: comma-separated block-list; these never load (built-ins included).
+    VTPRUNE_STRICT_PLUGINS=1: a plugin that fails to import raises instead of warning.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import ContractError, PluginError, UnknownNameError
+from .schedule import ScheduleFactory
+from .specs import (
+    AllocatorSpec,
+    Capabilities,
+    ScorerSpec,
+    SelectorSpec,
+    StageSpec,
+    StrategySpec,
+    accepted_params,
+)
+from .strategy import Strategy
+
+ENTRY_POINT_GROUP = "vtprune"
+BUILTIN_DISTRIBUTION = "vtprune"
+KINDS: dict[str, type] = {
+    "scorer": ScorerSpec,
+    "allocator": AllocatorSpec,
+    "selector": SelectorSpec,
+    "strategy": StrategySpec,
+}
+_HOOKS = {
+    "scorer": "vtprune_scorers",
+    "allocator": "vtprune_allocators",
+    "selector": "vtprune_selectors",
+    "strategy": "vtprune_strategies",
+}
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin failed to import and was skipped."""
+
+
+@dataclass
+class PluginInfo:
+    """What one plugin is and what it provides (``vtprune plugins`` prints these)."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+    provides: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _env_list(var: str) -> set[str] | None:
+    raw = os.environ.get(var)
+    if raw is None or not raw.strip():
+        return None
+    return {item.strip() for item in raw.split(",") if item.strip()}
+
+
+class Registry:
+    """Holds every registered stage and strategy, keyed by kind and name."""
+
+    def __init__(self) -> None:
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self._pm.add_hookspecs(hookspecs)
+        self._plugins: dict[str, PluginInfo] = {}
+        self._specs: dict[str, dict[str, Any]] | None = None
+        self._sources: dict[tuple[str, str], str] = {}
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def load_entry_points(self) -> None:
+        """Import and register every plugin of the ``vtprune`` entry-point group, one by one.
+
+        A plugin that fails to import is skipped with a :class:`PluginLoadWarning` naming its
+        distribution (``VTPRUNE_STRICT_PLUGINS=1`` turns that into :class:`PluginError`).
+        """
+        allow = _env_list("VTPRUNE_PLUGINS")
+        block = _env_list("VTPRUNE_BLOCK_PLUGINS") or set()
+        strict = os.environ.get("VTPRUNE_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist is not None else "unknown"
+            version = ep.dist.version if ep.dist is not None else "?"
+            if ep.name in block or dist in block:
+                continue
+            if allow is not None and dist != BUILTIN_DISTRIBUTION and not ({ep.name, dist} & allow):
+                continue
+            if ep.name in self._plugins:
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken plugin must not take the others down
+                message = (
+                    f"vtprune plugin {ep.name!r} from distribution {dist!r} {version} failed to "
+                    f"import ({type(exc).__name__}: {exc}); skipped. Fix or uninstall {dist}, "
+                    "or block it with VTPRUNE_BLOCK_PLUGINS."
+                )
+                if strict:
+                    raise PluginError(message) from exc
+                warnings.warn(message, PluginLoadWarning, stacklevel=2)
+                self._plugins[ep.name] = PluginInfo(ep.name, dist, version, ep.value, error=message)
+                continue
+            self.register(plugin, name=ep.name, distribution=dist, version=version)
+
+    def register(
+        self, plugin: Any, name: str | None = None, distribution: str = "local", version: str = ""
+    ) -> None:
+        """Register a plugin object (a module or an instance with ``@hookimpl`` methods)."""
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        if name in self._plugins and self._plugins[name].error is None:
+            raise PluginError(f"a plugin named {name!r} is already registered")
+        self._pm.register(plugin, name=name)
+        module = getattr(plugin, "__name__", type(plugin).__module__)
+        self._plugins[name] = PluginInfo(name, distribution, version, module)
+        self._specs = None
+
+    # -- collected specs ---------------------------------------------------------------------
+
+    def _collect(self) -> dict[str, dict[str, Any]]:
+        if self._specs is not None:
+            return self._specs
+        specs: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+        sources: dict[tuple[str, str], str] = {}
+        for kind, hook_name in _HOOKS.items():
+            hook = getattr(self._pm.hook, hook_name)
+            for impl in reversed(hook.get_hookimpls()):  # registration order
+                info = self._plugins.get(impl.plugin_name)
+                source = f"{info.distribution} (plugin {impl.plugin_name!r})" if info else impl.plugin_name
+                for spec in impl.function() or ():
+                    if not isinstance(spec, KINDS[kind]):
+                        raise PluginError(
+                            f"{hook_name} of {source} returned {type(spec).__name__}; "
+                            f"expected {KINDS[kind].__name__} records"
+                        )
+                    if spec.name in specs[kind]:
+                        raise PluginError(
+                            f"{kind} name {spec.name!r} is registered twice: by "
+                            f"{sources[(kind, spec.name)]} and by {source}. Uninstall or block "
+                            "one of them (VTPRUNE_BLOCK_PLUGINS)."
+                        )
+                    specs[kind][spec.name] = spec
+                    sources[(kind, spec.name)] = source
+                    if info is not None:
+                        info.provides.setdefault(kind, []).append(spec.name)
+        for spec in specs["strategy"].values():
+            for kind in ("scorer", "allocator", "selector"):
+                stage = getattr(spec, kind)
+                if stage not in specs[kind]:
+                    raise PluginError(
+                        f"strategy {spec.name!r} from {sources[('strategy', spec.name)]} uses "
+                        f"{kind} {stage!r}, which no plugin registers"
+                    )
+        self._specs, self._sources = specs, sources
+        return specs
+
+    def names(self, kind: str = "strategy") -> list[str]:
+        """Sorted names registered for ``kind`` (strategy, scorer, allocator or selector)."""
+        if kind not in KINDS:
+            raise UnknownNameError(f"unknown kind {kind!r}; choose from {list(KINDS)}")
+        return sorted(self._collect()[kind])
+
+    def spec(self, kind: str, name: str) -> Any:
+        """The registered record for ``name``; unknown names get close-match suggestions."""
+        table = self._collect()[kind] if kind in KINDS else None
+        if table is None:
+            raise UnknownNameError(f"unknown kind {kind!r}; choose from {list(KINDS)}")
+        if name not in table:
+            close = difflib.get_close_matches(str(name), table, n=3)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise UnknownNameError(
+                f"no {kind} named {name!r}.{hint} Registered {kind} names: "
+                f"{', '.join(sorted(table)) or 'none'}"
+            )
+        return table[name]
+
+    def source(self, kind: str, name: str) -> str:
+        """Which distribution and plugin registered ``name``."""
+        self.spec(kind, name)
+        return self._sources[(kind, name)]
+
+    def plugins(self) -> list[PluginInfo]:
+        self._collect()
+        return sorted(self._plugins.values(), key=lambda p: p.name)
+
+    # -- building strategies -----------------------------------------------------------------
+
+    def get_strategy(self, name: str, **params: Any) -> Strategy:
+        """The registered strategy ``name``, with ``params`` overriding its defaults.
+
+        Each parameter goes to every stage factory (and the schedule factory) that accepts it;
+        a parameter nobody accepts is an error listing the accepted ones.
+        """
+        spec: StrategySpec = self.spec("strategy", name)
+        merged = {**spec.params, **params}
+        return self._build(name, (spec.scorer, spec.allocator, spec.selector), merged, spec.schedule)
+
+    def compose(
+        self,
+        scorer: str,
+        allocator: str,
+        selector: str,
+        name: str | None = None,
+        schedule: str | ScheduleFactory | None = None,
+        **params: Any,
+    ) -> Strategy:
+        """A hybrid strategy from registered stages of (possibly) different strategies.
+
+        ``schedule`` is a strategy name whose default placement to borrow, a schedule factory,
+        or None (prune before the LLM; not allowed when a stage needs attention from inside
+        the LLM).
+        """
+        factory: ScheduleFactory | None
+        if isinstance(schedule, str):
+            factory = self.spec("strategy", schedule).schedule
+        else:
+            factory = schedule
+        label = name or f"{scorer}/{allocator}/{selector}"
+        strategy = self._build(label, (scorer, allocator, selector), params, factory)
+        if factory is None and "attention" in strategy.needs:
+            raise ContractError(
+                f"hybrid {label!r} scores with attention from inside the LLM; pass "
+                "schedule='fastv' (or another strategy name or a schedule factory)"
+            )
+        return strategy
+
+    def _build(
+        self,
+        label: str,
+        stage_names: tuple[str, str, str],
+        params: Mapping[str, Any],
+        schedule: ScheduleFactory | None,
+    ) -> Strategy:
+        stages: list[StageSpec] = [
+            self.spec(kind, stage)
+            for kind, stage in zip(("scorer", "allocator", "selector"), stage_names)
+        ]
+        factories: list[Callable[..., Any]] = [s.factory for s in stages]
+        if schedule is not None:
+            factories.append(schedule)
+        routed: list[dict[str, Any]] = [{} for _ in factories]
+        for key, value in params.items():
+            takers = [i for i, f in enumerate(factories) if _accepts(f, key)]
+            if not takers:
+                accepted = set().union(*(accepted_params(f) or set() for f in factories))
+                accepted -= {"num_layers", "keep"}
+                raise ContractError(
+                    f"strategy {label!r} has no parameter {key!r}; it accepts {sorted(accepted)}"
+                )
+            for i in takers:
+                routed[i][key] = value
+        fns = [s.build(**kw) for s, kw in zip(stages, routed)]
+        if schedule is not None and routed[3]:
+            schedule = functools.partial(schedule, **routed[3])
+        caps = Capabilities()
+        for s in stages:
+            caps = caps | s.capabilities
+        return Strategy(
+            name=label,
+            scorer=fns[0],
+            allocator=fns[1],
+            selector=fns[2],
+            capabilities=caps,
+            stage_names=stage_names,
+            params=dict(params),
+            schedule_factory=schedule,
+        )
+
+
+def _accepts(factory: Callable[..., Any], key: str) -> bool:
+    accepted = accepted_params(factory)
+    return accepted is None or key in accepted
+
+
+_default: Registry | None = None
+
+
+def default_registry() -> Registry:
+    """The process-wide registry, built from the entry points on first use."""
+    global _default
+    if _default is None:
+        registry = Registry()
+        registry.load_entry_points()
+        _default = registry
+    return _default
+
+
+def reload_plugins() -> Registry:
+    """Forget the process-wide registry and rediscover plugins (after installing one)."""
+    global _default
+    _default = None
+    importlib.invalidate_caches()
+    return default_registry()
+
+
+def list_strategies() -> list[str]:
+    """Names of every registered strategy."""
+    return default_registry().names("strategy")
+
+
+def list_stages(kind: str) -> list[str]:
+    """Names of every registered ``scorer``, ``allocator`` or ``selector``."""
+    return default_registry().names(kind)
+
+
+def get_strategy(name: str, **params: Any) -> Strategy:
+    """Build the registered strategy ``name``; see :meth:`Registry.get_strategy`."""
+    return default_registry().get_strategy(name, **params)
+
+
+def compose(
+    scorer: str,
+    allocator: str,
+    selector: str,
+    name: str | None = None,
+    schedule: str | ScheduleFactory | None = None,
+    **params: Any,
+) -> Strategy:
+    """Build a hybrid from registered stages; see :meth:`Registry.compose`."""
+    return default_registry().compose(scorer, allocator, selector, name=name, schedule=schedule, **params)
+
+
+def register(plugin: Any, name: str | None = None) -> None:
+    """Register an in-process plugin (a module or object with ``@vtprune.hookimpl`` functions)."""
+    default_registry().register(plugin, name=name)
+
+
+__all__ = [
+    "Registry",
+    "PluginInfo",
+    "PluginLoadWarning",
+    "default_registry",
+    "reload_plugins",
+    "list_strategies",
+    "list_stages",
+    "get_strategy",
+    "compose",
+    "register",
+]

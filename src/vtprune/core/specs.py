@@ -1,0 +1,147 @@
+"""Typed records that plugins return from their hooks."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from .errors import ContractError
+from .schedule import ScheduleFactory
+from .types import SIGNALS, Allocation, PruneContext, Selection
+
+Scorer = Callable[[PruneContext], torch.Tensor]
+"""``scorer(ctx) -> scores [B, N]`` (float, finite, higher = more worth keeping)."""
+Allocator = Callable[[PruneContext, torch.Tensor], Allocation]
+"""``allocator(ctx, scores) -> Allocation``."""
+Selector = Callable[[PruneContext, torch.Tensor, Allocation], Selection]
+"""``selector(ctx, scores, allocation) -> Selection``."""
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_.+-]*$")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a stage needs and promises. The conformance kit reads these, never names.
+
+    Attributes:
+        needs: optional context signals required (subset of ``vtprune.core.SIGNALS``).
+        deterministic: same inputs (same seed / generator state) give the same output.
+        batch_consistent: a sample's result does not depend on the rest of its batch.
+        merges: the selector returns replacement features (``Selection.features``).
+    """
+
+    needs: frozenset[str] = frozenset()
+    deterministic: bool = True
+    batch_consistent: bool = True
+    merges: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = set(self.needs) - set(SIGNALS)
+        if unknown:
+            raise ContractError(f"unknown signals {sorted(unknown)}; known signals: {list(SIGNALS)}")
+        object.__setattr__(self, "needs", frozenset(self.needs))
+
+    def __or__(self, other: Capabilities) -> Capabilities:
+        return Capabilities(
+            needs=self.needs | other.needs,
+            deterministic=self.deterministic and other.deterministic,
+            batch_consistent=self.batch_consistent and other.batch_consistent,
+            merges=self.merges or other.merges,
+        )
+
+
+def _check_name(kind: str, name: Any) -> None:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ContractError(
+            f"{kind} name {name!r} is invalid: use lower-case letters, digits and _ . + - , "
+            "starting with a letter"
+        )
+
+
+def accepted_params(factory: Callable[..., Any]) -> set[str] | None:
+    """Keyword parameters a factory accepts (None if it takes ``**kwargs``)."""
+    sig = inspect.signature(factory)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return {
+        n for n, p in sig.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A registered stage: a factory taking keyword parameters and returning the stage function.
+
+    ``factory(**params)`` must return a plain callable (see :data:`Scorer`, :data:`Allocator`,
+    :data:`Selector`). Parameters have defaults, documented in the factory's docstring.
+    """
+
+    kind: ClassVar[str] = "stage"
+    name: str
+    factory: Callable[..., Callable[..., Any]]
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name(self.kind, self.name)
+        if not callable(self.factory):
+            raise ContractError(f"{self.kind} {self.name!r}: factory must be callable")
+
+    def build(self, **params: Any) -> Callable[..., Any]:
+        """Call the factory with ``params`` (each must be accepted by it)."""
+        accepted = accepted_params(self.factory)
+        if accepted is not None:
+            unknown = set(params) - accepted
+            if unknown:
+                raise ContractError(
+                    f"{self.kind} {self.name!r} takes no parameter(s) {sorted(unknown)}; "
+                    f"it accepts {sorted(accepted) or 'none'}"
+                )
+        return self.factory(**params)
+
+
+@dataclass(frozen=True)
+class ScorerSpec(StageSpec):
+    kind: ClassVar[str] = "scorer"
+
+
+@dataclass(frozen=True)
+class AllocatorSpec(StageSpec):
+    kind: ClassVar[str] = "allocator"
+
+
+@dataclass(frozen=True)
+class SelectorSpec(StageSpec):
+    kind: ClassVar[str] = "selector"
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A named triple of registered stages with default parameters and a default schedule.
+
+    Attributes:
+        name: the strategy's registry name.
+        scorer, allocator, selector: names of registered stages.
+        params: default parameters, routed to every stage whose factory accepts them.
+        schedule: ``factory(num_layers, keep) -> Schedule``; None means prune before the LLM.
+        description: one line for listings; ``reference``: the paper or code it follows.
+    """
+
+    kind: ClassVar[str] = "strategy"
+    name: str
+    scorer: str
+    allocator: str
+    selector: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    schedule: ScheduleFactory | None = None
+    description: str = ""
+    reference: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("strategy", self.name)
+        object.__setattr__(self, "params", dict(self.params))

@@ -1,0 +1,77 @@
+"""A runnable strategy: three stage functions called in order, with the contract checked."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .budget import Keep
+from .errors import ContractError, MissingSignalError
+from .schedule import Schedule, ScheduleFactory, pre_llm_schedule
+from .specs import Allocator, Capabilities, Scorer, Selector
+from .types import PruneContext, Selection, check_allocation, check_scores, check_selection
+
+
+@dataclass(frozen=True, eq=False)
+class Strategy:
+    """``strategy(ctx) -> Selection``: score, allocate, select.
+
+    Built by :func:`vtprune.get_strategy` or :func:`vtprune.compose`; the stage functions are
+    plain callables (no plugin machinery on the hot path). With ``validate=True`` (default)
+    every stage output is checked against the contract and a violation raises
+    :class:`~vtprune.core.errors.ContractError` naming the stage.
+    """
+
+    name: str
+    scorer: Scorer
+    allocator: Allocator
+    selector: Selector
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    stage_names: tuple[str, str, str] = ("", "", "")
+    params: Mapping[str, Any] = field(default_factory=dict)
+    schedule_factory: ScheduleFactory | None = None
+    validate: bool = True
+
+    def __call__(self, ctx: PruneContext) -> Selection:
+        missing = [s for s in sorted(self.capabilities.needs) if getattr(ctx, s) is None]
+        if missing:
+            raise MissingSignalError(
+                f"strategy {self.name!r} needs the context signal(s) {missing}; pass them to "
+                "PruneContext (a backbone adapter supplies them automatically)"
+            )
+        scores = self.scorer(ctx)
+        if not self.validate:
+            return self.selector(ctx, scores, self.allocator(ctx, scores))
+        scores = _staged("scorer", self.stage_names[0], check_scores, scores, ctx)
+        alloc = _staged("allocator", self.stage_names[1], check_allocation, self.allocator(ctx, scores), ctx)
+        sel = self.selector(ctx, scores, alloc)
+        return _staged("selector", self.stage_names[2], check_selection, sel, ctx, alloc)
+
+    def scores(self, ctx: PruneContext) -> torch.Tensor:
+        """Only the scoring stage (used by pictures and diagnostics)."""
+        return self.scorer(ctx)
+
+    def schedule(self, num_layers: int, keep: Keep) -> Schedule:
+        """This strategy's default placement for a model with ``num_layers`` decoder layers."""
+        factory = self.schedule_factory or pre_llm_schedule
+        schedule = factory(num_layers, keep)
+        schedule.check_depth(num_layers)
+        return schedule
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return self.capabilities.needs
+
+    def __repr__(self) -> str:
+        s, a, c = self.stage_names
+        return f"Strategy({self.name!r}, scorer={s!r}, allocator={a!r}, selector={c!r}, params={dict(self.params)})"
+
+
+def _staged(kind: str, name: str, check: Callable[..., Any], value: Any, *args: Any) -> Any:
+    try:
+        return check(value, *args)
+    except ContractError as err:
+        raise ContractError(f"{kind} {name!r} broke the contract: {err}") from None

@@ -1,0 +1,454 @@
+"""Data passed between the three stages of a pruning decision: score, allocate, select.
+
+Shapes: B samples, N visual tokens per sample on an (h, w) grid (N == h * w), D feature
+channels, R regions. Every record checks itself on construction and raises
+:class:`~vtprune.core.errors.ContractError` saying what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from .budget import Keep, budgets
+from .errors import ContractError
+
+SIGNALS = ("image", "attention", "cls_attention", "text_features")
+"""Optional context signals a stage may declare it needs."""
+
+
+def _expect(cond: bool, message: str) -> None:
+    if not cond:
+        raise ContractError(message)
+
+
+def _check_tensor(name: str, t: Any, dims: int, shape: tuple[int | None, ...] = ()) -> None:
+    _expect(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    _expect(t.dim() == dims, f"{name} must have {dims} dims, got shape {tuple(t.shape)}")
+    for axis, size in enumerate(shape):
+        if size is not None:
+            _expect(
+                t.shape[axis] == size,
+                f"{name} must have size {size} on axis {axis}, got shape {tuple(t.shape)}",
+            )
+
+
+@dataclass(frozen=True, eq=False)
+class PruneContext:
+    """Everything a stage may read. Stages must never modify any tensor in it.
+
+    Attributes:
+        features: visual token features [B, N, D], floating point.
+        grid: token grid (h, w) with h * w == N, raster order (row-major).
+        budget: tokens each sample keeps [B] (long, CPU), 0 <= budget <= valid count.
+        valid: [B, N] bool, False for padding tokens of ragged batches (all True if None).
+        image: the image the vision encoder saw [B, 3, H, W] (float, any range).
+        attention: query->visual attention [B, N] or per head [B, heads, N].
+        cls_attention: [CLS]->visual attention [B, N] or [B, heads, N].
+        text_features: text token features [B, T, D_text].
+        layer: decoder layer index at which pruning happens (None = before the LLM).
+        generator: random generator for stochastic stages (optional).
+        original_count: tokens per sample before any pruning (for in-LLM schedules whose
+            budgets are fractions of the original count); defaults to N.
+    """
+
+    features: torch.Tensor
+    grid: tuple[int, int]
+    budget: torch.Tensor
+    valid: torch.Tensor | None = None
+    image: torch.Tensor | None = None
+    attention: torch.Tensor | None = None
+    cls_attention: torch.Tensor | None = None
+    text_features: torch.Tensor | None = None
+    layer: int | None = None
+    generator: torch.Generator | None = None
+    original_count: int | None = None
+
+    def __post_init__(self) -> None:
+        f = self.features
+        _check_tensor("features", f, 3)
+        _expect(f.is_floating_point(), f"features must be floating point, got {f.dtype}")
+        b, n, _ = f.shape
+        _expect(
+            isinstance(self.grid, tuple)
+            and len(self.grid) == 2
+            and all(isinstance(v, int) and v > 0 for v in self.grid),
+            f"grid must be a tuple (h, w) of positive ints, got {self.grid!r}",
+        )
+        h, w = self.grid
+        _expect(h * w == n, f"grid {h}x{w} has {h * w} cells but features have N={n} tokens")
+        _check_tensor("budget", self.budget, 1, (b,))
+        _expect(
+            self.budget.dtype == torch.long,
+            f"budget must be a long tensor, got {self.budget.dtype}; build it with "
+            "PruneContext.create(..., keep=...) or vtprune.core.budgets()",
+        )
+        if self.valid is not None:
+            _check_tensor("valid", self.valid, 2, (b, n))
+            _expect(self.valid.dtype == torch.bool, f"valid must be bool, got {self.valid.dtype}")
+        counts = self.valid_counts
+        bad = (self.budget < 0) | (self.budget > counts)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ContractError(
+                f"budget of sample {i} is {int(self.budget[i])} but it has "
+                f"{int(counts[i])} valid tokens; budgets must lie in [0, valid count]"
+            )
+        if self.image is not None:
+            _check_tensor("image", self.image, 4, (b, None))
+            _expect(
+                self.image.shape[1] in (1, 3),
+                f"image must be [B, 3, H, W] (or 1 channel), got {tuple(self.image.shape)}",
+            )
+        for name in ("attention", "cls_attention"):
+            a = getattr(self, name)
+            if a is not None:
+                _expect(isinstance(a, torch.Tensor), f"{name} must be a torch.Tensor")
+                _expect(
+                    a.dim() in (2, 3) and a.shape[0] == b and a.shape[-1] == n,
+                    f"{name} must be [B={b}, N={n}] or [B, heads, N], got {tuple(a.shape)}",
+                )
+                _expect(
+                    bool(torch.isfinite(a).all()), f"{name} contains NaN or inf values"
+                )
+        if self.text_features is not None:
+            _check_tensor("text_features", self.text_features, 3, (b,))
+        if self.original_count is not None:
+            _expect(
+                self.original_count >= n,
+                f"original_count={self.original_count} is smaller than N={n}",
+            )
+
+    @classmethod
+    def create(
+        cls,
+        features: torch.Tensor,
+        grid: tuple[int, int] | None = None,
+        keep: Keep | torch.Tensor = 1.0,
+        valid: torch.Tensor | None = None,
+        **signals: Any,
+    ) -> PruneContext:
+        """Build a context from a keep ratio or count (see :func:`vtprune.core.keep_count`).
+
+        ``grid`` defaults to the square grid when N is a perfect square. A ratio is applied to
+        each sample's valid token count.
+        """
+        if not isinstance(features, torch.Tensor) or features.dim() != 3:
+            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else None
+            raise ContractError(f"features must be a [B, N, D] tensor, got shape {shape}")
+        n = features.shape[1]
+        if grid is None:
+            side = int(round(n**0.5))
+            if side * side != n:
+                raise ContractError(
+                    f"N={n} tokens is not a square grid; pass grid=(h, w) with h * w == N"
+                )
+            grid = (side, side)
+        if valid is None:
+            counts = torch.full((features.shape[0],), n, dtype=torch.long)
+        else:
+            _check_tensor("valid", valid, 2, (features.shape[0], n))
+            counts = valid.sum(dim=1).cpu()
+        return cls(
+            features=features, grid=tuple(grid), budget=budgets(keep, counts), valid=valid, **signals
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def valid_counts(self) -> torch.Tensor:
+        """Valid tokens per sample [B] (long, CPU)."""
+        if self.valid is None:
+            return torch.full((self.batch_size,), self.num_tokens, dtype=torch.long)
+        return self.valid.sum(dim=1).cpu().long()
+
+    def valid_mask(self) -> torch.Tensor:
+        """[B, N] bool on the features' device (all True when ``valid`` is None)."""
+        if self.valid is None:
+            return torch.ones(self.features.shape[:2], dtype=torch.bool, device=self.features.device)
+        return self.valid
+
+    def sample(self, i: int) -> PruneContext:
+        """The context of sample ``i`` alone (batch of one), sharing tensors, not copying."""
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[i : i + 1]
+
+        return replace(
+            self,
+            features=self.features[i : i + 1],
+            budget=self.budget[i : i + 1],
+            valid=pick(self.valid),
+            image=pick(self.image),
+            attention=pick(self.attention),
+            cls_attention=pick(self.cls_attention),
+            text_features=pick(self.text_features),
+        )
+
+    def with_budget(self, keep: Keep | torch.Tensor) -> PruneContext:
+        """The same context with a new budget."""
+        return replace(self, budget=budgets(keep, self.valid_counts))
+
+
+def check_scores(scores: Any, ctx: PruneContext) -> torch.Tensor:
+    """Check a scorer's output: a finite floating [B, N] tensor on the features' device."""
+    _check_tensor("scores", scores, 2, (ctx.batch_size, ctx.num_tokens))
+    _expect(scores.is_floating_point(), f"scores must be floating point, got {scores.dtype}")
+    finite = torch.isfinite(scores) | ~ctx.valid_mask()
+    if not bool(finite.all()):
+        b, j = (int(v) for v in (~finite).nonzero()[0])
+        raise ContractError(
+            f"scores must be finite on valid tokens; sample {b}, token {j} is "
+            f"{float(scores[b, j])}. Replace NaN/inf (e.g. torch.nan_to_num) in the scorer."
+        )
+    return scores
+
+
+@dataclass(frozen=True, eq=False)
+class Allocation:
+    """How many tokens each sample keeps, optionally split over regions.
+
+    Attributes:
+        budget: [B] long, tokens kept per sample.
+        regions: [B, N] long region id per token in 0..R-1, -1 for invalid tokens; or None.
+        quotas: [B, R] long tokens kept per region (0 for ids a sample does not use).
+            Quotas are >= 0, never exceed the region's size, and sum to the sample's budget.
+    """
+
+    budget: torch.Tensor
+    regions: torch.Tensor | None = None
+    quotas: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        _check_tensor("allocation.budget", self.budget, 1)
+        _expect(self.budget.dtype == torch.long, "allocation.budget must be a long tensor")
+        _expect(
+            (self.regions is None) == (self.quotas is None),
+            "allocation.regions and allocation.quotas must be given together",
+        )
+        if self.regions is None or self.quotas is None:
+            return
+        b = self.budget.shape[0]
+        _check_tensor("allocation.regions", self.regions, 2, (b,))
+        _check_tensor("allocation.quotas", self.quotas, 2, (b,))
+        _expect(self.regions.dtype == torch.long, "allocation.regions must be a long tensor")
+        _expect(self.quotas.dtype == torch.long, "allocation.quotas must be a long tensor")
+        r = self.quotas.shape[1]
+        _expect(
+            bool(((self.regions >= -1) & (self.regions < r)).all()),
+            f"region ids must lie in [-1, {r - 1}] for quotas with R={r} columns",
+        )
+        _expect(bool((self.quotas >= 0).all()), "quotas must be non-negative")
+        sizes = self.region_sizes()
+        over = self.quotas > sizes
+        if bool(over.any()):
+            i, k = (int(v) for v in over.nonzero()[0])
+            raise ContractError(
+                f"quota {int(self.quotas[i, k])} of region {k} in sample {i} exceeds its "
+                f"size {int(sizes[i, k])}"
+            )
+        totals = self.quotas.sum(dim=1).cpu()
+        mismatch = totals != self.budget.cpu()
+        if bool(mismatch.any()):
+            i = int(mismatch.nonzero()[0, 0])
+            raise ContractError(
+                f"quotas of sample {i} sum to {int(totals[i])} but its budget is "
+                f"{int(self.budget[i])}; quotas must sum exactly to the budget"
+            )
+
+    def region_sizes(self) -> torch.Tensor:
+        """Tokens per region [B, R] (long)."""
+        assert self.regions is not None and self.quotas is not None
+        b, r = self.quotas.shape
+        sizes = torch.zeros(b, r + 1, dtype=torch.long, device=self.regions.device)
+        sizes.scatter_add_(1, self.regions + 1, torch.ones_like(self.regions))
+        return sizes[:, 1:].to(self.quotas.device)
+
+
+PAD_INDEX = -1
+"""Fill value of :attr:`Selection.indices` past a sample's budget in ragged batches."""
+
+
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """The tokens each sample keeps.
+
+    Attributes:
+        indices: [B, K] long, K = max budget. Row b holds ``counts[b]`` unique token indices
+            sorted ascending, then :data:`PAD_INDEX` (-1) padding.
+        counts: [B] long, tokens kept per sample.
+        features: optional replacement features [B, K, D] for the kept slots (merging
+            methods); None means "use the original features of the kept tokens".
+    """
+
+    indices: torch.Tensor
+    counts: torch.Tensor
+    features: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        _check_tensor("selection.indices", self.indices, 2)
+        _expect(self.indices.dtype == torch.long, f"selection.indices must be long, got {self.indices.dtype}")
+        _check_tensor("selection.counts", self.counts, 1, (self.indices.shape[0],))
+        if self.features is not None:
+            _check_tensor("selection.features", self.features, 3, self.indices.shape)
+
+    @classmethod
+    def from_lists(
+        cls, kept: list[torch.Tensor], features: list[torch.Tensor] | None = None, device: Any = None
+    ) -> Selection:
+        """Pack per-sample 1-D index tensors (sorted here) into a padded selection."""
+        counts = torch.tensor([len(k) for k in kept], dtype=torch.long)
+        width = int(counts.max()) if len(kept) else 0
+        dev = device if device is not None else (kept[0].device if kept else None)
+        out = torch.full((len(kept), width), PAD_INDEX, dtype=torch.long, device=dev)
+        feats = None
+        order = []
+        for b, k in enumerate(kept):
+            sorted_k, perm = torch.sort(k.long())
+            order.append(perm)
+            out[b, : len(k)] = sorted_k
+        if features is not None:
+            d = features[0].shape[-1]
+            feats = torch.zeros(len(kept), width, d, dtype=features[0].dtype, device=dev)
+            for b, (f, perm) in enumerate(zip(features, order)):
+                feats[b, : len(perm)] = f[perm]
+        return cls(indices=out, counts=counts, features=feats)
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor, features: torch.Tensor | None = None) -> Selection:
+        """Selection of the True entries of a [B, N] bool mask, in ascending order.
+
+        ``features`` [B, N, D], if given, are gathered at the kept slots as replacements.
+        """
+        _check_tensor("mask", mask, 2)
+        b, n = mask.shape
+        counts = mask.sum(dim=1)
+        width = int(counts.max()) if b else 0
+        pos = torch.arange(n, device=mask.device).expand(b, n)
+        order = torch.where(mask, pos, pos + n).argsort(dim=1)[:, :width]
+        real = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
+        indices = torch.where(real, order, torch.full_like(order, PAD_INDEX))
+        feats = None
+        if features is not None:
+            feats = features.gather(1, order[..., None].expand(-1, -1, features.shape[-1]))
+            feats = feats * real[..., None].to(feats.dtype)
+        return cls(indices=indices, counts=counts.cpu().long(), features=feats)
+
+    @property
+    def kept_mask(self) -> torch.Tensor:
+        """[B, K] bool, True where ``indices`` holds a real index."""
+        k = self.indices.shape[1]
+        return torch.arange(k, device=self.indices.device)[None, :] < self.counts.to(self.indices.device)[:, None]
+
+    def per_sample(self) -> list[torch.Tensor]:
+        """Kept indices of each sample as a list of 1-D tensors."""
+        return [self.indices[b, : int(c)] for b, c in enumerate(self.counts.tolist())]
+
+    def token_mask(self, num_tokens: int) -> torch.Tensor:
+        """[B, N] bool, True for kept tokens."""
+        mask = torch.zeros(self.indices.shape[0], num_tokens + 1, dtype=torch.bool, device=self.indices.device)
+        mask.scatter_(1, torch.where(self.kept_mask, self.indices, num_tokens), True)
+        return mask[:, :num_tokens]
+
+
+def check_selection(sel: Any, ctx: PruneContext, alloc: Allocation | None = None) -> Selection:
+    """Check a selector's output against the context (and the allocation's quotas).
+
+    Raises :class:`ContractError` naming the first broken invariant: count equals budget,
+    indices in range, valid, unique, sorted ascending, padding is -1, quotas respected.
+    """
+    _expect(isinstance(sel, Selection), f"a selector must return a Selection, got {type(sel).__name__}")
+    b = ctx.batch_size
+    _expect(sel.indices.shape[0] == b, f"selection has {sel.indices.shape[0]} rows for B={b} samples")
+    budget = ctx.budget if alloc is None else alloc.budget
+    counts = sel.counts.cpu()
+    if not torch.equal(counts, budget.cpu()):
+        i = int((counts != budget.cpu()).nonzero()[0, 0])
+        raise ContractError(
+            f"sample {i} kept {int(counts[i])} tokens but its budget is {int(budget[i])}"
+        )
+    width = int(budget.max()) if b else 0
+    _expect(
+        sel.indices.shape[1] == width,
+        f"selection.indices must be [B, max budget]=[{b}, {width}], got {tuple(sel.indices.shape)}",
+    )
+    n = ctx.num_tokens
+    real = sel.kept_mask
+    idx = sel.indices
+    _expect(bool((idx[~real] == PAD_INDEX).all()), "padding past a sample's count must be -1")
+    _expect(
+        bool(((idx[real] >= 0) & (idx[real] < n)).all()),
+        f"kept indices must lie in [0, {n - 1}]",
+    )
+    if idx.shape[1] > 1:
+        steps = idx[:, 1:] - idx[:, :-1]
+        both = real[:, 1:]
+        if bool((steps[both] <= 0).any()):
+            i = int((both & (steps <= 0)).nonzero()[0, 0])
+            kind = "duplicate" if bool((both[i] & (steps[i] == 0)).any()) else "unsorted"
+            raise ContractError(
+                f"sample {i}: kept indices must be unique and sorted ascending ({kind}: "
+                f"{idx[i, : int(counts[i])].tolist()[:20]}...)"
+            )
+    kept = sel.token_mask(n)
+    if bool((kept & ~ctx.valid_mask().to(kept.device)).any()):
+        raise ContractError("a kept index points at an invalid (padding) token")
+    if alloc is not None and alloc.regions is not None and alloc.quotas is not None:
+        regions = alloc.regions.to(kept.device)
+        r = alloc.quotas.shape[1]
+        got = torch.zeros(b, r + 1, dtype=torch.long, device=kept.device)
+        got.scatter_add_(1, regions + 1, kept.long())
+        got = got[:, 1:].to(alloc.quotas.device)
+        if not torch.equal(got, alloc.quotas):
+            i, k = (int(v) for v in (got != alloc.quotas).nonzero()[0])
+            raise ContractError(
+                f"sample {i} kept {int(got[i, k])} tokens in region {k} but its quota is "
+                f"{int(alloc.quotas[i, k])}"
+            )
+    if sel.features is not None:
+        f = sel.features
+        _expect(
+            f.shape[2] == ctx.features.shape[2] and f.dtype == ctx.features.dtype,
+            f"selection.features must be [B, K, {ctx.features.shape[2]}] of dtype "
+            f"{ctx.features.dtype}, got {tuple(f.shape)} {f.dtype}",
+        )
+    return sel
+
+
+def check_allocation(alloc: Any, ctx: PruneContext) -> Allocation:
+    """Check an allocator's output: an :class:`Allocation` whose budget equals the context's."""
+    _expect(isinstance(alloc, Allocation), f"an allocator must return an Allocation, got {type(alloc).__name__}")
+    _expect(
+        torch.equal(alloc.budget.cpu(), ctx.budget.cpu()),
+        f"allocation budget {alloc.budget.tolist()} differs from the context budget {ctx.budget.tolist()}",
+    )
+    if alloc.regions is not None:
+        _expect(
+            tuple(alloc.regions.shape) == (ctx.batch_size, ctx.num_tokens),
+            f"allocation.regions must be [B, N]=[{ctx.batch_size}, {ctx.num_tokens}]",
+        )
+        invalid = ~ctx.valid_mask().to(alloc.regions.device)
+        _expect(
+            bool((alloc.regions[invalid] == -1).all()) and bool((alloc.regions[~invalid] >= 0).all()),
+            "allocation.regions must be -1 exactly on invalid tokens and >= 0 on valid ones",
+        )
+    return alloc
+
+
+__all__ = [
+    "SIGNALS",
+    "PAD_INDEX",
+    "PruneContext",
+    "Allocation",
+    "Selection",
+    "check_scores",
+    "check_allocation",
+    "check_selection",
+]
