@@ -1,0 +1,1 @@
+"""Backbone adapters: run pruning schedules inside real models."""

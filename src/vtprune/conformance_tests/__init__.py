@@ -1,0 +1,1 @@
+"""Conformance kit for vtprune strategies (see docs/conformance.md)."""

@@ -1,0 +1,1 @@
+"""pytest plugin of the conformance kit; must not import torch at load time."""
