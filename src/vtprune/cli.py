@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -31,6 +32,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+# Modules that add their own sub-commands: each defines ``add_commands(subparsers)`` and sets
+# ``func`` on its parsers. Imported lazily so that ``vtprune strategies`` stays fast.
+COMMAND_MODULES: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vtprune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_strategies)
     p = sub.add_parser("plugins", help="list plugins: name, distribution, version, what each provides")
     p.set_defaults(func=cmd_plugins)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 
