@@ -143,8 +143,9 @@ class Registry:
             for impl in reversed(hook.get_hookimpls()):  # registration order
                 info = self._plugins.get(impl.plugin_name)
                 source = f"{info.distribution} (plugin {impl.plugin_name!r})" if info else impl.plugin_name
+                spec: Any
                 for spec in impl.function() or ():
-                    if not isinstance(spec, KINDS[kind]):
+                    if not issubclass(type(spec), KINDS[kind]):
                         raise PluginError(
                             f"{hook_name} of {source} returned {type(spec).__name__}; "
                             f"expected {KINDS[kind].__name__} records"

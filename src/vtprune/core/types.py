@@ -151,8 +151,9 @@ class PruneContext:
         else:
             _check_tensor("valid", valid, 2, (features.shape[0], n))
             counts = valid.sum(dim=1).cpu()
+        h, w = grid
         return cls(
-            features=features, grid=tuple(grid), budget=budgets(keep, counts), valid=valid, **signals
+            features=features, grid=(int(h), int(w)), budget=budgets(keep, counts), valid=valid, **signals
         )
 
     @property

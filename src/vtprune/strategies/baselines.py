@@ -15,15 +15,17 @@ from ..core import (
     Allocation,
     ContractError,
     PruneContext,
+    Scorer,
     ScorerSpec,
     Selection,
+    Selector,
     SelectorSpec,
     StrategySpec,
     hookimpl,
 )
 
 
-def make_random(seed: int = 0) -> object:
+def make_random(seed: int = 0) -> Scorer:
     """Scorer ``random``: i.i.d. uniform scores.
 
     Drawn from ``ctx.generator`` when the context has one; otherwise each sample draws from a
@@ -66,7 +68,7 @@ def lattice(h: int, w: int, k: int) -> torch.Tensor:
     return points.sort().values
 
 
-def make_uniform_grid() -> object:
+def make_uniform_grid() -> Selector:
     """Selector ``uniform_grid``: an even lattice of ``budget`` tokens over the grid.
 
     Samples whose tokens are all valid get :func:`lattice`; a ragged sample takes evenly

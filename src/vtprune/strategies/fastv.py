@@ -22,13 +22,14 @@ from ..core import (
     Keep,
     PruneContext,
     Schedule,
+    Scorer,
     ScorerSpec,
     StrategySpec,
     hookimpl,
 )
 
 
-def make_attention() -> object:
+def make_attention() -> Scorer:
     """Scorer ``attention``: ``ctx.attention`` [B, N] or its mean over heads [B, heads, N]."""
 
     def score(ctx: PruneContext) -> torch.Tensor:

@@ -12,10 +12,13 @@ import torch
 
 from ..core import (
     Allocation,
+    Allocator,
     AllocatorSpec,
     PruneContext,
+    Scorer,
     ScorerSpec,
     Selection,
+    Selector,
     SelectorSpec,
     hookimpl,
 )
@@ -51,7 +54,7 @@ def keep_top(priority: torch.Tensor, ctx: PruneContext, alloc: Allocation) -> Se
     return Selection.from_mask(keep & valid)
 
 
-def make_global() -> object:
+def make_global() -> Allocator:
     """Allocator ``global``: one budget per sample, no regions."""
 
     def allocate(ctx: PruneContext, scores: torch.Tensor) -> Allocation:
@@ -60,7 +63,7 @@ def make_global() -> object:
     return allocate
 
 
-def make_topk() -> object:
+def make_topk() -> Selector:
     """Selector ``topk``: the highest-scoring tokens (within each region's quota)."""
 
     def select(ctx: PruneContext, scores: torch.Tensor, alloc: Allocation) -> Selection:
@@ -69,7 +72,7 @@ def make_topk() -> object:
     return select
 
 
-def make_constant() -> object:
+def make_constant() -> Scorer:
     """Scorer ``constant``: every token scores 0 (for selectors that ignore scores)."""
 
     def score(ctx: PruneContext) -> torch.Tensor:
@@ -78,7 +81,7 @@ def make_constant() -> object:
     return score
 
 
-def make_feature_norm() -> object:
+def make_feature_norm() -> Scorer:
     """Scorer ``feature_norm``: L2 norm of each token's feature vector."""
 
     def score(ctx: PruneContext) -> torch.Tensor:
