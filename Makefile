@@ -11,11 +11,11 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile examples/vtprune-example-plugin/pyproject.toml
+$(STAMP): pyproject.toml constraints.txt Makefile examples/vtprune-example-plugin/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel cython numpy
-	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[test,lint]"
+	$(PIP) install -q -c constraints.txt "$(TORCH)"
+	$(PIP) install -q -c constraints.txt -e ".[test,lint]"
 	# fast-slic: optional accelerated SLIC; vtprune falls back to scikit-image without it.
 	$(PIP) install -q --no-build-isolation fast-slic==0.4.0 \
 	  || echo "warning: fast-slic did not build; vtprune will use scikit-image's SLIC"
