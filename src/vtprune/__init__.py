@@ -6,35 +6,45 @@ Quick start::
     strategy = vtprune.get_strategy("uniform")
     ctx = vtprune.PruneContext.create(torch.randn(2, 576, 64), keep=0.25)
     selection = strategy(ctx)          # kept indices [2, 144], sorted per sample
+
+The public names below live in :mod:`vtprune.core` and are imported on first use (PEP 562),
+so that ``import vtprune.<submodule>`` — e.g. the pytest plugin of the conformance kit — does
+not pay for importing torch.
 """
 
-from .core import (
-    PAD_INDEX,
-    Allocation,
-    AllocatorSpec,
-    Capabilities,
-    ContractError,
-    MissingSignalError,
-    PluginError,
-    PruneContext,
-    PrunePoint,
-    Schedule,
-    ScorerSpec,
-    Selection,
-    SelectorSpec,
-    Strategy,
-    StrategySpec,
-    UnknownNameError,
-    VtpruneError,
-    compose,
-    get_strategy,
-    hookimpl,
-    keep_count,
-    list_stages,
-    list_strategies,
-    register,
-    reload_plugins,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .core import (
+        PAD_INDEX,
+        Allocation,
+        AllocatorSpec,
+        Capabilities,
+        ContractError,
+        MissingSignalError,
+        PluginError,
+        PruneContext,
+        PrunePoint,
+        Schedule,
+        ScorerSpec,
+        Selection,
+        SelectorSpec,
+        Strategy,
+        StrategySpec,
+        UnknownNameError,
+        VtpruneError,
+        compose,
+        get_strategy,
+        hookimpl,
+        keep_count,
+        list_stages,
+        list_strategies,
+        register,
+        reload_plugins,
+    )
 
 __version__ = "0.1.0"
 
@@ -45,3 +55,15 @@ __all__ = [
     "compose", "get_strategy", "hookimpl", "keep_count", "list_stages", "list_strategies",
     "register", "reload_plugins", "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        value = getattr(importlib.import_module(".core", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
