@@ -5,6 +5,7 @@ Environment variables:
         names; when set, only those load. vtprune's own built-ins always load.
     VTPRUNE_BLOCK_PLUGINS: comma-separated block-list; these never load (built-ins included).
     VTPRUNE_STRICT_PLUGINS=1: a plugin that fails to import raises instead of warning.
+Names in both lists are compared after PEP 503 normalisation (case, and - _ . alike).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import difflib
 import functools
 import importlib
 import os
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -67,11 +69,16 @@ class PluginInfo:
     error: str | None = None
 
 
+def _normalise(name: str) -> str:
+    """PEP 503 name normalisation: ``Foo_Bar.baz`` and ``foo-bar-baz`` are the same name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _env_list(var: str) -> set[str] | None:
     raw = os.environ.get(var)
     if raw is None or not raw.strip():
         return None
-    return {item.strip() for item in raw.split(",") if item.strip()}
+    return {_normalise(item.strip()) for item in raw.split(",") if item.strip()}
 
 
 class Registry:
@@ -95,14 +102,27 @@ class Registry:
         allow = _env_list("VTPRUNE_PLUGINS")
         block = _env_list("VTPRUNE_BLOCK_PLUGINS") or set()
         strict = os.environ.get("VTPRUNE_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+
+        def order(ep: metadata.EntryPoint) -> tuple[bool, str, str]:  # built-ins first
+            dist = ep.dist.name if ep.dist is not None else "unknown"
+            return (_normalise(dist) != BUILTIN_DISTRIBUTION, ep.name, dist)
+
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=order):
             dist = ep.dist.name if ep.dist is not None else "unknown"
             version = ep.dist.version if ep.dist is not None else "?"
-            if ep.name in block or dist in block:
+            names = {_normalise(ep.name), _normalise(dist)}
+            if names & block:
                 continue
-            if allow is not None and dist != BUILTIN_DISTRIBUTION and not ({ep.name, dist} & allow):
+            if allow is not None and _normalise(dist) != BUILTIN_DISTRIBUTION and not (names & allow):
                 continue
-            if ep.name in self._plugins:
+            # The same distribution seen twice on sys.path loads once; another distribution
+            # reusing an entry-point name gets a qualified plugin name instead of being dropped.
+            name = ep.name
+            existing = self._plugins.get(name)
+            if existing is not None and _normalise(existing.distribution) != _normalise(dist):
+                name = f"{dist}:{ep.name}"
+                existing = self._plugins.get(name)
+            if existing is not None:
                 continue
             try:
                 plugin = ep.load()
@@ -115,9 +135,9 @@ class Registry:
                 if strict:
                     raise PluginError(message) from exc
                 warnings.warn(message, PluginLoadWarning, stacklevel=2)
-                self._plugins[ep.name] = PluginInfo(ep.name, dist, version, ep.value, error=message)
+                self._plugins[name] = PluginInfo(name, dist, version, ep.value, error=message)
                 continue
-            self.register(plugin, name=ep.name, distribution=dist, version=version)
+            self.register(plugin, name=name, distribution=dist, version=version)
 
     def register(
         self, plugin: Any, name: str | None = None, distribution: str = "local", version: str = ""
@@ -138,9 +158,11 @@ class Registry:
             return self._specs
         specs: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
         sources: dict[tuple[str, str], str] = {}
+        for known in self._plugins.values():  # recomputed on every collection, never appended twice
+            known.provides.clear()
         for kind, hook_name in _HOOKS.items():
             hook = getattr(self._pm.hook, hook_name)
-            for impl in reversed(hook.get_hookimpls()):  # registration order
+            for impl in hook.get_hookimpls():  # registration order (pluggy calls them LIFO)
                 info = self._plugins.get(impl.plugin_name)
                 source = f"{info.distribution} (plugin {impl.plugin_name!r})" if info else impl.plugin_name
                 spec: Any
