@@ -3,32 +3,113 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from .core import default_registry
+from .core import Registry, VtpruneError, default_registry
+
+
+def _table(rows: list[list[str]]) -> str:
+    """Left-aligned columns, two spaces apart; the last column is not padded."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]).rstrip() for r in rows
+    )
+
+
+def _dist(source: str) -> str:
+    """The distribution part of :meth:`Registry.source` ("dist (plugin 'name')")."""
+    return source.split(" (", 1)[0]
+
+
+def _needs(registry: Registry, stages: dict[str, str]) -> list[str]:
+    return sorted(set().union(*(registry.spec(k, n).capabilities.needs for k, n in stages.items())))
+
+
+def _strategy_record(registry: Registry, name: str) -> dict[str, Any]:
+    spec = registry.spec("strategy", name)
+    stages = {"scorer": spec.scorer, "allocator": spec.allocator, "selector": spec.selector}
+    schedule = getattr(spec.schedule, "__name__", repr(spec.schedule)) if spec.schedule else None
+    return {
+        "name": name,
+        **stages,
+        "params": dict(spec.params),
+        "schedule": schedule or "pre-LLM",
+        "needs": _needs(registry, stages),
+        "description": spec.description,
+        "reference": spec.reference,
+        "source": registry.source("strategy", name),
+    }
+
+
+def _stage_record(registry: Registry, kind: str, name: str) -> dict[str, Any]:
+    spec = registry.spec(kind, name)
+    caps = spec.capabilities
+    return {
+        "name": name,
+        "needs": sorted(caps.needs),
+        "deterministic": caps.deterministic,
+        "batch_consistent": caps.batch_consistent,
+        "merges": caps.merges,
+        "description": spec.description,
+        "source": registry.source(kind, name),
+    }
 
 
 def cmd_strategies(args: argparse.Namespace) -> int:
-    registry = default_registry()
-    for name in registry.names("strategy"):
-        spec = registry.spec("strategy", name)
-        stages = f"{spec.scorer} / {spec.allocator} / {spec.selector}"
-        print(f"{name:<24} {stages:<44} {spec.description}")
-    if args.stages:
-        for kind in ("scorer", "allocator", "selector"):
-            print(f"\n{kind}s:")
-            for name in registry.names(kind):
-                print(f"  {name:<22} {registry.spec(kind, name).description}")
+    """``vtprune strategies [--stages] [--json]``: every registered strategy (and stage)."""
+    try:
+        registry = default_registry()
+        records = [_strategy_record(registry, n) for n in registry.names("strategy")]
+        stages = {
+            kind: [_stage_record(registry, kind, n) for n in registry.names(kind)]
+            for kind in ("scorer", "allocator", "selector")
+        } if args.stages else None
+    except VtpruneError as err:
+        print(f"vtprune: error: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        out: dict[str, Any] = {"strategies": records}
+        if stages is not None:
+            out["stages"] = stages
+        print(json.dumps(out, indent=2, default=repr))
+        return 0
+    rows = [["strategy", "scorer / allocator / selector", "schedule", "needs", "from", "description"]]
+    for r in records:
+        stage_names = f"{r['scorer']} / {r['allocator']} / {r['selector']}"
+        needs = ",".join(r["needs"]) or "-"
+        rows.append([r["name"], stage_names, r["schedule"], needs, _dist(r["source"]), r["description"]])
+    print(_table(rows))
+    for kind, items in (stages or {}).items():
+        rows = [[f"{kind}s:", "needs", "from", "description"]]
+        for st in items:
+            needs = ",".join(st["needs"]) or "-"
+            rows.append([f"  {st['name']}", needs, _dist(st["source"]), st["description"]])
+        print()
+        print(_table(rows))
     return 0
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    for info in default_registry().plugins():
+    """``vtprune plugins [--json]``: every plugin: name, distribution, version, what it provides."""
+    try:
+        infos = default_registry().plugins()
+    except VtpruneError as err:
+        print(f"vtprune: error: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
+        return 0
+    rows = [["plugin", "distribution", "version", "provides"]]
+    for info in infos:
         provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(info.provides.items()))
         status = f"FAILED: {info.error}" if info.error else provides or "(nothing)"
-        print(f"{info.name:<16} {info.distribution} {info.version:<10} {status}")
+        rows.append([info.name, info.distribution, info.version, status])
+    print(_table(rows))
     return 0
 
 
@@ -42,8 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("strategies", help="list registered strategies")
     p.add_argument("--stages", action="store_true", help="also list every registered stage")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_strategies)
     p = sub.add_parser("plugins", help="list plugins: name, distribution, version, what each provides")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_plugins)
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_commands(sub)
