@@ -1,0 +1,282 @@
+"""Third-party plugin discovery, end to end: real installs into a temporary directory.
+
+The example plugin (``examples/vtprune-example-plugin``) is pip-installed once per session into
+a temporary ``--target`` directory; small fake distributions (a ``*.dist-info`` with
+``METADATA`` and ``entry_points.txt`` plus a module) are written next to it by hand. Every
+check runs in a subprocess with ``PYTHONPATH`` pointing there, so the project venv is never
+touched and each process discovers plugins from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "vtprune-example-plugin"
+EXAMPLE_DIST = "vtprune-example-plugin"
+PLUGIN_ENV = ("VTPRUNE_PLUGINS", "VTPRUNE_BLOCK_PLUGINS", "VTPRUNE_STRICT_PLUGINS")
+
+
+def write_fake_dist(
+    target: Path, dist: str, version: str, entry_points: dict[str, str], modules: dict[str, str]
+) -> None:
+    """A minimal installed distribution: ``{dist}-{version}.dist-info`` plus its modules."""
+    info = target / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    lines = "".join(f"{name} = {module}\n" for name, module in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[vtprune]\n{lines}")
+    for module, source in modules.items():
+        (target / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+BROKEN_MODULE = """
+    import vtprune_dependency_that_is_not_installed  # noqa: F401  (simulated broken plugin)
+"""
+
+RIVAL_MODULE = """
+    import vtprune
+
+    @vtprune.hookimpl
+    def vtprune_strategies():
+        return [vtprune.StrategySpec("center_saliency", "random", "global", "topk")]
+"""
+
+# A plugin whose entry-point *name* equals a built-in one ("stages"): it must still load.
+SAME_EP_NAME_MODULE = """
+    import vtprune
+
+    @vtprune.hookimpl
+    def vtprune_strategies():
+        return [vtprune.StrategySpec("norm_topk", "feature_norm", "global", "topk",
+                                     description="largest feature norms")]
+"""
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example plugin installed (no deps, no network) into a temporary target directory.
+
+    pip builds in the source tree, so it builds from a copy to keep the checkout clean.
+    """
+    base = tmp_path_factory.mktemp("plugins")
+    source = base / "source"
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    target = base / "site"
+    cmd = [
+        sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+        "--no-index", "--disable-pip-version-check", "--target", str(target), str(source),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"installing the example plugin failed:\n{done.stderr}"
+    return target
+
+
+@pytest.fixture(scope="session")
+def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A distribution whose plugin module fails to import, and one reusing the name 'stages'."""
+    target = tmp_path_factory.mktemp("broken")
+    write_fake_dist(
+        target, "vtprune-broken-plugin", "0.3.0",
+        {"broken": "vtprune_broken_plugin"}, {"vtprune_broken_plugin": BROKEN_MODULE},
+    )
+    write_fake_dist(
+        target, "vtprune-same-ep-name", "2.0.0",
+        {"stages": "vtprune_same_ep_name"}, {"vtprune_same_ep_name": SAME_EP_NAME_MODULE},
+    )
+    return target
+
+
+def run_python(code: str, paths: list[Path], **env: str) -> dict:
+    """Run ``code`` in a fresh interpreter with ``PYTHONPATH=paths``; it prints one JSON object."""
+    full_env = {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
+    full_env.update(env)
+    full_env["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, env=full_env, timeout=300,
+    )
+    assert done.returncode == 0, f"subprocess failed:\n{done.stdout}\n{done.stderr}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+DISCOVER = """
+    import contextlib, io, json, warnings
+    import torch
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import vtprune
+        strategies = vtprune.list_strategies()
+    from vtprune.cli import main
+    text, js = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(text):
+        main(["plugins"])
+    with contextlib.redirect_stdout(js):
+        main(["plugins", "--json"])
+
+    # A hybrid: the plugin's scorer, built-in allocator and selector, FastV's placement.
+    hybrid = vtprune.compose("center_saliency", "global", "topk", schedule="fastv",
+                             center_weight=0.5)
+    torch.manual_seed(0)
+    ctx = vtprune.PruneContext.create(torch.randn(2, 48, 16), grid=(6, 8), keep=0.25)
+    kept = hybrid(ctx)
+    scores = vtprune.get_strategy("center_saliency", center_weight=0.5).scores(ctx)
+    expected = scores.topk(12, dim=1).indices.sort(dim=1).values
+    print(json.dumps({
+        "strategies": strategies,
+        "scorers": vtprune.list_stages("scorer"),
+        "warnings": [str(w.message) for w in caught
+                     if type(w.message).__name__ == "PluginLoadWarning"],
+        "plugins_text": text.getvalue(),
+        "plugins_json": json.loads(js.getvalue()),
+        "hybrid": {"repr": repr(hybrid), "kept": kept.indices.tolist(),
+                   "expected": expected.tolist(),
+                   "schedule": [[p.layer, p.keep] for p in hybrid.schedule(4, 0.5).points]},
+    }))
+"""
+
+
+@pytest.fixture(scope="module")
+def discovered(site: Path, broken_site: Path) -> dict:
+    return run_python(DISCOVER, [site, broken_site])
+
+
+def test_entry_point_discovery_finds_the_example_strategy_and_stage(discovered: dict) -> None:
+    assert "center_saliency" in discovered["strategies"]
+    assert "center_saliency" in discovered["scorers"]
+    assert {"random", "uniform", "fastv"} <= set(discovered["strategies"])  # built-ins too
+
+
+def test_plugin_reusing_a_builtin_entry_point_name_still_loads(discovered: dict) -> None:
+    assert "norm_topk" in discovered["strategies"]
+
+
+def test_broken_plugin_warns_naming_its_distribution_and_others_load(discovered: dict) -> None:
+    (message,) = discovered["warnings"]
+    assert "vtprune-broken-plugin" in message and "0.3.0" in message
+    assert "vtprune_dependency_that_is_not_installed" in message
+    assert "VTPRUNE_BLOCK_PLUGINS" in message  # tells the user what to do
+    assert "center_saliency" in discovered["strategies"]
+
+
+def test_plugins_listing_shows_name_version_distribution_and_provides(discovered: dict) -> None:
+    by_dist = {p["distribution"]: p for p in discovered["plugins_json"]}
+    example = by_dist[EXAMPLE_DIST]
+    assert example["name"] == "center_saliency"
+    assert example["version"] == "0.1.0"
+    assert example["module"] == "vtprune_example.plugin"
+    assert example["provides"] == {"scorer": ["center_saliency"], "strategy": ["center_saliency"]}
+    assert example["error"] is None
+    assert by_dist["vtprune-broken-plugin"]["error"]
+    line = next(ln for ln in discovered["plugins_text"].splitlines() if EXAMPLE_DIST in ln)
+    for part in ("center_saliency", "0.1.0", "scorer: center_saliency", "strategy: center_saliency"):
+        assert part in line
+    broken = next(ln for ln in discovered["plugins_text"].splitlines() if "broken" in ln)
+    assert "FAILED" in broken
+
+
+def test_hybrid_of_plugin_stage_and_builtin_stages(discovered: dict) -> None:
+    hybrid = discovered["hybrid"]
+    assert "scorer='center_saliency'" in hybrid["repr"] and "selector='topk'" in hybrid["repr"]
+    assert hybrid["kept"] == hybrid["expected"]  # top-12 of the plugin's scores, ascending
+    assert hybrid["schedule"] == [[2, 0.5]]  # borrowed FastV's placement: before layer 2
+
+
+def test_strict_mode_turns_a_broken_plugin_into_an_error(site: Path, broken_site: Path) -> None:
+    out = run_python(
+        """
+        import json, vtprune
+        try:
+            vtprune.list_strategies()
+            print(json.dumps({"error": None}))
+        except vtprune.PluginError as err:
+            print(json.dumps({"error": str(err)}))
+        """,
+        [site, broken_site],
+        VTPRUNE_STRICT_PLUGINS="1",
+    )
+    assert out["error"] is not None and "vtprune-broken-plugin" in out["error"]
+
+
+ENV_SCENARIOS = """
+    import json, os, warnings
+    import vtprune
+    results = {}
+    for label, env in [
+        ("allow_example", {"VTPRUNE_PLUGINS": "vtprune-example-plugin"}),
+        ("allow_by_entry_point", {"VTPRUNE_PLUGINS": "center_saliency"}),
+        ("allow_normalised", {"VTPRUNE_PLUGINS": "Vtprune_Example.Plugin"}),
+        ("allow_other", {"VTPRUNE_PLUGINS": "something-else"}),
+        ("block_broken", {"VTPRUNE_BLOCK_PLUGINS": "vtprune-broken-plugin"}),
+        ("block_both", {"VTPRUNE_BLOCK_PLUGINS": "broken, vtprune-example-plugin"}),
+    ]:
+        for var in ("VTPRUNE_PLUGINS", "VTPRUNE_BLOCK_PLUGINS"):
+            os.environ.pop(var, None)
+        os.environ.update(env)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            registry = vtprune.reload_plugins()
+        results[label] = {
+            "strategies": registry.names("strategy"),
+            "dists": sorted({p.distribution for p in registry.plugins()}),
+            "warnings": len([w for w in caught
+                             if type(w.message).__name__ == "PluginLoadWarning"]),
+        }
+    print(json.dumps(results))
+"""
+
+
+def test_allow_and_block_lists(site: Path, broken_site: Path) -> None:
+    r = run_python(ENV_SCENARIOS, [site, broken_site])
+    builtins = {"random", "uniform", "fastv"}
+    for label in ("allow_example", "allow_by_entry_point", "allow_normalised"):
+        assert "center_saliency" in r[label]["strategies"], label
+        assert r[label]["warnings"] == 0, label  # the broken plugin was never imported
+        assert "vtprune-same-ep-name" not in r[label]["dists"], label
+        assert builtins <= set(r[label]["strategies"]), label  # built-ins always load
+    assert "center_saliency" not in r["allow_other"]["strategies"]
+    assert builtins <= set(r["allow_other"]["strategies"])
+    assert r["allow_other"]["warnings"] == 0
+    assert r["block_broken"]["warnings"] == 0
+    assert {"center_saliency", "norm_topk"} <= set(r["block_broken"]["strategies"])
+    assert r["block_both"]["warnings"] == 0
+    assert "center_saliency" not in r["block_both"]["strategies"]
+    assert "norm_topk" in r["block_both"]["strategies"]
+
+
+def test_two_distributions_registering_one_strategy_name_is_an_error_naming_both(
+    site: Path, tmp_path: Path
+) -> None:
+    write_fake_dist(
+        tmp_path, "vtprune-rival-plugin", "1.2.0",
+        {"rival": "vtprune_rival_plugin"}, {"vtprune_rival_plugin": RIVAL_MODULE},
+    )
+    out = run_python(
+        """
+        import json, vtprune
+        try:
+            vtprune.list_strategies()
+            print(json.dumps({"error": None}))
+        except vtprune.PluginError as err:
+            print(json.dumps({"error": str(err)}))
+        """,
+        [site, tmp_path],
+    )
+    assert out["error"] is not None
+    assert "'center_saliency'" in out["error"]
+    assert EXAMPLE_DIST in out["error"] and "vtprune-rival-plugin" in out["error"]
+    # Blocking one of them resolves it.
+    out = run_python(
+        "import json, vtprune; print(json.dumps({'n': vtprune.list_strategies()}))",
+        [site, tmp_path],
+        VTPRUNE_BLOCK_PLUGINS="vtprune-rival-plugin",
+    )
+    assert "center_saliency" in out["n"]
