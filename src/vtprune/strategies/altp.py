@@ -1,0 +1,463 @@
+"""ALTP (arXiv 2503.23959) — our reconstruction; see docs/altp.md for what is the paper's and
+what is ours.
+
+Stages, each registered on its own so hybrids can reuse them:
+
+- scorer ``distinct``: 1 - cosine of each token to its sample's mean valid feature.
+- allocator ``ddc`` (Detail Density Capture): SLIC superpixels of ``ctx.image`` mapped onto the
+  token grid are the regions; every non-empty region gets ``min_quota`` tokens (densest regions
+  first when the budget is too small for all); the rest of the budget goes to regions in
+  proportion to their size.
+- allocator ``ddf`` (Dynamic Density Formation): DDC's regions and minimum quotas, the rest in
+  proportion to density x size ("information mass"), density = ``"dispersion"`` (default),
+  ``"gradient"``, ``"score"`` or ``"size"``.
+- selector ``spread``: inside each region, farthest-point sampling on cosine distance of the
+  features, starting from the region's best-scoring token; honours quotas exactly.
+
+Strategies: ``altp`` = distinct + ddf + spread; ``altp_ddc`` = distinct + ddc + spread. Both
+prune before the LLM (the default schedule), survivors keep their original positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core import (
+    Allocation,
+    Allocator,
+    AllocatorSpec,
+    Capabilities,
+    ContractError,
+    PruneContext,
+    Scorer,
+    ScorerSpec,
+    Selection,
+    Selector,
+    SelectorSpec,
+    StrategySpec,
+    hookimpl,
+)
+from .superpixels import BACKENDS, normalise_image, resolve_backend, token_regions
+
+DENSITIES = ("dispersion", "gradient", "score", "size")
+
+
+# -- scorer -------------------------------------------------------------------------------------
+
+
+def make_distinct() -> Scorer:
+    """Scorer ``distinct``: 1 - cosine similarity of each token to the mean of its sample's
+    valid token features, in [0, 2]. Signal-free; invalid tokens score 0."""
+
+    def score(ctx: PruneContext) -> torch.Tensor:
+        f = F.normalize(ctx.features.float(), dim=-1)  # [B, N, D]
+        valid = ctx.valid_mask().to(f.device)
+        mean = (f * valid[..., None]).sum(dim=1)  # [B, D]
+        mean = F.normalize(mean, dim=-1)
+        out = 1.0 - torch.einsum("bnd,bd->bn", f, mean)
+        return torch.where(valid, out, torch.zeros_like(out))
+
+    return score
+
+
+# -- quota arithmetic (pure numpy, one sample) ---------------------------------------------------
+
+
+def _proportional(total: int, weight: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """Split ``total`` units over regions in proportion to ``weight`` with per-region caps.
+
+    Water-filling: a region whose share reaches its cap is fixed at the cap and the rest is
+    re-split among the others; then largest-remainder rounding (ties: larger weight, then
+    lower id). If every region with weight is full, the rest goes in proportion to the spare
+    capacity. Requires 0 <= total <= cap.sum(). Returns int64 [R], summing to ``total``.
+    """
+    r = cap.shape[0]
+    ideal = np.zeros(r, dtype=np.float64)
+    fixed = np.zeros(r, dtype=bool)
+    wt = np.where(cap > 0, weight, 0.0).astype(np.float64)
+    remaining = float(total)
+    while remaining > 0:
+        act = ~fixed & (cap > 0) & (wt > 0)
+        if not act.any():  # all weighted regions are full: fall back to spare capacity
+            wt = np.where(~fixed & (cap > 0), cap, 0).astype(np.float64)
+            act = wt > 0
+            if not act.any():
+                break
+        share = np.zeros(r, dtype=np.float64)
+        share[act] = remaining * wt[act] / wt[act].sum()
+        over = act & (share >= cap)
+        if not over.any():
+            ideal[act] = share[act]
+            break
+        ideal[over] = cap[over]
+        fixed |= over
+        remaining = float(total) - float(cap[fixed].sum())
+    quotas = np.minimum(np.floor(ideal + 1e-9).astype(np.int64), cap)
+    left = int(total - quotas.sum())
+    if left > 0:
+        frac = ideal - quotas
+        eligible = quotas < cap
+        # sort by (eligible, fraction, weight) descending, then id ascending
+        order = np.lexsort((np.arange(r), -wt, -frac, ~eligible))
+        quotas[order[:left]] += 1
+    if quotas.sum() != total or (quotas > cap).any():  # pragma: no cover - arithmetic guard
+        raise ContractError(f"internal error: quotas {quotas} do not split {total} under caps {cap}")
+    return quotas
+
+
+def allocate_quotas(
+    sizes: np.ndarray,
+    density: np.ndarray,
+    budget: int,
+    min_quota: int = 1,
+    proportional_to: str = "mass",
+) -> np.ndarray:
+    """Tokens per region for one sample (int64 [R]); the DDC/DDF rule.
+
+    1. Every non-empty region gets ``min(min_quota, size)``. If that exceeds ``budget``, regions
+       are served in order of decreasing density (ties: larger, then lower id) until the
+       budget is spent, and the rest get 0.
+    2. The remaining budget is split by :func:`_proportional` with caps ``size - base`` and
+       weights ``density * size`` (``proportional_to="mass"``, DDF) or ``size`` (``"size"``,
+       DDC).
+
+    Quotas sum exactly to ``budget`` and never exceed a region's size.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    density = np.asarray(density, dtype=np.float64)
+    if budget < 0 or budget > int(sizes.sum()):
+        raise ContractError(f"budget {budget} must lie in [0, {int(sizes.sum())}] (total region size)")
+    if min_quota < 0:
+        raise ContractError(f"min_quota must be >= 0, got {min_quota}")
+    r = sizes.shape[0]
+    base = np.minimum(int(min_quota), sizes)
+    if int(base.sum()) >= budget:
+        order = np.lexsort((np.arange(r), -sizes, -density))
+        before = np.cumsum(base[order]) - base[order]
+        quotas = np.zeros(r, dtype=np.int64)
+        quotas[order] = np.clip(budget - before, 0, base[order])
+        return quotas
+    weight = density * sizes if proportional_to == "mass" else sizes.astype(np.float64)
+    return base + _proportional(budget - int(base.sum()), weight, sizes - base)
+
+
+# -- densities (one sample) -----------------------------------------------------------------------
+
+
+def _region_mean(values: torch.Tensor, regions: torch.Tensor, r: int) -> torch.Tensor:
+    """Mean of ``values`` [M] per region id in 0..r-1 (``regions`` [M])."""
+    total = torch.zeros(r, dtype=torch.float64).index_add_(0, regions, values.double())
+    count = torch.bincount(regions, minlength=r).clamp_min(1)
+    return total / count
+
+
+def dispersion(features: torch.Tensor, regions: torch.Tensor, r: int) -> torch.Tensor:
+    """Mean (1 - cosine to the region's mean direction) of each region's tokens [r].
+
+    ``features`` [M, D] and ``regions`` [M] of the valid tokens of one sample.
+    """
+    f = F.normalize(features.float(), dim=-1)
+    sums = torch.zeros(r, f.shape[1], dtype=f.dtype).index_add_(0, regions, f)
+    centre = F.normalize(sums, dim=-1)[regions]  # [M, D]
+    return _region_mean(1.0 - (f * centre).sum(dim=-1), regions, r).clamp_min(0.0)
+
+
+def token_gradient_energy(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Mean squared gradient of the (normalised, grey) image inside each token patch [h * w]."""
+    grey = normalise_image(image).astype(np.float32).mean(axis=2) / 255.0  # [H, W]
+    gy = np.zeros_like(grey)
+    gx = np.zeros_like(grey)
+    gy[:-1] = np.diff(grey, axis=0)
+    gx[:, :-1] = np.diff(grey, axis=1)
+    energy = torch.from_numpy(gy * gy + gx * gx)[None, None]
+    return F.adaptive_avg_pool2d(energy, grid).flatten()
+
+
+def region_density(
+    kind: str,
+    ctx: PruneContext,
+    b: int,
+    regions: torch.Tensor,
+    valid: torch.Tensor,
+    r: int,
+    scores: torch.Tensor,
+) -> np.ndarray:
+    """Density [r] >= 0 of each region of sample ``b``. ``regions`` [N] (-1 invalid)."""
+    reg = regions[valid]
+    if kind == "size":
+        return np.ones(r)
+    if kind == "dispersion":
+        d = dispersion(ctx.features[b].detach().cpu()[valid], reg, r)
+    elif kind == "gradient":
+        assert ctx.image is not None
+        d = _region_mean(token_gradient_energy(ctx.image[b], ctx.grid)[valid], reg, r)
+    elif kind == "score":
+        s = scores[b].detach().cpu().double()[valid]
+        d = _region_mean(s - s.min(), reg, r)
+    else:
+        raise ContractError(f"density must be one of {list(DENSITIES)}, got {kind!r}")
+    return np.nan_to_num(d.numpy(), nan=0.0)
+
+
+# -- allocators ----------------------------------------------------------------------------------
+
+
+def _check_params(
+    n_segments: int | None, segment_ratio: float, compactness: float, min_quota: int, density: str, backend: str
+) -> None:
+    if n_segments is not None and (
+        not isinstance(n_segments, int) or isinstance(n_segments, bool) or n_segments < 1
+    ):
+        raise ContractError(f"n_segments must be a positive int or None (auto), got {n_segments!r}")
+    if not (isinstance(segment_ratio, (int, float)) and 0 < segment_ratio <= 16):
+        raise ContractError(f"segment_ratio must be a number in (0, 16], got {segment_ratio!r}")
+    if not (isinstance(compactness, (int, float)) and compactness > 0):
+        raise ContractError(f"compactness must be > 0, got {compactness!r}")
+    if not isinstance(min_quota, int) or isinstance(min_quota, bool) or min_quota < 0:
+        raise ContractError(f"min_quota must be an int >= 0, got {min_quota!r}")
+    if density not in DENSITIES:
+        raise ContractError(f"density must be one of {list(DENSITIES)}, got {density!r}")
+    if backend not in BACKENDS:
+        raise ContractError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+
+
+def segments_for(budget: int, valid_count: int, n_segments: int | None, segment_ratio: float) -> int:
+    """SLIC segments asked for: ``n_segments``, or ``round(segment_ratio * budget)`` when None;
+    at least 1 and at most the number of valid tokens."""
+    n = n_segments if n_segments is not None else int(round(segment_ratio * budget))
+    return max(1, min(n, max(valid_count, 1)))
+
+
+def make_region_allocator(
+    proportional_to: str,
+    n_segments: int | None,
+    segment_ratio: float,
+    compactness: float,
+    min_quota: int,
+    density: str,
+    backend: str,
+) -> Allocator:
+    """Shared body of ``ddc`` (``proportional_to="size"``) and ``ddf`` (``"mass"``)."""
+    _check_params(n_segments, segment_ratio, compactness, min_quota, density, backend)
+    resolve_backend(backend)  # fail at build time if a named backend is missing
+
+    def allocate(ctx: PruneContext, scores: torch.Tensor) -> Allocation:
+        if ctx.image is None:
+            raise ContractError(
+                "the DDC/DDF allocators need ctx.image (the image the vision encoder saw)"
+            )
+        bsz, n = ctx.batch_size, ctx.num_tokens
+        valid_all = ctx.valid_mask().detach().cpu()
+        budgets = ctx.budget.cpu().tolist()
+        rows: list[torch.Tensor] = []
+        quotas: list[np.ndarray] = []
+        for b in range(bsz):
+            valid = valid_all[b]
+            count = int(valid.sum())
+            k = int(budgets[b])
+            if k == 0 or k == count:  # nothing to choose: one region holding every valid token
+                reg = torch.where(valid, 0, -1).long()
+                rows.append(reg)
+                quotas.append(np.array([k], dtype=np.int64))
+                continue
+            segs = segments_for(k, count, n_segments, segment_ratio)
+            reg = token_regions(ctx.image[b], ctx.grid, segs, valid, compactness, backend)
+            r = int(reg.max()) + 1
+            sizes = torch.bincount(reg[valid], minlength=r).numpy()
+            dens = region_density(density, ctx, b, reg, valid, r, scores)
+            quotas.append(allocate_quotas(sizes, dens, k, min_quota, proportional_to))
+            rows.append(reg)
+        width = max(1, max(len(q) for q in quotas))
+        q = torch.zeros(bsz, width, dtype=torch.long)
+        for b, qb in enumerate(quotas):
+            q[b, : len(qb)] = torch.from_numpy(qb)
+        dev = ctx.features.device
+        regions = torch.stack(rows) if rows else torch.zeros(0, n, dtype=torch.long)
+        return Allocation(budget=ctx.budget.clone(), regions=regions.to(dev), quotas=q.to(dev))
+
+    return allocate
+
+
+def make_ddc(
+    n_segments: int | None = None,
+    segment_ratio: float = 0.5,
+    compactness: float = 10.0,
+    min_quota: int = 1,
+    density: str = "dispersion",
+    backend: str = "auto",
+) -> Allocator:
+    """Allocator ``ddc``: superpixel regions, ``min_quota`` per region, rest by region size.
+
+    Args:
+        n_segments: SLIC segments; None = ``round(segment_ratio * budget)`` per sample.
+        segment_ratio: segments per kept token when ``n_segments`` is None (default 0.5).
+        compactness: SLIC compactness (default 10; colour vs space trade-off).
+        min_quota: tokens every region keeps while the budget allows (default 1).
+        density: ranks regions when they outnumber the budget (default ``"dispersion"``).
+        backend: ``"auto"`` (fast-slic if installed, else scikit-image), ``"fast_slic"``,
+            ``"skimage"``.
+    """
+    return make_region_allocator("size", n_segments, segment_ratio, compactness, min_quota, density, backend)
+
+
+def make_ddf(
+    n_segments: int | None = None,
+    segment_ratio: float = 0.5,
+    compactness: float = 10.0,
+    min_quota: int = 1,
+    density: str = "dispersion",
+    backend: str = "auto",
+) -> Allocator:
+    """Allocator ``ddf``: DDC's regions and minimum quotas, the rest of the budget in proportion
+    to density x region size, largest-remainder rounding, no quota above its region's size.
+
+    ``density``: ``"dispersion"`` (default; mean 1 - cosine of the region's token features to
+    their mean direction), ``"gradient"`` (mean squared pixel gradient inside the region),
+    ``"score"`` (mean scorer output, shifted to >= 0), ``"size"`` (= DDC). Other parameters
+    as :func:`make_ddc`.
+    """
+    return make_region_allocator("mass", n_segments, segment_ratio, compactness, min_quota, density, backend)
+
+
+# -- selector ----------------------------------------------------------------------------------
+
+
+def _group_pick(key: torch.Tensor, tie: torch.Tensor, eligible: torch.Tensor, group: torch.Tensor, g: int) -> torch.Tensor:
+    """Per group, the eligible token with the largest ``key`` (ties: larger ``tie``, then lower
+    index). Returns [g] token indices, -1 for groups with no eligible token."""
+    m = key.shape[0]
+    neg = torch.full_like(key, float("-inf"))
+    gid = torch.where(eligible, group, torch.full_like(group, g))  # park ineligible in bucket g
+    best = torch.full((g + 1,), float("-inf"), dtype=key.dtype).scatter_reduce(
+        0, gid, torch.where(eligible, key, neg), reduce="amax"
+    )
+    cand = eligible & (key == best[gid])
+    best_tie = torch.full((g + 1,), float("-inf"), dtype=tie.dtype).scatter_reduce(
+        0, gid, torch.where(cand, tie, torch.full_like(tie, float("-inf"))), reduce="amax"
+    )
+    cand &= tie == best_tie[gid]
+    idx = torch.arange(m)
+    first = torch.full((g + 1,), m, dtype=torch.long).scatter_reduce(
+        0, gid, torch.where(cand, idx, torch.full_like(idx, m)), reduce="amin"
+    )[:g]
+    return torch.where(first < m, first, torch.full_like(first, -1))
+
+
+def farthest_point_groups(
+    features: torch.Tensor, group: torch.Tensor, quota: torch.Tensor, priority: torch.Tensor
+) -> torch.Tensor:
+    """Farthest-point sampling inside every group at once.
+
+    Args:
+        features: [M, D] token features (cosine distance is used).
+        group: [M] long group id in 0..G-1, -1 = never pick.
+        quota: [G] long tokens to pick per group (<= group size).
+        priority: [M] float; the first pick of a group is its highest-priority token, and it
+            breaks distance ties later (then the lower index wins).
+
+    Returns [M] bool, True for picked tokens; exactly ``quota[g]`` in group g.
+    """
+    m = features.shape[0]
+    g = quota.shape[0]
+    taken = torch.zeros(m, dtype=torch.bool)
+    if m == 0 or g == 0 or int(quota.max()) == 0:
+        return taken
+    f = F.normalize(features.float(), dim=-1)
+    prio = priority.float()
+    need = quota.clone()
+    mind = torch.full((m,), float("inf"))
+    in_group = group >= 0
+    safe_group = group.clamp_min(0)
+    for step in range(int(quota.max())):
+        eligible = in_group & ~taken & (need[safe_group] > 0)
+        if not bool(eligible.any()):
+            break
+        key = prio if step == 0 else mind
+        picked = _group_pick(key, prio, eligible, safe_group, g)  # [G]
+        got = picked >= 0
+        taken[picked[got]] = True
+        need[got] -= 1
+        centre = torch.zeros(g, f.shape[1])
+        centre[got] = f[picked[got]]
+        d = 1.0 - (f * centre[safe_group]).sum(dim=-1)  # distance to the new pick of my group
+        update = in_group & got[safe_group]
+        mind = torch.where(update, torch.minimum(mind, d), mind)
+    return taken
+
+
+def make_spread() -> Selector:
+    """Selector ``spread``: per region, farthest-point sampling on cosine feature distance,
+    starting from the region's highest-scoring token (scores also break distance ties);
+    exactly ``quotas[b, r]`` tokens in region r. Without regions the whole sample is one
+    region with quota = budget."""
+
+    def select(ctx: PruneContext, scores: torch.Tensor, alloc: Allocation) -> Selection:
+        bsz, n = ctx.batch_size, ctx.num_tokens
+        valid = ctx.valid_mask().detach().cpu()
+        if alloc.regions is None or alloc.quotas is None:
+            regions = torch.where(valid, 0, -1).long()
+            quotas = alloc.budget.detach().cpu().long()[:, None]
+        else:
+            regions = alloc.regions.detach().cpu().long()
+            quotas = alloc.quotas.detach().cpu().long()
+        r = quotas.shape[1]
+        offset = (torch.arange(bsz) * r)[:, None]
+        group = torch.where(regions >= 0, regions + offset, -1).flatten()  # [B*N]
+        prio = torch.where(valid, scores.detach().cpu().float(), float("-inf")).flatten()
+        prio = torch.nan_to_num(prio, neginf=-3.0e38)
+        feats = ctx.features.detach().cpu().reshape(bsz * n, -1)
+        taken = farthest_point_groups(feats, group, quotas.flatten(), prio)
+        return Selection.from_mask(taken.view(bsz, n).to(ctx.features.device))
+
+    return select
+
+
+# -- registration -------------------------------------------------------------------------------
+
+_NEEDS_IMAGE = Capabilities(needs=frozenset({"image"}))
+
+
+@hookimpl
+def vtprune_scorers() -> Iterable[ScorerSpec]:
+    return [ScorerSpec("distinct", make_distinct, description="1 - cosine to the sample's mean feature")]
+
+
+@hookimpl
+def vtprune_allocators() -> Iterable[AllocatorSpec]:
+    return [
+        AllocatorSpec(
+            "ddc", make_ddc, _NEEDS_IMAGE,
+            description="SLIC regions, >= min_quota each, rest by region size (ALTP DDC)",
+        ),
+        AllocatorSpec(
+            "ddf", make_ddf, _NEEDS_IMAGE,
+            description="DDC regions, rest by density x size (ALTP DDF)",
+        ),
+    ]
+
+
+@hookimpl
+def vtprune_selectors() -> Iterable[SelectorSpec]:
+    return [
+        SelectorSpec("spread", make_spread, description="farthest-point sampling inside each region"),
+    ]
+
+
+@hookimpl
+def vtprune_strategies() -> Iterable[StrategySpec]:
+    return [
+        StrategySpec(
+            "altp", "distinct", "ddf", "spread",
+            description="ALTP: superpixel regions (DDC) + density-driven quotas (DDF), spread picks",
+            reference="arXiv 2503.23959 (reconstruction, docs/altp.md)",
+        ),
+        StrategySpec(
+            "altp_ddc", "distinct", "ddc", "spread",
+            description="ALTP with DDC only: superpixel regions, quotas by region size",
+            reference="arXiv 2503.23959 (reconstruction, docs/altp.md)",
+        ),
+    ]
