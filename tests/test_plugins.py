@@ -280,3 +280,16 @@ def test_two_distributions_registering_one_strategy_name_is_an_error_naming_both
         VTPRUNE_BLOCK_PLUGINS="vtprune-rival-plugin",
     )
     assert "center_saliency" in out["n"]
+
+
+def test_the_example_plugins_own_test_suite_passes_when_installed(site: Path) -> None:
+    """The tutorial's tests (behaviour + conformance kit) against the installed plugin."""
+    source = site.parent / "source"  # the copy the plugin was built from
+    env = {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
+    env["PYTHONPATH"] = str(site)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(source / "tests")],
+        capture_output=True, text=True, env=env, cwd=source, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout
