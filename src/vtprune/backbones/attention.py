@@ -1,0 +1,68 @@
+"""Recompute one query row of a decoder layer's attention — so SDPA never has to be switched off.
+
+The row is rebuilt from the layer's *input* hidden states with the layer's own input norm,
+q/k projections and rotary embedding, exactly as the layer computes it (GQA heads repeated,
+scaled, causal over the query's key range, padding masked, softmax in fp32).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def _rope_fn(attn: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    fn = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
+    if fn is None:
+        raise TypeError(
+            f"{type(attn).__name__} lives in a module without apply_rotary_pos_emb; this "
+            "attention class is not Llama-like and needs its own attention recomputation"
+        )
+    return fn  # type: ignore[no-any-return,unused-ignore]
+
+
+def query_attention(
+    layer: Any,
+    hidden_in: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    query_index: torch.Tensor,
+    key_valid: torch.Tensor,
+) -> torch.Tensor:
+    """Attention probabilities of one query per sample over every key: [B, heads, T] (fp32).
+
+    Args:
+        layer: a Llama-like decoder layer (``input_layernorm``, ``self_attn`` with ``q_proj``,
+            ``k_proj``, ``head_dim``, ``num_key_value_groups``, ``scaling``).
+        hidden_in: [B, T, D] the hidden states entering ``layer``.
+        position_embeddings: (cos, sin), each [B or 1, T, head_dim], as the layer receives them.
+        query_index: [B] long, sequence index of each sample's query token.
+        key_valid: [B, T] bool, False on padding keys.
+
+    Keys after the query are masked (causal), so the row sums to 1 over keys ``<= query``.
+    """
+    attn = layer.self_attn
+    b, t, _ = hidden_in.shape
+    hd = int(attn.head_dim)
+    rows = torch.arange(b, device=hidden_in.device)
+    x = layer.input_layernorm(hidden_in)  # [B, T, D]
+    q = attn.q_proj(x[rows, query_index]).view(b, 1, -1, hd).transpose(1, 2)  # [B, H, 1, hd]
+    k = attn.k_proj(x).view(b, t, -1, hd).transpose(1, 2)  # [B, Hkv, T, hd]
+    cos, sin = position_embeddings
+    cos, sin = cos.expand(b, -1, -1), sin.expand(b, -1, -1)
+    rope = _rope_fn(attn)
+    q, _ = rope(q, q, cos[rows, query_index][:, None], sin[rows, query_index][:, None])
+    k, _ = rope(k, k, cos, sin)
+    groups = int(attn.num_key_value_groups)
+    if groups > 1:  # repeat_kv: [B, Hkv, T, hd] -> [B, H, T, hd]
+        k = k[:, :, None].expand(b, k.shape[1], groups, t, hd).reshape(b, -1, t, hd)
+    logits = torch.matmul(q, k.transpose(2, 3)).squeeze(2) * attn.scaling  # [B, H, T]
+    keys = torch.arange(t, device=hidden_in.device)
+    allowed = (keys[None, :] <= query_index[:, None]) & key_valid  # [B, T]
+    logits = logits.float().masked_fill(~allowed[:, None, :], float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+__all__ = ["query_attention"]

@@ -1,0 +1,145 @@
+"""``attach``: put a pruning strategy into a model; the returned handle reports and undoes it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from ..core.budget import Keep
+from ..core.errors import ContractError, MissingSignalError
+from ..core.registry import get_strategy
+from ..core.schedule import Positions, Schedule
+from ..core.strategy import Strategy
+from .base import BackboneAdapter, find_adapter
+from .records import PruneRecord
+
+
+class PruneHandle:
+    """A strategy attached to one model. Use as a context manager or call :meth:`detach`.
+
+    Attributes:
+        adapter: the backbone adapter driving the model.
+        strategy: the :class:`~vtprune.core.Strategy` run at every prune point.
+        schedule: where pruning happens and how survivors are positioned.
+        records: one :class:`PruneRecord` per prune point of the last prefill (empty before
+            the first forward, or when the input had no image).
+    """
+
+    def __init__(self, adapter: BackboneAdapter, strategy: Strategy, schedule: Schedule) -> None:
+        self.adapter = adapter
+        self.strategy = strategy
+        self.schedule = schedule
+        self.records: list[PruneRecord] = []
+        self.attached = False
+
+    def _set_records(self, records: list[PruneRecord]) -> None:
+        self.records = records
+
+    def position_map(self, original: int | torch.Tensor, layer: int | None = -1) -> torch.Tensor:
+        """Pruned position(s) of original sequence position(s), per sample: [B] (or [B, M]).
+
+        ``layer=-1`` (default) maps into the layout after the last prune point — the layout
+        of the returned logits and last hidden states. Pass a record's layer (None = the
+        pre-LLM point) for the layout of an earlier stage. -1 in the result means "pruned".
+        With no pruning recorded, positions map to themselves.
+        """
+        if not self.records:
+            pos = torch.as_tensor(original, dtype=torch.long)
+            return pos.clone()
+        if layer == -1:
+            record = self.records[-1]
+        else:
+            found = [r for r in self.records if r.layer == layer]
+            if not found:
+                raise ContractError(
+                    f"no prune point at layer {layer}; recorded layers: {[r.layer for r in self.records]}"
+                )
+            record = found[0]
+        return record.map_position(original)
+
+    def detach(self) -> None:
+        """Remove every hook and wrapper; the model computes exactly as before ``attach``."""
+        if self.attached:
+            self.adapter.remove()
+            self.attached = False
+
+    def __enter__(self) -> PruneHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def __repr__(self) -> str:
+        points = ", ".join(f"({p.layer}, {p.keep})" for p in self.schedule.points)
+        state = "attached" if self.attached else "detached"
+        return (
+            f"PruneHandle({self.strategy.name!r}, points=[{points}], "
+            f"positions={self.schedule.positions!r}, {state})"
+        )
+
+
+def attach(
+    model: Any,
+    strategy: Strategy | str,
+    keep: Keep = 0.25,
+    schedule: Schedule | None = None,
+    positions: Positions | None = None,
+    **params: Any,
+) -> PruneHandle:
+    """Prune ``model``'s visual tokens with ``strategy`` in every forward and ``generate`` call.
+
+    Args:
+        model: a supported model instance (transformers ``LlavaForConditionalGeneration``).
+        strategy: a :class:`~vtprune.core.Strategy` or a registered strategy name (``params``
+            go to :func:`vtprune.get_strategy`).
+        keep: ratio of (or count out of) the original visual tokens, used when ``schedule``
+            is None to build the strategy's own placement ``strategy.schedule(L, keep)``.
+        schedule: explicit prune points; overrides ``keep``.
+        positions: ``"original"`` or ``"compact"``; None keeps the schedule's own setting
+            (``"original"`` unless the schedule says otherwise).
+
+    Returns:
+        A :class:`PruneHandle` (``handle.records``, ``handle.detach()``; also a context manager).
+
+    Raises:
+        UnsupportedModelError: no adapter drives this model.
+        MissingSignalError: the strategy needs a signal the adapter cannot supply at one of
+            the prune points.
+    """
+    if isinstance(strategy, str):
+        strategy = get_strategy(strategy, **params)
+    elif params:
+        raise ContractError(
+            f"strategy parameters {sorted(params)} can only be given with a strategy name; "
+            "build the Strategy with vtprune.get_strategy(name, **params) instead"
+        )
+    if not isinstance(strategy, Strategy):
+        raise ContractError(f"strategy must be a vtprune Strategy or a registered name, got {type(strategy).__name__}")
+    adapter = find_adapter(model)(model)
+    if schedule is None:
+        schedule = strategy.schedule(adapter.num_layers, keep)
+    elif not isinstance(schedule, Schedule):
+        raise ContractError(f"schedule must be a vtprune Schedule or None, got {type(schedule).__name__}")
+    if positions is not None:
+        schedule = dataclasses.replace(schedule, positions=positions)
+    schedule.check_depth(adapter.num_layers)
+    schedule.counts(adapter.num_visual_tokens)
+    for point in schedule.points:
+        missing = sorted(strategy.needs - adapter.signals(point.layer))
+        if missing:
+            where = "before the LLM" if point.layer is None else f"before layer {point.layer}"
+            raise MissingSignalError(
+                f"strategy {strategy.name!r} needs {missing}, which adapter {adapter.name!r} cannot "
+                f"supply {where} (it supplies {sorted(adapter.signals(point.layer))}). Attention "
+                "exists only inside the LLM from layer 1 on: use an in-LLM schedule for "
+                "attention-scored strategies."
+            )
+    handle = PruneHandle(adapter, strategy, schedule)
+    adapter.install(handle)
+    handle.attached = True
+    return handle
+
+
+__all__ = ["PruneHandle", "attach"]

@@ -1,0 +1,182 @@
+"""Adapter for Hugging Face transformers' LLaVA (``LlavaForConditionalGeneration`` / ``LlavaModel``).
+
+Two things are installed on the model instance, and nothing on its classes:
+
+* a forward pre-hook (and post-hook) on ``LlavaModel`` that hands the call's ``input_ids``
+  (where the image tokens are) and ``pixel_values`` (the ``image`` signal) to the decoder;
+* an instance-level ``forward`` on the language model: :class:`~.decoder.PrunedDecoder`,
+  which runs the decoder layers itself, pruning between them.
+
+``detach`` removes both. The projected visual tokens are read from the ``inputs_embeds`` that
+LLaVA builds with its own ``masked_scatter`` merge, so pre-LLM pruning sees exactly the
+features the unpruned model would feed its LLM.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..core.errors import ContractError
+from .base import BackboneAdapter, register_adapter
+from .decoder import PrunedDecoder
+
+if TYPE_CHECKING:
+    from .handle import PruneHandle
+
+MIN_TRANSFORMERS = (5, 0)
+_LAYER_PARTS = ("input_layernorm", "self_attn", "mlp")
+_ATTN_PARTS = ("q_proj", "k_proj", "head_dim", "num_key_value_groups", "scaling")
+
+
+def _version() -> tuple[int, ...]:
+    import transformers
+
+    parts = []
+    for piece in transformers.__version__.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+@register_adapter
+class LlavaAdapter(BackboneAdapter):
+    """LLaVA-1.5-style models: one image per prompt, Llama-like language model."""
+
+    name = "hf-llava"
+
+    @classmethod
+    def supports(cls, model: Any) -> bool:
+        try:
+            from transformers import LlavaForConditionalGeneration, LlavaModel
+        except ImportError:
+            return False
+        return isinstance(model, (LlavaForConditionalGeneration, LlavaModel))
+
+    @classmethod
+    def unsupported_reason(cls, model: Any) -> str | None:
+        import transformers
+
+        if _version() < MIN_TRANSFORMERS:
+            return (
+                f"the LLaVA adapter needs transformers >= {'.'.join(map(str, MIN_TRANSFORMERS))}, "
+                f"found {transformers.__version__}; upgrade transformers"
+            )
+        cfg = model.config
+        if getattr(cfg, "vision_feature_select_strategy", "default") != "default":
+            return (
+                "the LLaVA adapter needs vision_feature_select_strategy='default' (patch tokens "
+                f"only, a square grid); this model uses {cfg.vision_feature_select_strategy!r}"
+            )
+        lm = cls._llava(model).language_model
+        for attr in ("layers", "norm", "rotary_emb", "embed_tokens"):
+            if not hasattr(lm, attr):
+                return f"language model {type(lm).__name__} has no .{attr}; it is not Llama-like"
+        layer = lm.layers[0]
+        missing = [p for p in _LAYER_PARTS if not hasattr(layer, p)]
+        missing += [p for p in _ATTN_PARTS if not hasattr(getattr(layer, "self_attn", None), p)]
+        if missing:
+            return f"decoder layer {type(layer).__name__} lacks {missing}; it is not Llama-like"
+        impl = getattr(lm.config, "_attn_implementation", None)
+        if impl not in (None, "sdpa", "eager"):
+            return (
+                f"attention implementation {impl!r} is not supported while pruning (per-sample "
+                "padding masks are needed); load the model with attn_implementation='sdpa' or 'eager'"
+            )
+        return None
+
+    @staticmethod
+    def _llava(model: Any) -> Any:
+        return model.model if hasattr(model, "lm_head") else model
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.llava = self._llava(model)
+        self.lm = self.llava.language_model
+        self.config = self.llava.config
+        self._hooks: list[Any] = []
+        self._decoder: PrunedDecoder | None = None
+        self._forward_params = list(inspect.signature(type(self.llava).forward).parameters)[1:]
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.lm.config.num_hidden_layers)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        vc = self.config.vision_config
+        side = int(vc.image_size) // int(vc.patch_size)
+        return (side, side)
+
+    @property
+    def num_visual_tokens(self) -> int:
+        h, w = self.grid
+        n = int(getattr(self.config, "image_seq_length", h * w))
+        if n != h * w:
+            raise ContractError(
+                f"config.image_seq_length={n} but the vision tower gives a {h}x{w} grid ({h * w} tokens)"
+            )
+        return n
+
+    def visual_spans(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return input_ids == int(self.config.image_token_id)
+
+    def signals(self, layer: int | None) -> frozenset[str]:
+        if layer is not None and layer >= 1:
+            return frozenset({"image", "attention"})
+        return frozenset({"image"})
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def _argument(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if name in kwargs:
+            return kwargs[name]
+        i = self._forward_params.index(name)
+        return args[i] if i < len(args) else None
+
+    def _capture(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        assert self._decoder is not None
+        input_ids = self._argument("input_ids", args, kwargs)
+        pixels = self._argument("pixel_values", args, kwargs)
+        visual = None if input_ids is None else self.visual_spans(input_ids)
+        if visual is None and pixels is not None:
+            raise ContractError(
+                "vtprune's LLaVA adapter locates image tokens through input_ids; pass input_ids "
+                "(not inputs_embeds) together with pixel_values"
+            )
+        if pixels is not None and visual is not None and pixels.shape[0] != visual.shape[0]:
+            raise ContractError(
+                f"got {pixels.shape[0]} images for {visual.shape[0]} prompts; vtprune supports "
+                "exactly one image per prompt"
+            )
+        self._decoder.pending = (visual, pixels)
+
+    def _release(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
+        if self._decoder is not None:
+            self._decoder.pending = None
+
+    def install(self, handle: PruneHandle) -> None:
+        if "forward" in vars(self.lm):
+            raise ContractError(
+                "this model already has a vtprune handle attached (or its language model's "
+                "forward is wrapped by someone else); detach the other handle first"
+            )
+        self._decoder = PrunedDecoder(self.lm, handle, self.num_visual_tokens, self.grid)
+        self._hooks = [
+            self.llava.register_forward_pre_hook(self._capture, with_kwargs=True),
+            self.llava.register_forward_hook(self._release, with_kwargs=True, always_call=True),
+        ]
+        self.lm.forward = self._decoder
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if vars(self.lm).get("forward") is self._decoder:
+            del self.lm.forward
+        self._decoder = None
+
+
+__all__ = ["LlavaAdapter"]

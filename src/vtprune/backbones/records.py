@@ -1,0 +1,76 @@
+"""What a pruned forward kept, per prune point — enough to find any token after pruning.
+
+Index spaces: *visual index* j in 0..N-1 is a token's place in the image's raster-ordered
+visual grid; *original position* t is a token's index in the unpruned input sequence (what
+``input_ids`` indexes); *pruned position* is its index in the shorter sequence the decoder
+layers after a prune point (and the returned logits / hidden states) see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, eq=False)
+class PruneRecord:
+    """One prune point of one forward pass (prefill).
+
+    Attributes:
+        layer: decoder layer the point runs before (None = before the LLM).
+        indices: [B, K] long, kept visual indices per sample (original visual index space,
+            ascending; -1 padding past ``counts`` — counts are equal in practice).
+        counts: [B] long, visual tokens each sample keeps.
+        original_count: N, visual tokens per sample before any pruning.
+        kept_positions: [B, T'] long, original position of every token that survives this
+            point, in sequence order (the layout of the layers after it).
+        new_index: [B, T] long, original position -> pruned position after this point, -1 for
+            tokens dropped here or earlier.
+        position_ids: [B, T'] long, the RoPE position ids the layers after this point use.
+        seconds: wall-clock time of the pruning step (context, strategy, gather).
+    """
+
+    layer: int | None
+    indices: torch.Tensor
+    counts: torch.Tensor
+    original_count: int
+    kept_positions: torch.Tensor
+    new_index: torch.Tensor
+    position_ids: torch.Tensor
+    seconds: float
+
+    @property
+    def removed(self) -> torch.Tensor:
+        """[B] long: tokens removed from each sample up to and including this point."""
+        return self.new_index.shape[1] - (self.kept_positions >= 0).sum(dim=1)
+
+    def map_position(self, original: int | torch.Tensor) -> torch.Tensor:
+        """Pruned position after this point of original position(s) ``original``, per sample.
+
+        ``original`` is an int or a [B] / [B, M] long tensor of original positions (positions
+        past the prompt — generated tokens — are shifted down by the removed count). Returns
+        [B] (or [B, M]) long, -1 where the token was pruned.
+        """
+        b, t = self.new_index.shape
+        pos = torch.as_tensor(original, dtype=torch.long, device=self.new_index.device)
+        squeeze = pos.dim() < 2
+        pos = pos.expand(b).unsqueeze(1) if pos.dim() < 2 else pos
+        if bool((pos < 0).any()):
+            raise ValueError(f"original positions must be >= 0, got {pos.tolist()}")
+        inside = pos < t
+        mapped = self.new_index.gather(1, pos.clamp(max=t - 1))
+        after = pos - self.removed.to(pos.device)[:, None]
+        out = torch.where(inside, mapped, after)
+        return out.squeeze(1) if squeeze else out
+
+
+def summarize(records: list[PruneRecord]) -> list[dict[str, object]]:
+    """Plain-Python summary (layer, kept per sample, seconds) for logs and reports."""
+    return [
+        {"layer": r.layer, "kept": r.counts.tolist(), "of": r.original_count, "seconds": r.seconds}
+        for r in records
+    ]
+
+
+__all__ = ["PruneRecord", "summarize"]

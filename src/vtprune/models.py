@@ -1,0 +1,229 @@
+"""Tiny LLaVA models and inputs for tests, demos and benchmarks — nothing is downloaded.
+
+``build_tiny_llava()`` makes a randomly initialised :class:`transformers.LlavaForConditionalGeneration`
+with LLaVA-1.5's token layout (CLIP ViT/14 at 336 px: a 24x24 grid of 576 visual tokens) and a
+small Llama decoder. ``make_inputs`` builds ``input_ids`` / ``attention_mask`` / ``pixel_values``
+with a byte-level toy vocabulary, so no tokenizer or processor is needed::
+
+    from vtprune.models import build_tiny_llava, make_inputs
+    model = build_tiny_llava()
+    inputs = make_inputs(model, torch.rand(2, 3, 336, 336), ["what is this?", "a cat"])
+    out = model.generate(**inputs, max_new_tokens=4)
+
+Toy vocabulary: 0 = pad, 1 = bos, 2 = eos, 3 = ``<image>``, 4 + b = UTF-8 byte b.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .core.errors import ContractError
+
+PAD_ID, BOS_ID, EOS_ID, IMAGE_ID = 0, 1, 2, 3
+BYTE_OFFSET = 4
+TOY_VOCAB_SIZE = 272
+"""4 specials + 256 bytes, rounded up to a multiple of 16."""
+IMAGE_PLACEHOLDER = "<image>"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_VISION_DEFAULTS: dict[str, Any] = {
+    "image_size": 336,
+    "patch_size": 14,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "projection_dim": 32,
+}
+_TEXT_DEFAULTS: dict[str, Any] = {
+    "vocab_size": TOY_VOCAB_SIZE,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "pad_token_id": PAD_ID,
+    "bos_token_id": BOS_ID,
+    "eos_token_id": EOS_ID,
+    "tie_word_embeddings": False,
+    "initializer_range": 0.3,  # large enough that greedy outputs vary with the image and prompt
+}
+
+
+def tiny_llava_config(
+    vision: dict[str, Any] | None = None, text: dict[str, Any] | None = None, **overrides: Any
+) -> Any:
+    """A :class:`transformers.LlavaConfig` for a tiny LLaVA-1.5-shaped model.
+
+    Defaults: CLIP vision tower (336 px, patch 14 -> 24x24 = 576 tokens, hidden 32, 2 layers),
+    Llama decoder (hidden 64, 4 layers, 4 heads, 2 KV heads, the toy vocabulary, initializer
+    range 0.3 so that outputs depend on the image), image token id 3. ``vision`` / ``text`` override fields of the sub-configs; other keyword overrides
+    go to the decoder config when it has that field (``num_hidden_layers=6``), else to the
+    LlavaConfig (``attn_implementation`` is accepted too).
+    """
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision_kw = {**_VISION_DEFAULTS, **(vision or {})}
+    text_kw = {**_TEXT_DEFAULTS, **(text or {})}
+    top: dict[str, Any] = {}
+    attn = overrides.pop("attn_implementation", None)
+    for key, value in overrides.items():
+        if key in _TEXT_DEFAULTS or hasattr(LlamaConfig(), key):
+            text_kw[key] = value
+        else:
+            top[key] = value
+    grid = vision_kw["image_size"] // vision_kw["patch_size"]
+    top.setdefault("image_seq_length", grid * grid)
+    top.setdefault("image_token_id", IMAGE_ID)
+    top.setdefault("vision_feature_layer", -2)
+    top.setdefault("vision_feature_select_strategy", "default")
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(**vision_kw), text_config=LlamaConfig(**text_kw), **top
+    )
+    if attn is not None:
+        cfg._attn_implementation = attn
+    return cfg
+
+
+def build_tiny_llava(seed: int = 0, attn_implementation: str = "sdpa", **overrides: Any) -> Any:
+    """A randomly initialised tiny :class:`transformers.LlavaForConditionalGeneration`, eval mode.
+
+    Same ``seed`` and overrides give the same weights. ``overrides`` go to
+    :func:`tiny_llava_config`. ``attn_implementation`` is ``"sdpa"`` (default) or ``"eager"``.
+    """
+    from transformers import LlavaForConditionalGeneration
+
+    cfg = tiny_llava_config(**overrides)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(cfg)
+    finally:
+        torch.random.set_rng_state(state)
+    model.set_attn_implementation(attn_implementation)
+    return model.eval()
+
+
+def encode(text: str) -> list[int]:
+    """Toy tokenisation: UTF-8 bytes shifted by 4; ``<image>`` becomes one image placeholder."""
+    ids: list[int] = []
+    for i, part in enumerate(text.split(IMAGE_PLACEHOLDER)):
+        if i:
+            ids.append(IMAGE_ID)
+        ids.extend(BYTE_OFFSET + b for b in part.encode("utf-8"))
+    return ids
+
+
+def decode(ids: Sequence[int] | torch.Tensor) -> str:
+    """Inverse of :func:`encode` for byte tokens; specials are shown as ``<pad>``, ``<image>``..."""
+    names = {PAD_ID: "<pad>", BOS_ID: "<s>", EOS_ID: "</s>", IMAGE_ID: IMAGE_PLACEHOLDER}
+    values = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+    out, run = [], bytearray()
+    for t in values:
+        if BYTE_OFFSET <= t < BYTE_OFFSET + 256:
+            run.append(t - BYTE_OFFSET)
+            continue
+        out.append(run.decode("utf-8", errors="replace"))
+        run = bytearray()
+        out.append(names.get(t, f"<{t}>"))
+    out.append(run.decode("utf-8", errors="replace"))
+    return "".join(out)
+
+
+def _pixels(model: Any, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    size = int(model.config.vision_config.image_size)
+    if isinstance(images, torch.Tensor):
+        if images.dim() != 4:
+            raise ContractError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
+        batch = images
+    else:
+        items = list(images)
+        bad = [tuple(t.shape) for t in items if not isinstance(t, torch.Tensor) or t.dim() != 3]
+        if bad or not items:
+            raise ContractError(f"images must be a non-empty list of [3, H, W] tensors, got shapes {bad}")
+        batch = torch.stack(items)
+    if tuple(batch.shape[1:]) != (3, size, size):
+        raise ContractError(
+            f"images must be [B, 3, {size}, {size}] for this vision tower, got "
+            f"{tuple(batch.shape)}; resize them first (e.g. torch.nn.functional.interpolate)"
+        )
+    if batch.dtype == torch.uint8:
+        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        batch = (batch.float() / 255.0 - mean) / std
+    elif not batch.is_floating_point():
+        raise ContractError(f"images must be uint8 (0..255) or float tensors, got {batch.dtype}")
+    return batch.to(device=model.device, dtype=model.dtype).clone()
+
+
+def make_inputs(
+    model: Any,
+    images: torch.Tensor | Sequence[torch.Tensor],
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    padding_side: str = "left",
+) -> dict[str, torch.Tensor]:
+    """Model inputs for one image per prompt: ``input_ids``, ``attention_mask``, ``pixel_values``.
+
+    Args:
+        model: a LLaVA model (its config gives the image token id and visual token count).
+        images: [B, 3, H, W] or a list of [3, H, W]. uint8 images are scaled to [0, 1] and
+            normalised with CLIP's statistics; float images are used as given.
+        prompts: B strings (toy byte vocabulary, see :func:`encode`) or B token-id lists.
+            A prompt without an image placeholder gets ``<s><image>\\n`` in front; a single
+            placeholder expands to ``image_seq_length`` image tokens.
+        padding_side: ``"left"`` (what ``generate`` expects) or ``"right"``.
+
+    Returns:
+        ``input_ids`` [B, T] long, ``attention_mask`` [B, T] long (0 on padding, id 0),
+        ``pixel_values`` [B, 3, H, W].
+    """
+    if padding_side not in ("left", "right"):
+        raise ContractError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    pixels = _pixels(model, images)
+    if len(prompts) != pixels.shape[0]:
+        raise ContractError(
+            f"got {pixels.shape[0]} images but {len(prompts)} prompts; pass one prompt per image"
+        )
+    cfg = model.config
+    image_id, n_img = int(cfg.image_token_id), int(cfg.image_seq_length)
+    pad_id = cfg.text_config.pad_token_id
+    pad_id = PAD_ID if pad_id is None else int(pad_id)
+    rows: list[list[int]] = []
+    for b, prompt in enumerate(prompts):
+        ids = encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]  # type: ignore[call-overload,unused-ignore]
+        count = ids.count(image_id)
+        if count == 0:
+            ids = [BOS_ID, image_id, *encode("\n"), *ids]
+            count = 1
+        if count == 1:
+            at = ids.index(image_id)
+            ids = ids[:at] + [image_id] * n_img + ids[at + 1 :]
+        elif count != n_img:
+            raise ContractError(
+                f"prompt {b} has {count} image tokens; expected 1 placeholder or exactly "
+                f"{n_img} (one image per prompt)"
+            )
+        rows.append(ids)
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, ids in enumerate(rows):
+        span = slice(width - len(ids), width) if padding_side == "left" else slice(0, len(ids))
+        input_ids[b, span] = torch.tensor(ids, dtype=torch.long)
+        mask[b, span] = 1
+    return {
+        "input_ids": input_ids.to(model.device),
+        "attention_mask": mask.to(model.device),
+        "pixel_values": pixels,
+    }
+
+
+__all__ = [
+    "PAD_ID", "BOS_ID", "EOS_ID", "IMAGE_ID", "TOY_VOCAB_SIZE",
+    "tiny_llava_config", "build_tiny_llava", "make_inputs", "encode", "decode",
+]
