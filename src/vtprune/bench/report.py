@@ -1,0 +1,153 @@
+"""Speed-benchmark results as Markdown, JSON and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _x(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}x"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
+def _speed(cell: dict[str, Any] | None) -> str:
+    if not cell:
+        return "–"
+    return f"{cell['speedup']:.2f}x ({cell['min']:.2f}–{cell['max']:.2f})"
+
+
+def format_header(result: dict[str, Any]) -> str:
+    """One paragraph: machine, threads, model and run settings."""
+    env, model, cfg = result["environment"], result["model"], result["config"]
+    llm, vis = model["llm"], model["vision"]
+    return (
+        f"Machine: {env['cpu_count']}-core {env['processor']} CPU, GPU: {'yes' if env['gpu'] else 'no'}, "
+        f"torch {env['torch']} with {env['torch_threads']} threads, {env['date']}.\n"
+        f"Model (random weights): LLM hidden {llm['hidden_size']}, MLP {llm['intermediate_size']} "
+        f"(gated), {llm['num_hidden_layers']} layers, {llm['num_attention_heads']} heads / "
+        f"{llm['num_key_value_heads']} KV heads, {model['llm_params'] / 1e6:.1f}M parameters; vision "
+        f"tower CLIP {vis['image_size']} px / patch {vis['patch_size']}, hidden {vis['hidden_size']}, "
+        f"{vis['num_hidden_layers']} layers ({model['vision_params'] / 1e6:.2f}M); "
+        f"{model['visual_tokens']} visual tokens; {model['dtype']}, {model['attn_implementation']}.\n"
+        f"Runs: {cfg['repeats']} interleaved pruned/unpruned pairs per cell (median speed-up, "
+        f"min–max in brackets), {cfg['warmup']} warm-up, generate {cfg['new_tokens']} new tokens "
+        f"at batch {', '.join(str(b) for b in cfg['batches'])}."
+    )
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The main Markdown table: one row per strategy and keep ratio."""
+    batches = sorted(result["config"]["batches"])
+    big = max(batches)
+    head = ["strategy", "keep", "schedule", "avg vis", "FLOPs", "ideal", "LLM prefill", "eff",
+            "end-to-end prefill"]
+    for b in batches:
+        head += [f"generate b{b}", f"eff b{b}"]
+    head += [f"KV b{big}", f"peak RSS b{big}", "prune share"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["rows"]:
+        if r.get("error"):
+            cells = [r["strategy"], f"{r['keep']:g}", f"not run: {r['error']}"] + [""] * (len(head) - 3)
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        kv = r.get("kv_bytes") or {}
+        rss = r.get("peak_rss") or {}
+        cells = [
+            r["strategy"], f"{r['keep']:g}", r["schedule"], f"{r['avg_visual']:.0f}",
+            _pct(r["flops_prefill_ratio"]), _x(r["ideal_llm_prefill"]), _speed(r["llm_prefill"]),
+            _pct(r["efficiency_llm_prefill"]), _speed(r["e2e_prefill"]),
+        ]
+        for b in batches:
+            cells += [_speed(r[f"generate_b{b}"]), _pct(r[f"efficiency_generate_b{b}"])]
+        cells += [_pct(kv.get("ratio")), _pct(rss.get("ratio")),
+                  f"{100 * r['prune_share']['median']:.1f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_baseline(result: dict[str, Any]) -> str:
+    base = result.get("baseline") or {}
+    if not base:
+        return ""
+    parts = [f"{k.replace('_', ' ')} {v * 1000:.0f} ms" for k, v in base.items()
+             if k.endswith("prefill") or k.startswith("generate")]
+    if "kv_bytes" in base:
+        parts.append(f"KV cache {base['kv_bytes'] / 2**20:.1f} MiB")
+    if "peak_rss" in base:
+        parts.append(f"peak RSS growth {base['peak_rss'] / 2**20:.0f} MiB")
+    return "Unpruned medians: " + ", ".join(parts) + "."
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    return "\n\n".join(
+        s for s in (format_header(result), format_baseline(result), format_table(result), LEGEND) if s
+    ) + "\n"
+
+
+LEGEND = (
+    "Columns: *avg vis* = visual tokens averaged over LLM layers; *FLOPs* = LLM prefill FLOPs "
+    "pruned / unpruned (exact accounting, `vtprune.measure`); *ideal* = 1 / FLOPs ratio; speed-ups "
+    "are unpruned time / pruned time; *eff* = measured speed-up / ideal speed-up (for generate, "
+    "the ideal includes the decode steps); *KV* = bytes of the returned KV cache, pruned / "
+    "unpruned; *peak RSS* = peak resident-memory growth during generate, pruned / unpruned; "
+    "*prune share* = the pruning step's seconds (`handle.records`) / pruned end-to-end prefill."
+)
+
+
+def plot(result: dict[str, Any], path: str | Path) -> Path:
+    """Speed-up vs keep ratio per strategy: LLM prefill and generate at the largest batch,
+    measured (solid, with min–max bars) against ideal (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    big = max(result["config"]["batches"])
+    panels = [("llm_prefill", "ideal_llm_prefill", "LLM prefill, batch 1"),
+              (f"generate_b{big}", f"ideal_generate_b{big}", f"generate, batch {big}")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    rows = [r for r in result["rows"] if not r.get("error")]
+    names = list(dict.fromkeys(r["strategy"] for r in rows))
+    colors = plt.get_cmap("tab10")
+    for ax, (key, ideal_key, title) in zip(axes, panels):
+        for i, name in enumerate(names):
+            mine = sorted((r for r in rows if r["strategy"] == name), key=lambda r: r["keep"])
+            ks = [r["keep"] for r in mine]
+            med = [r[key]["speedup"] for r in mine]
+            err = [[m - r[key]["min"] for m, r in zip(med, mine)], [r[key]["max"] - m for m, r in zip(med, mine)]]
+            c = colors(i % 10)
+            ax.errorbar(ks, med, yerr=err, color=c, marker="o", capsize=3, label=name)
+            ax.plot(ks, [r[ideal_key] for r in mine], color=c, linestyle="--", marker="_",
+                    markersize=14, alpha=0.6)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("keep ratio (log scale)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("speed-up vs unpruned\n(solid: measured, dashed: ideal)")
+    axes[-1].legend(fontsize=8, loc="upper right")
+    env = result["environment"]
+    fig.suptitle(f"vtprune speed benchmark — {env['cpu_count']}-core CPU, {env['torch_threads']} "
+                 f"torch threads, random weights, {env['date']}", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(result: dict[str, Any], out_dir: str | Path, stem: str = "speed") -> dict[str, Path]:
+    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}
+    paths["json"].write_text(json.dumps(result, indent=2) + "\n")
+    paths["markdown"].write_text(format_markdown(result))
+    plot(result, paths["plot"])
+    return paths
