@@ -41,7 +41,7 @@ from ..core import (
     StrategySpec,
     hookimpl,
 )
-from .superpixels import BACKENDS, normalise_image, resolve_backend, token_regions
+from .superpixels import BACKENDS, normalise_image, resolve_backend, slic_factor, token_regions
 
 DENSITIES = ("dispersion", "gradient", "score", "size")
 
@@ -158,12 +158,16 @@ def _region_mean(values: torch.Tensor, regions: torch.Tensor, r: int) -> torch.T
 def dispersion(features: torch.Tensor, regions: torch.Tensor, r: int) -> torch.Tensor:
     """Mean (1 - cosine to the region's mean direction) of each region's tokens [r].
 
-    ``features`` [M, D] and ``regions`` [M] of the valid tokens of one sample.
+    ``features`` [N, D] of one sample, ``regions`` [N] (-1 = ignore). Uses the identity
+    sum_i cos(f_i, u_r) = |sum_i f_i / |f_i|| for u_r the mean direction, so the
+    dispersion of region r is 1 - |sum of its unit vectors| / size: one index_add, no
+    per-token pass.
     """
     f = F.normalize(features.float(), dim=-1)
-    sums = torch.zeros(r, f.shape[1], dtype=f.dtype).index_add_(0, regions, f)
-    centre = F.normalize(sums, dim=-1)[regions]  # [M, D]
-    return _region_mean(1.0 - (f * centre).sum(dim=-1), regions, r).clamp_min(0.0)
+    bucket = torch.where(regions >= 0, regions, r)  # -1 -> dropped bucket r
+    sums = torch.zeros(r + 1, f.shape[1], dtype=f.dtype).index_add_(0, bucket, f)[:r]
+    count = torch.bincount(bucket, minlength=r + 1)[:r].clamp_min(1)
+    return (1.0 - sums.norm(dim=-1).double() / count).clamp_min(0.0)
 
 
 def token_gradient_energy(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -191,7 +195,7 @@ def region_density(
     if kind == "size":
         return np.ones(r)
     if kind == "dispersion":
-        d = dispersion(ctx.features[b].detach().cpu()[valid], reg, r)
+        d = dispersion(ctx.features[b].detach().cpu(), regions, r)
     elif kind == "gradient":
         assert ctx.image is not None
         d = _region_mean(token_gradient_energy(ctx.image[b], ctx.grid)[valid], reg, r)
@@ -240,10 +244,12 @@ def make_region_allocator(
     min_quota: int,
     density: str,
     backend: str,
+    patch_pixels: int | None,
 ) -> Allocator:
     """Shared body of ``ddc`` (``proportional_to="size"``) and ``ddf`` (``"mass"``)."""
     _check_params(n_segments, segment_ratio, compactness, min_quota, density, backend)
     resolve_backend(backend)  # fail at build time if a named backend is missing
+    slic_factor((1, 1), (1, 1), patch_pixels)  # validates patch_pixels
 
     def allocate(ctx: PruneContext, scores: torch.Tensor) -> Allocation:
         if ctx.image is None:
@@ -265,7 +271,7 @@ def make_region_allocator(
                 quotas.append(np.array([k], dtype=np.int64))
                 continue
             segs = segments_for(k, count, n_segments, segment_ratio)
-            reg = token_regions(ctx.image[b], ctx.grid, segs, valid, compactness, backend)
+            reg = token_regions(ctx.image[b], ctx.grid, segs, valid, compactness, backend, patch_pixels)
             r = int(reg.max()) + 1
             sizes = torch.bincount(reg[valid], minlength=r).numpy()
             dens = region_density(density, ctx, b, reg, valid, r, scores)
@@ -289,6 +295,7 @@ def make_ddc(
     min_quota: int = 1,
     density: str = "dispersion",
     backend: str = "auto",
+    patch_pixels: int | None = 7,
 ) -> Allocator:
     """Allocator ``ddc``: superpixel regions, ``min_quota`` per region, rest by region size.
 
@@ -300,8 +307,13 @@ def make_ddc(
         density: ranks regions when they outnumber the budget (default ``"dispersion"``).
         backend: ``"auto"`` (fast-slic if installed, else scikit-image), ``"fast_slic"``,
             ``"skimage"``.
+        patch_pixels: SLIC runs on the image block-mean downscaled so that a token patch is
+            about this many pixels wide (default 7: 336 px / 24 tokens -> half resolution);
+            None = full resolution.
     """
-    return make_region_allocator("size", n_segments, segment_ratio, compactness, min_quota, density, backend)
+    return make_region_allocator(
+        "size", n_segments, segment_ratio, compactness, min_quota, density, backend, patch_pixels
+    )
 
 
 def make_ddf(
@@ -311,6 +323,7 @@ def make_ddf(
     min_quota: int = 1,
     density: str = "dispersion",
     backend: str = "auto",
+    patch_pixels: int | None = 7,
 ) -> Allocator:
     """Allocator ``ddf``: DDC's regions and minimum quotas, the rest of the budget in proportion
     to density x region size, largest-remainder rounding, no quota above its region's size.
@@ -320,73 +333,72 @@ def make_ddf(
     ``"score"`` (mean scorer output, shifted to >= 0), ``"size"`` (= DDC). Other parameters
     as :func:`make_ddc`.
     """
-    return make_region_allocator("mass", n_segments, segment_ratio, compactness, min_quota, density, backend)
+    return make_region_allocator(
+        "mass", n_segments, segment_ratio, compactness, min_quota, density, backend, patch_pixels
+    )
 
 
 # -- selector ----------------------------------------------------------------------------------
 
 
-def _group_pick(key: torch.Tensor, tie: torch.Tensor, eligible: torch.Tensor, group: torch.Tensor, g: int) -> torch.Tensor:
-    """Per group, the eligible token with the largest ``key`` (ties: larger ``tie``, then lower
-    index). Returns [g] token indices, -1 for groups with no eligible token."""
-    m = key.shape[0]
-    neg = torch.full_like(key, float("-inf"))
-    gid = torch.where(eligible, group, torch.full_like(group, g))  # park ineligible in bucket g
-    best = torch.full((g + 1,), float("-inf"), dtype=key.dtype).scatter_reduce(
-        0, gid, torch.where(eligible, key, neg), reduce="amax"
-    )
-    cand = eligible & (key == best[gid])
-    best_tie = torch.full((g + 1,), float("-inf"), dtype=tie.dtype).scatter_reduce(
-        0, gid, torch.where(cand, tie, torch.full_like(tie, float("-inf"))), reduce="amax"
-    )
-    cand &= tie == best_tie[gid]
-    idx = torch.arange(m)
-    first = torch.full((g + 1,), m, dtype=torch.long).scatter_reduce(
-        0, gid, torch.where(cand, idx, torch.full_like(idx, m)), reduce="amin"
-    )[:g]
-    return torch.where(first < m, first, torch.full_like(first, -1))
+def _group_pick(key: torch.Tensor, tie: torch.Tensor, eligible: torch.Tensor, group: torch.Tensor, r: int) -> torch.Tensor:
+    """Per sample and group, the eligible token with the largest ``key`` (ties: larger
+    ``tie``, then lower index). All inputs [B, N]; ``group`` in 0..r-1. Returns [B, r] token
+    indices, -1 for groups with no eligible token."""
+    b, n = key.shape
+    ninf = float("-inf")
+    gid = torch.where(eligible, group, r)  # ineligible tokens go to the spare bucket r
+    best = torch.full((b, r + 1), ninf).scatter_reduce(1, gid, torch.where(eligible, key, ninf), "amax")
+    cand = eligible & (key == best.gather(1, gid))
+    best_tie = torch.full((b, r + 1), ninf).scatter_reduce(1, gid, torch.where(cand, tie, ninf), "amax")
+    cand &= tie == best_tie.gather(1, gid)
+    idx = torch.arange(n).expand(b, n)
+    first = torch.full((b, r + 1), n, dtype=torch.long).scatter_reduce(
+        1, gid, torch.where(cand, idx, n), "amin"
+    )[:, :r]
+    return torch.where(first < n, first, -1)
 
 
 def farthest_point_groups(
-    features: torch.Tensor, group: torch.Tensor, quota: torch.Tensor, priority: torch.Tensor
+    features: torch.Tensor, regions: torch.Tensor, quotas: torch.Tensor, priority: torch.Tensor
 ) -> torch.Tensor:
-    """Farthest-point sampling inside every group at once.
+    """Farthest-point sampling inside every region of every sample at once.
 
     Args:
-        features: [M, D] token features (cosine distance is used).
-        group: [M] long group id in 0..G-1, -1 = never pick.
-        quota: [G] long tokens to pick per group (<= group size).
-        priority: [M] float; the first pick of a group is its highest-priority token, and it
-            breaks distance ties later (then the lower index wins).
+        features: [B, N, D] token features (cosine distance is used).
+        regions: [B, N] long region id in 0..R-1, -1 = never pick.
+        quotas: [B, R] long tokens to pick per region (<= region size).
+        priority: [B, N] float; a region's first pick is its highest-priority token, and
+            priority breaks distance ties later (then the lower index wins).
 
-    Returns [M] bool, True for picked tokens; exactly ``quota[g]`` in group g.
+    Returns [B, N] bool, exactly ``quotas[b, r]`` True entries in region r of sample b.
+    Cost: max(quotas) steps, each one [B, N, D] x [B, D, R] product.
     """
-    m = features.shape[0]
-    g = quota.shape[0]
-    taken = torch.zeros(m, dtype=torch.bool)
-    if m == 0 or g == 0 or int(quota.max()) == 0:
-        return taken
+    b, n = regions.shape
+    r = quotas.shape[1]
+    taken = torch.zeros(b, n + 1, dtype=torch.bool)  # column n absorbs "no pick"
+    if b == 0 or n == 0 or r == 0 or int(quotas.max()) == 0:
+        return taken[:, :n]
     f = F.normalize(features.float(), dim=-1)
-    prio = priority.float()
-    need = quota.clone()
-    mind = torch.full((m,), float("inf"))
-    in_group = group >= 0
-    safe_group = group.clamp_min(0)
-    for step in range(int(quota.max())):
-        eligible = in_group & ~taken & (need[safe_group] > 0)
+    prio = torch.nan_to_num(priority.float(), nan=0.0, posinf=3.0e38, neginf=-3.0e38)
+    need = quotas.clone()
+    mind = torch.full((b, n), float("inf"))
+    in_region = regions >= 0
+    reg = regions.clamp_min(0)
+    for step in range(int(quotas.max())):
+        eligible = in_region & ~taken[:, :n] & (need.gather(1, reg) > 0)
         if not bool(eligible.any()):
             break
-        key = prio if step == 0 else mind
-        picked = _group_pick(key, prio, eligible, safe_group, g)  # [G]
+        picked = _group_pick(prio if step == 0 else mind, prio, eligible, reg, r)  # [B, R]
         got = picked >= 0
-        taken[picked[got]] = True
-        need[got] -= 1
-        centre = torch.zeros(g, f.shape[1])
-        centre[got] = f[picked[got]]
-        d = 1.0 - (f * centre[safe_group]).sum(dim=-1)  # distance to the new pick of my group
-        update = in_group & got[safe_group]
+        taken.scatter_(1, torch.where(got, picked, n), True)
+        need -= got.long()
+        centre = f.gather(1, picked.clamp_min(0)[..., None].expand(-1, -1, f.shape[2]))  # [B, R, D]
+        sims = torch.bmm(f, centre.transpose(1, 2))  # [B, N, R]
+        d = 1.0 - sims.gather(2, reg[..., None]).squeeze(2)  # distance to my region's new pick
+        update = in_region & got.gather(1, reg)
         mind = torch.where(update, torch.minimum(mind, d), mind)
-    return taken
+    return taken[:, :n]
 
 
 def make_spread() -> Selector:
@@ -396,7 +408,6 @@ def make_spread() -> Selector:
     region with quota = budget."""
 
     def select(ctx: PruneContext, scores: torch.Tensor, alloc: Allocation) -> Selection:
-        bsz, n = ctx.batch_size, ctx.num_tokens
         valid = ctx.valid_mask().detach().cpu()
         if alloc.regions is None or alloc.quotas is None:
             regions = torch.where(valid, 0, -1).long()
@@ -404,14 +415,9 @@ def make_spread() -> Selector:
         else:
             regions = alloc.regions.detach().cpu().long()
             quotas = alloc.quotas.detach().cpu().long()
-        r = quotas.shape[1]
-        offset = (torch.arange(bsz) * r)[:, None]
-        group = torch.where(regions >= 0, regions + offset, -1).flatten()  # [B*N]
-        prio = torch.where(valid, scores.detach().cpu().float(), float("-inf")).flatten()
-        prio = torch.nan_to_num(prio, neginf=-3.0e38)
-        feats = ctx.features.detach().cpu().reshape(bsz * n, -1)
-        taken = farthest_point_groups(feats, group, quotas.flatten(), prio)
-        return Selection.from_mask(taken.view(bsz, n).to(ctx.features.device))
+        prio = torch.where(valid, scores.detach().cpu().float(), float("-inf"))
+        taken = farthest_point_groups(ctx.features.detach().cpu(), regions, quotas, prio)
+        return Selection.from_mask(taken.to(ctx.features.device))
 
     return select
 

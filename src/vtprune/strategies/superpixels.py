@@ -28,17 +28,33 @@ _FAST_SLIC_MIN_SIDE = 16
 _FAST_SLIC_MIN_PIXELS_PER_SEGMENT = 16
 
 
-def normalise_image(image: torch.Tensor) -> np.ndarray:
-    """One image [C, H, W] (C = 1 or 3, any range, any float/int dtype) -> uint8 [H, W, 3].
+def downscale(x: np.ndarray, factor: int) -> np.ndarray:
+    """Block-mean downscale of [C, H, W] by an integer ``factor`` (edges cropped)."""
+    if factor <= 1:
+        return x
+    c, h, w = x.shape
+    hh, ww = h // factor, w // factor
+    out = np.zeros((c, hh, ww), dtype=np.float32)
+    for dy in range(factor):
+        for dx in range(factor):
+            out += x[:, dy : hh * factor : factor, dx : ww * factor : factor]
+    out *= 1.0 / (factor * factor)
+    return out
 
-    Min-max normalised per image (a constant image becomes all zeros); one channel is
-    repeated to three. Never modifies ``image``.
+
+def normalise_image(image: torch.Tensor, factor: int = 1) -> np.ndarray:
+    """One image [C, H, W] (C = 1 or 3, any range, any float/int dtype) -> uint8 [H', W', 3].
+
+    Block-mean downscaled by the integer ``factor`` (H' = H // factor), then min-max
+    normalised per image (a constant image becomes all zeros); one channel is repeated to
+    three. Never modifies ``image``.
     """
     if image.dim() != 3 or image.shape[0] not in (1, 3):
         raise ContractError(f"expected one image [3, H, W] (or [1, H, W]), got {tuple(image.shape)}")
     x = image.detach().to("cpu", torch.float32).numpy()  # numpy: ~30x faster than torch here
     if not np.isfinite(x).all():
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    x = downscale(x, factor)
     lo, hi = float(x.min()), float(x.max())
     out = np.empty((x.shape[1], x.shape[2], 3), dtype=np.float32)
     out[...] = x.transpose(1, 2, 0)  # broadcasts one channel to three
@@ -129,15 +145,34 @@ _SLIC: dict[str, Callable[[np.ndarray, int, float], np.ndarray]] = {
 
 
 def slic_labels(
-    image: torch.Tensor, n_segments: int, compactness: float = 10.0, backend: str = "auto"
+    image: torch.Tensor,
+    n_segments: int,
+    compactness: float = 10.0,
+    backend: str = "auto",
+    factor: int = 1,
 ) -> np.ndarray:
-    """SLIC labels [H, W] (int64, >= 0) of one image [C, H, W] (any range)."""
+    """SLIC labels [H // factor, W // factor] (int64, >= 0) of one image [C, H, W] (any
+    range), computed on the image block-mean downscaled by ``factor``."""
     if not isinstance(n_segments, int) or isinstance(n_segments, bool) or n_segments < 1:
         raise ContractError(f"n_segments must be a positive int, got {n_segments!r}")
     if not compactness > 0:
         raise ContractError(f"compactness must be > 0, got {compactness!r}")
-    rgb = normalise_image(image)
+    rgb = normalise_image(image, factor)
     return _SLIC[resolve_backend(backend)](rgb, n_segments, float(compactness))
+
+
+def slic_factor(image_hw: tuple[int, int], grid: tuple[int, int], patch_pixels: int | None) -> int:
+    """Integer downscale so that a token patch is about ``patch_pixels`` pixels on its
+    shorter side (never below it); 1 when ``patch_pixels`` is None or the image is small.
+
+    A 336 x 336 image on a 24 x 24 grid (14 px patches) with ``patch_pixels=7`` -> 2.
+    """
+    if patch_pixels is None:
+        return 1
+    if not isinstance(patch_pixels, int) or isinstance(patch_pixels, bool) or patch_pixels < 1:
+        raise ContractError(f"patch_pixels must be a positive int or None, got {patch_pixels!r}")
+    side = min(image_hw[0] / grid[0], image_hw[1] / grid[1])
+    return max(1, int(side // patch_pixels))
 
 
 def _overlaps(size: int, cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -221,14 +256,18 @@ def token_regions(
     valid: torch.Tensor | None = None,
     compactness: float = 10.0,
     backend: str = "auto",
+    patch_pixels: int | None = 7,
 ) -> torch.Tensor:
     """Superpixel region of each token: image [C, H, W] -> [N] long (CPU), N = h * w.
 
-    Ids are contiguous 0..R-1 over valid tokens (numbered in raster order of first
-    appearance); invalid tokens (``valid`` [N] False) get -1.
+    SLIC runs on the image downscaled so token patches are about ``patch_pixels`` pixels
+    wide (:func:`slic_factor`; None = full resolution). Ids are contiguous 0..R-1 over valid
+    tokens (numbered in raster order of first appearance); invalid tokens (``valid`` [N]
+    False) get -1.
     """
     h, w = grid
-    labels = slic_labels(image, n_segments, compactness, backend)
+    factor = slic_factor((int(image.shape[-2]), int(image.shape[-1])), grid, patch_pixels)
+    labels = slic_labels(image, n_segments, compactness, backend, factor)
     regions = torch.from_numpy(labels_to_grid(labels, (h, w)))
     mask = torch.ones(h * w, dtype=torch.bool) if valid is None else valid.to("cpu", torch.bool)
     return relabel(regions, mask)
@@ -242,6 +281,7 @@ __all__ = [
     "normalise_image",
     "relabel",
     "resolve_backend",
+    "slic_factor",
     "slic_labels",
     "token_regions",
 ]
