@@ -1,0 +1,335 @@
+"""Named checks of the stage contract, each a plain function ``check_x(strategy, ctx)``.
+
+A check calls the strategy's three stage functions itself (``strategy.scorer``, ``.allocator``,
+``.selector``) and inspects their raw outputs, so it catches a broken stage on its own instead of
+relying on :class:`~vtprune.core.Strategy`'s internal validation. A check returns None when
+the invariant holds and raises :class:`ConformanceError` (an ``AssertionError``) naming the
+broken invariant otherwise. :data:`CHECKS` lists them with the capability flag (if any) that
+must be true for a check to apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
+
+import torch
+
+from ..core import (
+    Allocation,
+    ContractError,
+    PruneContext,
+    Selection,
+    Strategy,
+    check_allocation,
+    check_scores,
+    check_selection,
+)
+
+
+class ConformanceError(AssertionError):
+    """A stage broke an invariant of the contract (the message says which)."""
+
+
+@dataclass(frozen=True)
+class StageOutputs:
+    """Raw outputs of the three stages for one context."""
+
+    scores: torch.Tensor
+    allocation: Allocation
+    selection: Selection
+
+
+def _stage(kind: str, fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception as exc:
+        raise ConformanceError(f"the {kind} raised {type(exc).__name__}: {exc}") from exc
+
+
+def run_stages(strategy: Strategy, ctx: PruneContext) -> StageOutputs:
+    """Call scorer, allocator and selector directly, with no contract validation in between."""
+    scores = _stage("scorer", strategy.scorer, ctx)
+    alloc = _stage("allocator", strategy.allocator, ctx, scores)
+    sel = _stage("selector", strategy.selector, ctx, scores, alloc)
+    return StageOutputs(scores, alloc, sel)
+
+
+def _contract(what: str, check: Callable[..., Any], *args: Any) -> None:
+    try:
+        check(*args)
+    except ContractError as err:
+        raise ConformanceError(f"{what}: {err}") from None
+
+
+def _fresh(ctx: PruneContext) -> PruneContext:
+    """The same context with a new generator in the state the original one was seeded with."""
+    g = ctx.generator
+    if g is None:
+        return ctx
+    return replace(ctx, generator=torch.Generator(device=g.device).manual_seed(g.initial_seed()))
+
+
+# -- API checks ----------------------------------------------------------------------------------
+
+
+def check_scores_contract(strategy: Strategy, ctx: PruneContext) -> None:
+    """The scorer returns a floating [B, N] tensor on the features' device, finite on valid tokens."""
+    scores = _stage("scorer", strategy.scorer, ctx)
+    _contract("scorer output", check_scores, scores, ctx)
+    if scores.device != ctx.features.device:
+        raise ConformanceError(f"scores are on {scores.device}, features on {ctx.features.device}")
+
+
+def check_allocation_contract(strategy: Strategy, ctx: PruneContext) -> None:
+    """The allocator returns an Allocation with the context's budget; regions are -1 exactly on
+    invalid tokens; quotas are >= 0, never exceed their region's size and sum to the budget."""
+    scores = _stage("scorer", strategy.scorer, ctx)
+    alloc = _stage("allocator", strategy.allocator, ctx, scores)
+    _contract("allocator output", check_allocation, alloc, ctx)
+    # Re-run Allocation's own validation on the tensors as they are now (quota invariants).
+    _contract("allocator output", replace, alloc)
+
+
+def check_selection_contract(strategy: Strategy, ctx: PruneContext) -> None:
+    """The selector returns a Selection: indices long [B, max budget] on the features' device,
+    counts long == budget exactly, kept indices in range, valid, unique, sorted ascending,
+    padding -1."""
+    sel = run_stages(strategy, ctx).selection
+    _contract("selector output", check_selection, sel, ctx)
+    if sel.counts.dtype != torch.long:
+        raise ConformanceError(f"selection.counts must be a long tensor, got {sel.counts.dtype}")
+    if sel.indices.device != ctx.features.device:
+        raise ConformanceError(
+            f"selection.indices are on {sel.indices.device}, features on {ctx.features.device}"
+        )
+
+
+def check_replacement_features(strategy: Strategy, ctx: PruneContext) -> None:
+    """With ``capabilities.merges``: selection.features is [B, K, D], of the input's dtype and
+    device, finite on kept slots. Without it: selection.features is None."""
+    sel = run_stages(strategy, ctx).selection
+    f = sel.features
+    if not strategy.capabilities.merges:
+        if f is not None:
+            raise ConformanceError(
+                "the selector returned replacement features but the strategy does not declare "
+                "capabilities.merges=True"
+            )
+        return
+    if f is None:
+        raise ConformanceError("capabilities.merges=True but selection.features is None")
+    b, k = sel.indices.shape
+    want = (b, k, ctx.features.shape[2])
+    if tuple(f.shape) != want or f.dtype != ctx.features.dtype or f.device != ctx.features.device:
+        raise ConformanceError(
+            f"selection.features must be {list(want)} {ctx.features.dtype} on "
+            f"{ctx.features.device}, got {list(f.shape)} {f.dtype} on {f.device}"
+        )
+    if not bool(torch.isfinite(f[sel.kept_mask]).all()):
+        raise ConformanceError("selection.features has NaN/inf on kept slots")
+
+
+# -- properties ----------------------------------------------------------------------------------
+
+
+def check_keep_all_keeps_every_valid_token(strategy: Strategy, ctx: PruneContext) -> None:
+    """With budget == valid count, every valid token is kept (and no padding token)."""
+    ctx = ctx.with_budget(1.0)
+    sel = run_stages(strategy, ctx).selection
+    _contract("keep-all selection", check_selection, sel, ctx)
+    kept = sel.token_mask(ctx.num_tokens)
+    missing = ctx.valid_mask().to(kept.device) & ~kept
+    if bool(missing.any()):
+        b = int(missing.any(dim=1).nonzero()[0, 0])
+        raise ConformanceError(
+            f"keep-all dropped valid tokens {missing[b].nonzero().flatten().tolist()[:20]} of "
+            f"sample {b}"
+        )
+
+
+def check_keep_none_keeps_nothing(strategy: Strategy, ctx: PruneContext) -> None:
+    """With budget 0, nothing is kept: counts are 0 and indices are [B, 0]."""
+    ctx = ctx.with_budget(0)
+    sel = run_stages(strategy, ctx).selection
+    if sel.counts.tolist() != [0] * ctx.batch_size or sel.indices.shape[1] != 0:
+        raise ConformanceError(
+            f"keep-none must give counts 0 and indices [B, 0]; got counts {sel.counts.tolist()} "
+            f"and indices {list(sel.indices.shape)}"
+        )
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+
+
+def _same_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point():
+        return bool(torch.isclose(a, b, rtol=0.0, atol=0.0, equal_nan=True).all())
+    return torch.equal(a, b)
+
+
+def check_deterministic(strategy: Strategy, ctx: PruneContext) -> None:
+    """Two runs on the same context (generator re-seeded identically) give identical scores,
+    allocations and selections."""
+    first = run_stages(strategy, _fresh(ctx))
+    second = run_stages(strategy, _fresh(ctx))
+    pairs = {
+        "scores": _same_nan(first.scores, second.scores),
+        "allocation.budget": _same(first.allocation.budget, second.allocation.budget),
+        "allocation.regions": _same(first.allocation.regions, second.allocation.regions),
+        "allocation.quotas": _same(first.allocation.quotas, second.allocation.quotas),
+        "selection.indices": _same(first.selection.indices, second.selection.indices),
+        "selection.counts": _same(first.selection.counts, second.selection.counts),
+        "selection.features": _same(first.selection.features, second.selection.features),
+    }
+    differ = [name for name, same in pairs.items() if not same]
+    if differ:
+        detail = ""
+        if "selection.indices" in differ:
+            detail = (
+                f" (first run kept {first.selection.per_sample()[0].tolist()[:12]}, second "
+                f"{second.selection.per_sample()[0].tolist()[:12]} in sample 0)"
+            )
+        raise ConformanceError(
+            f"two runs on the same context (same seed) differ in {', '.join(differ)}{detail}; "
+            "draw randomness only from ctx.generator, or declare capabilities.deterministic=False"
+        )
+
+
+def check_batch_consistent(strategy: Strategy, ctx: PruneContext) -> None:
+    """Each sample pruned alone keeps the same tokens (and replacement features) as inside the
+    batch. Runs without ``ctx.generator``: one random stream shared by a batch cannot also be
+    split per sample."""
+    ctx = replace(ctx, generator=None)
+    batch = run_stages(strategy, ctx).selection
+    rows = batch.per_sample()
+    for i in range(ctx.batch_size):
+        alone = run_stages(strategy, ctx.sample(i)).selection
+        mine = alone.per_sample()[0]
+        if not torch.equal(rows[i].cpu(), mine.cpu()):
+            raise ConformanceError(
+                f"sample {i} alone keeps {mine.tolist()[:16]} but inside the batch keeps "
+                f"{rows[i].tolist()[:16]}; a sample's result must not depend on the rest of "
+                "its batch, or declare capabilities.batch_consistent=False"
+            )
+        if batch.features is not None and alone.features is not None:
+            k = len(mine)
+            a, b = batch.features[i, :k].float(), alone.features[0, :k].float()
+            tol = 1e-2 if ctx.features.dtype == torch.bfloat16 else 1e-5
+            if not torch.allclose(a, b, rtol=tol, atol=tol):
+                raise ConformanceError(
+                    f"sample {i}: replacement features differ between the batch and the sample "
+                    f"alone (max abs difference {float((a - b).abs().max()):.3g})"
+                )
+
+
+def _snapshot(obj: Any) -> dict[str, torch.Tensor]:
+    return {
+        f.name: getattr(obj, f.name).clone()
+        for f in fields(obj)
+        if isinstance(getattr(obj, f.name), torch.Tensor)
+    }
+
+
+def _changed(before: dict[str, torch.Tensor], obj: Any) -> list[str]:
+    return [name for name, t in before.items() if not _same_nan(t, getattr(obj, name))]
+
+
+def check_inputs_not_mutated(strategy: Strategy, ctx: PruneContext) -> None:
+    """No stage modifies a tensor of the context; the allocator and selector leave the scores
+    (and the selector the allocation) as they received them."""
+    before_ctx = _snapshot(ctx)
+    scores = _stage("scorer", strategy.scorer, ctx)
+    before_scores = scores.clone() if isinstance(scores, torch.Tensor) else None
+    alloc = _stage("allocator", strategy.allocator, ctx, scores)
+    before_alloc = _snapshot(alloc) if isinstance(alloc, Allocation) else {}
+    _stage("selector", strategy.selector, ctx, scores, alloc)
+    changed = [f"ctx.{name}" for name in _changed(before_ctx, ctx)]
+    if before_scores is not None and not _same_nan(before_scores, scores):
+        changed.append("scores (after the allocator/selector)")
+    changed += [f"allocation.{name} (after the selector)" for name in _changed(before_alloc, alloc)]
+    if changed:
+        raise ConformanceError(
+            f"stages modified their inputs in place: {', '.join(changed)}; work on copies "
+            "(e.g. x = x.clone() or out-of-place ops)"
+        )
+
+
+def check_selector_respects_quotas(strategy: Strategy, ctx: PruneContext) -> None:
+    """When the allocation has regions, the selector keeps exactly ``quotas[b, r]`` tokens in
+    region r of sample b (vacuous when the allocator returns no regions)."""
+    out = run_stages(strategy, ctx)
+    if out.allocation.regions is None:
+        return
+    _contract("selection against the allocation", check_selection, out.selection, ctx, out.allocation)
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+Requirement = Literal["deterministic", "batch_consistent"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named check: the function, its group, and what decides whether it applies.
+
+    Attributes:
+        requires: a :class:`~vtprune.core.Capabilities` flag that must be True, or None.
+        budget: budgets the runner draws for it (``"any"``, ``"all"`` or ``"none"``).
+    """
+
+    name: str
+    fn: Callable[[Strategy, PruneContext], None]
+    group: Literal["api", "property"]
+    requires: Requirement | None = None
+    budget: Literal["any", "all", "none"] = "any"
+
+    @property
+    def description(self) -> str:
+        doc = self.fn.__doc__ or ""
+        return " ".join(doc.split())
+
+    def skip_reason(self, strategy: Strategy) -> str | None:
+        """Why this check does not apply to ``strategy`` (from its capabilities), or None."""
+        if self.requires is not None and not getattr(strategy.capabilities, self.requires):
+            return f"capabilities.{self.requires} is False"
+        return None
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("check_scores_contract", check_scores_contract, "api"),
+    Check("check_allocation_contract", check_allocation_contract, "api"),
+    Check("check_selection_contract", check_selection_contract, "api"),
+    Check("check_replacement_features", check_replacement_features, "api"),
+    Check("check_keep_all_keeps_every_valid_token", check_keep_all_keeps_every_valid_token, "property", budget="all"),
+    Check("check_keep_none_keeps_nothing", check_keep_none_keeps_nothing, "property", budget="none"),
+    Check("check_deterministic", check_deterministic, "property", requires="deterministic"),
+    Check("check_batch_consistent", check_batch_consistent, "property", requires="batch_consistent"),
+    Check("check_inputs_not_mutated", check_inputs_not_mutated, "property"),
+    Check("check_selector_respects_quotas", check_selector_respects_quotas, "property"),
+)
+"""Every check of the kit, in the order they run."""
+
+__all__ = [
+    "CHECKS",
+    "Check",
+    "ConformanceError",
+    "StageOutputs",
+    "run_stages",
+    "check_scores_contract",
+    "check_allocation_contract",
+    "check_selection_contract",
+    "check_replacement_features",
+    "check_keep_all_keeps_every_valid_token",
+    "check_keep_none_keeps_nothing",
+    "check_deterministic",
+    "check_batch_consistent",
+    "check_inputs_not_mutated",
+    "check_selector_respects_quotas",
+]

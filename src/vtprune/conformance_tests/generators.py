@@ -1,0 +1,278 @@
+"""Hypothesis generators of valid :class:`~vtprune.core.PruneContext` inputs.
+
+Hypothesis draws a small, printable :class:`ContextSpec` (shapes, budgets, validity, seed);
+:func:`build_context` turns it into tensors deterministically. A failure therefore shrinks to a
+short spec that reproduces it exactly::
+
+    from vtprune.conformance_tests import ContextSpec, build_context
+    ctx = build_context(ContextSpec(batch=2, grid=(3, 4), dim=5, budgets=(3, 0), valid_counts=(12, 7)))
+
+Plugin authors reuse :func:`prune_contexts` (contexts) or :func:`context_specs` (specs) in their
+own hypothesis tests::
+
+    @given(prune_contexts(my_strategy.capabilities))
+    def test_mine(ctx): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from hypothesis import strategies as st
+
+from ..core import SIGNALS, Capabilities, ContractError, PruneContext, keep_count
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+FEATURE_KINDS = ("randn", "ties", "zeros")
+"""``randn``: i.i.d. normal; ``ties``: every token copies one of <= 3 vectors (many equal
+scores); ``zeros``: all zero (every score-from-features ties)."""
+PADDING_KINDS = ("trailing", "scattered")
+"""Where a ragged sample's invalid tokens sit: after its valid ones, or at random positions."""
+
+
+@dataclass(frozen=True, repr=False)
+class ContextSpec:
+    """A compact, reproducible description of one context (what a failure message prints).
+
+    Attributes:
+        batch: B samples. grid: (h, w), N = h * w. dim: D feature channels.
+        dtype: ``"float32"`` or ``"bfloat16"`` (features and text features).
+        valid_counts: valid tokens per sample [B] (None: all N valid).
+        padding: where invalid tokens sit (see :data:`PADDING_KINDS`).
+        budgets: tokens kept per sample [B], each in [0, valid count].
+        ratio: the keep ratio the budgets came from (informational; None for counts).
+        features: how features are drawn (see :data:`FEATURE_KINDS`).
+        seed: seeds every random tensor and ``ctx.generator``.
+        signals: optional signals to supply (subset of ``vtprune.core.SIGNALS``).
+        heads: attention heads; 0 gives ``attention`` / ``cls_attention`` of shape [B, N].
+        text_tokens: T for ``text_features`` [B, T, D].
+        px_per_cell: image pixels per grid cell side (image is [B, 3, h*px, w*px]).
+    """
+
+    batch: int = 1
+    grid: tuple[int, int] = (2, 2)
+    dim: int = 4
+    dtype: str = "float32"
+    valid_counts: tuple[int, ...] | None = None
+    padding: str = "trailing"
+    budgets: tuple[int, ...] = (1,)
+    ratio: float | None = None
+    features: str = "randn"
+    seed: int = 0
+    signals: tuple[str, ...] = ()
+    heads: int = 0
+    text_tokens: int = 2
+    px_per_cell: int = 14
+
+    def __repr__(self) -> str:  # only the fields that differ from the defaults: short, exact
+        changed = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            if getattr(self, f.name) != f.default
+        ]
+        return f"ContextSpec({', '.join(changed)})"
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def counts(self) -> tuple[int, ...]:
+        """Valid tokens per sample."""
+        return self.valid_counts or (self.num_tokens,) * self.batch
+
+    def describe(self) -> str:
+        """One line: shapes, budgets, grid, valid counts and seed."""
+        h, w = self.grid
+        parts = [
+            f"B={self.batch}",
+            f"grid={h}x{w} (N={self.num_tokens})",
+            f"D={self.dim}",
+            self.dtype,
+            f"budgets={list(self.budgets)}" + (f" (ratio {self.ratio:g})" if self.ratio is not None else ""),
+            f"valid={list(self.counts())}" + (f" ({self.padding} padding)" if self.valid_counts else ""),
+            f"features={self.features}",
+            f"seed={self.seed}",
+        ]
+        if self.signals:
+            parts.append(f"signals={list(self.signals)}" + (f" heads={self.heads}" if self.heads else ""))
+        return ", ".join(parts)
+
+
+def _valid_mask(spec: ContextSpec, gen: torch.Generator) -> torch.Tensor | None:
+    if spec.valid_counts is None:
+        return None
+    n = spec.num_tokens
+    mask = torch.zeros(spec.batch, n, dtype=torch.bool)
+    for b, c in enumerate(spec.valid_counts):
+        if spec.padding == "trailing":
+            mask[b, :c] = True
+        else:
+            mask[b, torch.randperm(n, generator=gen)[:c]] = True
+    return mask
+
+
+def _features(spec: ContextSpec, gen: torch.Generator) -> torch.Tensor:
+    b, n, d = spec.batch, spec.num_tokens, spec.dim
+    if spec.features == "zeros":
+        out = torch.zeros(b, n, d)
+    elif spec.features == "ties":
+        pool = torch.randn(3, d, generator=gen)
+        out = pool[torch.randint(0, 3, (b, n), generator=gen)]
+    else:
+        out = torch.randn(b, n, d, generator=gen)
+    return out.to(DTYPES[spec.dtype])
+
+
+def _attention(spec: ContextSpec, gen: torch.Generator, valid: torch.Tensor | None) -> torch.Tensor:
+    """Non-negative rows, zero on padding, summing to at most 1 (a softmax slice)."""
+    shape = (spec.batch, spec.heads, spec.num_tokens) if spec.heads else (spec.batch, spec.num_tokens)
+    logits = torch.randn(*shape, generator=gen) * 3.0
+    if spec.features == "ties":  # quantised: many equal attention values
+        logits = logits.round()
+    att = torch.softmax(torch.cat([logits, torch.zeros(*shape[:-1], 1)], dim=-1), dim=-1)[..., :-1]
+    if valid is not None:
+        att = att * (valid[:, None, :] if spec.heads else valid).to(att.dtype)
+    return att
+
+
+def _image(spec: ContextSpec, gen: torch.Generator) -> torch.Tensor:
+    """Flat colour blocks of 2x2 grid cells plus a little noise, in [0, 1] (SLIC can segment it)."""
+    h, w = spec.grid
+    block = 2 * spec.px_per_cell
+    coarse = torch.rand(spec.batch, 3, (h + 1) // 2, (w + 1) // 2, generator=gen)
+    img = coarse.repeat_interleave(block, dim=2).repeat_interleave(block, dim=3)
+    img = img[:, :, : h * spec.px_per_cell, : w * spec.px_per_cell]
+    img = img + 0.05 * torch.randn(img.shape, generator=gen)
+    return img.clamp(0.0, 1.0)
+
+
+def build_context(spec: ContextSpec, device: str | torch.device = "cpu") -> PruneContext:
+    """The context a spec describes; the same spec always gives the same tensors.
+
+    ``ctx.generator`` is a CPU generator seeded with ``spec.seed`` (fresh on every call).
+    """
+    unknown = set(spec.signals) - set(SIGNALS)
+    if unknown:
+        raise ContractError(f"unknown signals {sorted(unknown)}; known signals: {list(SIGNALS)}")
+    gen = torch.Generator().manual_seed(spec.seed)
+    valid = _valid_mask(spec, gen)
+    signals: dict[str, torch.Tensor] = {}
+    if "image" in spec.signals:
+        signals["image"] = _image(spec, gen)
+    for name in ("attention", "cls_attention"):
+        if name in spec.signals:
+            signals[name] = _attention(spec, gen, valid)
+    if "text_features" in spec.signals:
+        text = torch.randn(spec.batch, spec.text_tokens, spec.dim, generator=gen)
+        signals["text_features"] = text.to(DTYPES[spec.dtype])
+    features = _features(spec, gen)
+    dev = torch.device(device)
+    return PruneContext(
+        features=features.to(dev),
+        grid=spec.grid,
+        budget=torch.tensor(spec.budgets, dtype=torch.long),
+        valid=None if valid is None else valid.to(dev),
+        generator=torch.Generator().manual_seed(spec.seed),
+        image=_to(signals.get("image"), dev),
+        attention=_to(signals.get("attention"), dev),
+        cls_attention=_to(signals.get("cls_attention"), dev),
+        text_features=_to(signals.get("text_features"), dev),
+    )
+
+
+def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t.to(device)
+
+
+def _needs(capabilities: Capabilities | Iterable[str] | None) -> tuple[str, ...]:
+    if capabilities is None:
+        return ()
+    needs = capabilities.needs if isinstance(capabilities, Capabilities) else frozenset(capabilities)
+    unknown = set(needs) - set(SIGNALS)
+    if unknown:
+        raise ContractError(f"unknown signals {sorted(unknown)}; known signals: {list(SIGNALS)}")
+    return tuple(s for s in SIGNALS if s in needs)
+
+
+@st.composite
+def context_specs(
+    draw: st.DrawFn,
+    capabilities: Capabilities | Iterable[str] | None = None,
+    *,
+    max_batch: int = 4,
+    max_side: int = 12,
+    max_dim: int = 16,
+    dtypes: tuple[str, ...] = ("float32", "bfloat16"),
+    ragged: bool = True,
+    budget: str = "any",
+) -> ContextSpec:
+    """Valid :class:`ContextSpec` s supplying the signals ``capabilities.needs`` lists.
+
+    B in 1..max_batch, grid sides in 1..max_side (non-square too), D in 1..max_dim; budgets
+    from a ratio (half-up rounding of ratio x valid count) or per-sample counts in
+    [0, valid count]. ``budget="all"`` / ``"none"`` pins every budget to the valid count / 0.
+    ``ragged=True`` lets samples have padding tokens (valid count 0 included).
+    """
+    if budget not in ("any", "all", "none"):
+        raise ContractError(f"budget must be 'any', 'all' or 'none', got {budget!r}")
+    signals = _needs(capabilities)
+    batch = draw(st.integers(1, max_batch))
+    grid = (draw(st.integers(1, max_side)), draw(st.integers(1, max_side)))
+    n = grid[0] * grid[1]
+    valid_counts: tuple[int, ...] | None = None
+    padding = "trailing"
+    if ragged and draw(st.booleans()):
+        valid_counts = tuple(draw(st.lists(st.integers(0, n), min_size=batch, max_size=batch)))
+        padding = draw(st.sampled_from(PADDING_KINDS))
+    counts = valid_counts or (n,) * batch
+    ratio: float | None = None
+    if budget == "all":
+        budgets = counts
+    elif budget == "none":
+        budgets = (0,) * batch
+    elif draw(st.booleans()):
+        ratio = draw(
+            st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
+            | st.floats(0.0, 1.0, allow_nan=False, allow_infinity=False)
+        )
+        budgets = tuple(keep_count(ratio, c) for c in counts)
+    else:
+        budgets = tuple(draw(st.integers(0, c)) for c in counts)
+    return ContextSpec(
+        batch=batch,
+        grid=grid,
+        dim=draw(st.integers(1, max_dim)),
+        dtype=draw(st.sampled_from(dtypes)),
+        valid_counts=valid_counts,
+        padding=padding,
+        budgets=budgets,
+        ratio=ratio,
+        features=draw(st.sampled_from(FEATURE_KINDS)),
+        seed=draw(st.integers(0, 2**16)),
+        signals=signals,
+        heads=draw(st.integers(0, 3)) if {"attention", "cls_attention"} & set(signals) else 0,
+        text_tokens=draw(st.integers(1, 4)) if "text_features" in signals else 2,
+    )
+
+
+def prune_contexts(
+    capabilities: Capabilities | Iterable[str] | None = None,
+    device: str | torch.device = "cpu",
+    **kwargs: Any,
+) -> st.SearchStrategy[PruneContext]:
+    """Valid :class:`PruneContext` s (see :func:`context_specs` for the keyword options)."""
+    return context_specs(capabilities, **kwargs).map(lambda spec: build_context(spec, device))
+
+
+__all__ = [
+    "ContextSpec",
+    "DTYPES",
+    "FEATURE_KINDS",
+    "PADDING_KINDS",
+    "build_context",
+    "context_specs",
+    "prune_contexts",
+]

@@ -1,0 +1,343 @@
+"""Entry points of the kit: run the named checks over hypothesis-generated contexts.
+
+Plain function::
+
+    from vtprune.conformance_tests import check_strategy, assert_conforms
+    results = check_strategy("uniform")          # one CheckResult per named check
+    assert_conforms(my_strategy)                   # AssertionError listing every failure
+
+pytest::
+
+    from vtprune.conformance_tests import parametrize_with_checks
+
+    @parametrize_with_checks(["uniform", my_strategy])
+    def test_conformance(strategy, check):
+        check(strategy)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from hypothesis import HealthCheck, Verbosity, given
+from hypothesis import settings as hypothesis_settings
+
+from ..core import (
+    ContractError,
+    Registry,
+    Schedule,
+    Strategy,
+    UnknownNameError,
+    default_registry,
+    get_strategy,
+)
+from .checks import CHECKS, Check
+from .generators import ContextSpec, build_context, context_specs
+
+DEFAULT_MAX_EXAMPLES = 30
+"""Contexts hypothesis tries per check (the whole kit over a simple strategy takes ~1-2 s)."""
+
+Status = Literal["passed", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one named check on one strategy.
+
+    Attributes:
+        strategy: the strategy's name. check: the check's name.
+        status: ``"passed"``, ``"failed"`` or ``"skipped"``.
+        message: for failures, the broken invariant and the shrunk falsifying input.
+        skip_reason: for skips, the capability flag that switched the check off.
+        runs: how many contexts the check ran on (hypothesis' shrinking included).
+    """
+
+    strategy: str
+    check: str
+    status: Status
+    message: str = ""
+    skip_reason: str = ""
+    runs: int = 0
+
+    def __str__(self) -> str:
+        extra = self.message if self.status == "failed" else self.skip_reason
+        return f"{self.strategy} {self.check}: {self.status}" + (f" ({extra})" if extra else "")
+
+
+class _Falsified(AssertionError):
+    def __init__(self, spec: ContextSpec, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.spec = spec
+        self.error = error
+
+
+def kit_settings(max_examples: int, overrides: Mapping[str, Any] | None = None) -> hypothesis_settings:
+    """Hypothesis settings of the kit: no deadline, no example database, derandomized (the same
+    contexts on every run, so CI is reproducible), one reported bug per check."""
+    base: dict[str, Any] = {
+        "max_examples": max_examples,
+        "deadline": None,
+        "database": None,
+        "derandomize": True,
+        "report_multiple_bugs": False,
+        "verbosity": Verbosity.quiet,
+        "print_blob": False,
+        "suppress_health_check": [
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+            HealthCheck.large_base_example,
+        ],
+    }
+    base.update(overrides or {})
+    return hypothesis_settings(**base)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Kit contexts are tiny (<= 576 tokens): intra-op threads only add contention there."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _failure_message(
+    strategy: Strategy, check: Check, error: BaseException | str, spec: ContextSpec | None
+) -> str:
+    lines = [
+        f"strategy {strategy.name!r} failed {check.name}",
+        f"  invariant: {check.description}",
+        f"  error: {error}",
+    ]
+    if spec is not None:
+        lines += [
+            f"  falsifying input (shrunk): {spec.describe()}",
+            f"  reproduce: ctx = vtprune.conformance_tests.build_context({spec!r})",
+        ]
+    return "\n".join(lines)
+
+
+def run_check(
+    strategy: Strategy,
+    check: Check,
+    max_examples: int = DEFAULT_MAX_EXAMPLES,
+    settings: Mapping[str, Any] | None = None,
+) -> CheckResult:
+    """Run one check over generated contexts; skipped when the strategy's capabilities say so."""
+    reason = check.skip_reason(strategy)
+    if reason is not None:
+        return CheckResult(strategy.name, check.name, "skipped", skip_reason=reason)
+    runs = 0
+
+    @kit_settings(max_examples, settings)
+    @given(context_specs(strategy.capabilities, budget=check.budget))
+    def run(spec: ContextSpec) -> None:
+        nonlocal runs
+        runs += 1
+        ctx = build_context(spec)
+        try:
+            check.fn(strategy, ctx)
+        except Exception as exc:
+            raise _Falsified(spec, exc) from exc
+
+    try:
+        with _one_thread():
+            run()
+    except _Falsified as failure:
+        message = _failure_message(strategy, check, failure.error, failure.spec)
+        return CheckResult(strategy.name, check.name, "failed", message=message, runs=runs)
+    except Exception as exc:  # hypothesis' own verdicts (e.g. a flaky failure)
+        inner = getattr(exc, "exceptions", None)
+        first = inner[0] if inner else exc
+        spec = first.spec if isinstance(first, _Falsified) else None
+        error = first.error if isinstance(first, _Falsified) else exc
+        message = _failure_message(strategy, check, f"{type(exc).__name__}: {error}", spec)
+        return CheckResult(strategy.name, check.name, "failed", message=message, runs=runs)
+    return CheckResult(strategy.name, check.name, "passed", runs=runs)
+
+
+def _resolve(strategy_or_name: Strategy | str, params: Mapping[str, Any]) -> Strategy:
+    if isinstance(strategy_or_name, str):
+        return get_strategy(strategy_or_name, **params)
+    if not isinstance(strategy_or_name, Strategy):
+        raise TypeError(
+            f"expected a vtprune.Strategy or a registered strategy name, got "
+            f"{type(strategy_or_name).__name__}; build one with vtprune.get_strategy or compose"
+        )
+    if params:
+        raise TypeError(
+            f"parameters {sorted(params)} apply only to a strategy given by name; pass "
+            "vtprune.get_strategy(name, **params) instead"
+        )
+    return strategy_or_name
+
+
+def _select(checks: Iterable[str] | None) -> tuple[Check, ...]:
+    if checks is None:
+        return CHECKS
+    table = {c.name: c for c in CHECKS}
+    unknown = [n for n in checks if n not in table]
+    if unknown:
+        raise UnknownNameError(f"unknown check(s) {unknown}; the kit's checks are {list(table)}")
+    return tuple(table[n] for n in checks)
+
+
+def check_strategy(
+    strategy_or_name: Strategy | str,
+    max_examples: int = DEFAULT_MAX_EXAMPLES,
+    *,
+    checks: Iterable[str] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    **params: Any,
+) -> list[CheckResult]:
+    """Run every named check (or those named in ``checks``) on a strategy.
+
+    ``strategy_or_name`` is a :class:`~vtprune.core.Strategy` or a registered name (built
+    with ``params``). ``settings`` overrides the kit's hypothesis settings (e.g.
+    ``{"derandomize": False}``). Returns one :class:`CheckResult` per check.
+    """
+    strategy = _resolve(strategy_or_name, params)
+    return [run_check(strategy, c, max_examples, settings) for c in _select(checks)]
+
+
+def summarize(results: Sequence[CheckResult]) -> str:
+    """``"<names>: P passed, F failed, S skipped"`` (one line)."""
+    names = sorted({r.strategy for r in results})
+    counts = {s: sum(r.status == s for r in results) for s in ("passed", "failed", "skipped")}
+    return f"{', '.join(names)}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+
+
+def assert_conforms(
+    strategy_or_name: Strategy | str,
+    max_examples: int = DEFAULT_MAX_EXAMPLES,
+    **kwargs: Any,
+) -> list[CheckResult]:
+    """:func:`check_strategy`, raising one ``AssertionError`` that lists every failure."""
+    results = check_strategy(strategy_or_name, max_examples, **kwargs)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        body = "\n\n".join(r.message for r in failed)
+        raise AssertionError(f"vtprune conformance: {summarize(results)}\n\n{body}")
+    return results
+
+
+NEUTRAL = {"scorer": "constant", "allocator": "global", "selector": "topk"}
+"""The partners :func:`check_stage` composes a single stage with."""
+
+
+def _kit_schedule(num_layers: int, keep: Any) -> Schedule:
+    """Placement for stage tests that need in-LLM attention (irrelevant to the checks)."""
+    return Schedule.at_layers([(min(1, num_layers - 1), keep)])
+
+
+def stage_strategy(
+    kind: str,
+    name: str,
+    partners: Mapping[str, str] | None = None,
+    registry: Registry | None = None,
+    **params: Any,
+) -> Strategy:
+    """A strategy made of the registered stage ``kind``/``name`` and neutral partners
+    (``constant`` scorer, ``global`` allocator, ``topk`` selector unless ``partners`` says
+    otherwise), looked up in ``registry`` (default: the process-wide one)."""
+    if kind not in NEUTRAL:
+        raise UnknownNameError(f"unknown stage kind {kind!r}; choose from {list(NEUTRAL)}")
+    stages = {**NEUTRAL, **(partners or {}), kind: name}
+    unknown = set(stages) - set(NEUTRAL)
+    if unknown:
+        raise UnknownNameError(f"unknown partner kind(s) {sorted(unknown)}; choose from {list(NEUTRAL)}")
+    registry = registry or default_registry()
+    needs = frozenset().union(*(registry.spec(k, v).capabilities.needs for k, v in stages.items()))
+    schedule: Callable[..., Schedule] | None = _kit_schedule if "attention" in needs else None
+    try:
+        return registry.compose(
+            stages["scorer"], stages["allocator"], stages["selector"],
+            name=f"{kind}:{name}", schedule=schedule, **params,
+        )
+    except ContractError as err:
+        raise ContractError(f"cannot build a strategy around {kind} {name!r}: {err}") from None
+
+
+def check_stage(
+    kind: str,
+    name: str,
+    max_examples: int = DEFAULT_MAX_EXAMPLES,
+    *,
+    partners: Mapping[str, str] | None = None,
+    registry: Registry | None = None,
+    checks: Iterable[str] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    **params: Any,
+) -> list[CheckResult]:
+    """Run the kit on one registered scorer, allocator or selector, composed with neutral
+    partners (see :func:`stage_strategy`)."""
+    strategy = stage_strategy(kind, name, partners, registry, **params)
+    return check_strategy(strategy, max_examples, checks=checks, settings=settings)
+
+
+class KitCheck:
+    """A check bound to kit settings, callable as ``check(strategy)`` inside a pytest test:
+    it fails the test with the kit's message, or skips it with the capability reason."""
+
+    def __init__(self, check: Check, max_examples: int, settings: Mapping[str, Any] | None = None):
+        self.check = check
+        self.max_examples = max_examples
+        self.settings = settings
+
+    def __call__(self, strategy: Strategy) -> CheckResult:
+        import pytest
+
+        result = run_check(strategy, self.check, self.max_examples, self.settings)
+        if result.status == "skipped":
+            pytest.skip(result.skip_reason)
+        if result.status == "failed":
+            pytest.fail(result.message, pytrace=False)
+        return result
+
+    def __repr__(self) -> str:
+        return self.check.name
+
+
+def parametrize_with_checks(
+    strategies: Iterable[Strategy | str],
+    max_examples: int = DEFAULT_MAX_EXAMPLES,
+    *,
+    checks: Iterable[str] | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> Any:
+    """``pytest.mark.parametrize("strategy, check", ...)``: one test per strategy x check,
+    with ids ``<strategy>-<check>``. Names are built with :func:`vtprune.get_strategy`."""
+    import pytest
+
+    selected = _select(checks)
+    cases = []
+    for s in strategies:
+        strategy = _resolve(s, {})
+        for c in selected:
+            cases.append(
+                pytest.param(strategy, KitCheck(c, max_examples, settings), id=f"{strategy.name}-{c.name}")
+            )
+    return pytest.mark.parametrize("strategy, check", cases)
+
+
+__all__ = [
+    "DEFAULT_MAX_EXAMPLES",
+    "NEUTRAL",
+    "CheckResult",
+    "KitCheck",
+    "assert_conforms",
+    "check_stage",
+    "check_strategy",
+    "kit_settings",
+    "parametrize_with_checks",
+    "run_check",
+    "stage_strategy",
+    "summarize",
+]
