@@ -204,6 +204,7 @@ def test_strict_mode_turns_a_broken_plugin_into_an_error(site: Path, broken_site
         VTPRUNE_STRICT_PLUGINS="1",
     )
     assert out["error"] is not None and "vtprune-broken-plugin" in out["error"]
+    assert "VTPRUNE_STRICT_PLUGINS" in out["error"] and "skipped" not in out["error"]
 
 
 ENV_SCENARIOS = """

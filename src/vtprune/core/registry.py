@@ -133,7 +133,9 @@ class Registry:
                     "or block it with VTPRUNE_BLOCK_PLUGINS."
                 )
                 if strict:
-                    raise PluginError(message) from exc
+                    raise PluginError(
+                        message.replace("; skipped.", " (an error because VTPRUNE_STRICT_PLUGINS is set).")
+                    ) from exc
                 warnings.warn(message, PluginLoadWarning, stacklevel=2)
                 self._plugins[name] = PluginInfo(name, dist, version, ep.value, error=message)
                 continue
