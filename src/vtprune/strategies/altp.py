@@ -58,7 +58,7 @@ def make_distinct() -> Scorer:
         valid = ctx.valid_mask().to(f.device)
         mean = (f * valid[..., None]).sum(dim=1)  # [B, D]
         mean = F.normalize(mean, dim=-1)
-        out = 1.0 - torch.einsum("bnd,bd->bn", f, mean)
+        out = 1.0 - (f * mean[:, None, :]).sum(dim=-1)  # row-wise, batch-independent rounding
         return torch.where(valid, out, torch.zeros_like(out))
 
     return score
@@ -416,7 +416,17 @@ def make_spread() -> Selector:
             regions = alloc.regions.detach().cpu().long()
             quotas = alloc.quotas.detach().cpu().long()
         prio = torch.where(valid, scores.detach().cpu().float(), float("-inf"))
-        taken = farthest_point_groups(ctx.features.detach().cpu(), regions, quotas, prio)
+        feats = ctx.features.detach().cpu()
+        # One sample at a time, with only its own regions: a matmul's rounding depends on its
+        # shapes, and with tied distances a different rounding picks different tokens, which
+        # would make a sample's choice depend on the rest of its batch.
+        rows = []
+        for b in range(ctx.batch_size):
+            r_b = int(regions[b].max()) + 1 if bool((regions[b] >= 0).any()) else 0
+            rows.append(farthest_point_groups(
+                feats[b : b + 1], regions[b : b + 1], quotas[b : b + 1, :r_b], prio[b : b + 1]
+            ))
+        taken = torch.cat(rows) if rows else torch.zeros(0, ctx.num_tokens, dtype=torch.bool)
         return Selection.from_mask(taken.to(ctx.features.device))
 
     return select

@@ -44,13 +44,13 @@ def max_min_diverse(features: torch.Tensor, valid: torch.Tensor, budget: torch.T
     rows = torch.arange(b, device=f.device)
     neg = torch.tensor(float("-inf"), device=f.device)
     mean = F.normalize((f * valid[..., None]).sum(dim=1), dim=-1)  # [B, D]
-    mind = 1.0 - torch.einsum("bnd,bd->bn", f, mean)  # first pick: farthest from the mean
+    mind = 1.0 - (f * mean[:, None, :]).sum(dim=-1)  # first pick: farthest from the mean
     for step in range(steps):
         active = step < k  # [B] samples still picking
         key = torch.where(valid & ~taken, mind, neg)
         pick = key.argmax(dim=1)  # first maximum = lowest index on ties
         taken[rows[active], pick[active]] = True
-        d = 1.0 - torch.einsum("bnd,bd->bn", f, f[rows, pick])  # [B, N]
+        d = 1.0 - (f * f[rows, pick][:, None, :]).sum(dim=-1)  # [B, N]
         mind = d if step == 0 else torch.minimum(mind, d)
     return taken
 
@@ -67,7 +67,13 @@ def make_divprune() -> Selector:
         valid = ctx.valid_mask()
         budget = alloc.budget.to(valid.device)
         keep_all = budget == valid.sum(dim=1)
-        taken = max_min_diverse(ctx.features.detach(), valid, torch.where(keep_all, 0, budget))
+        budget = torch.where(keep_all, 0, budget)
+        feats = ctx.features.detach()
+        # one sample at a time: batched products round differently, and with tied distances
+        # that would make a sample's choice depend on the rest of its batch
+        taken = torch.cat(
+            [max_min_diverse(feats[b : b + 1], valid[b : b + 1], budget[b : b + 1]) for b in range(len(budget))]
+        ) if len(budget) else valid.clone()
         taken = torch.where(keep_all[:, None], valid, taken)
         return Selection.from_mask(taken)
 
