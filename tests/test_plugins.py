@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -294,3 +295,55 @@ def test_the_example_plugins_own_test_suite_passes_when_installed(site: Path) ->
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+FENCE = re.compile(
+    r"^(?:<!-- excerpt(?P<norun>, not run here)?: (?P<src>\S+) -->\n)?"
+    r"(?P<indent>[ ]*)```(?P<lang>\w*)\n(?P<body>.*?)^(?P=indent)```",
+    re.S | re.M,
+)
+
+
+def code_blocks(markdown: Path) -> list[dict]:
+    """Fenced blocks of a Markdown file: language, body, excerpt source, whether to run it."""
+    blocks = []
+    for m in FENCE.finditer(markdown.read_text()):
+        body = textwrap.dedent(m["body"]) if m["indent"] else m["body"]
+        blocks.append({"lang": m["lang"], "body": body, "src": m["src"], "run": not m["norun"]})
+    return blocks
+
+
+RUN_BLOCKS = """
+    import json, sys
+    namespace = {"__name__": "__doc__"}
+    blocks = json.load(open(sys.argv[1]))
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"<block {i}>", "exec"), namespace)
+    print(json.dumps({"ran": len(blocks)}))
+"""
+
+
+@pytest.mark.parametrize(
+    "markdown",
+    [ROOT / "docs" / "writing-a-plugin.md", EXAMPLE / "README.md"],
+    ids=["writing-a-plugin", "example-readme"],
+)
+def test_docs_python_blocks_run_and_excerpts_match_the_example(
+    markdown: Path, site: Path, tmp_path: Path
+) -> None:
+    blocks = code_blocks(markdown)
+    excerpts = [b for b in blocks if b["src"]]
+    for b in excerpts:
+        assert b["body"] in (ROOT / b["src"]).read_text(), f"stale excerpt of {b['src']}"
+    code = [b["body"] for b in blocks if b["lang"] == "python" and b["run"]]
+    assert code, f"no python blocks found in {markdown}"
+    script = tmp_path / "blocks.json"
+    script.write_text(json.dumps(code))
+    full_env = {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
+    full_env["PYTHONPATH"] = str(site)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(RUN_BLOCKS), str(script)],
+        capture_output=True, text=True, env=full_env, cwd=tmp_path, timeout=600,
+    )
+    assert done.returncode == 0, f"{markdown.name}: a python block failed:\n{done.stderr[-4000:]}"
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"ran": len(code)}
