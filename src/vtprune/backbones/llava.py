@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .handle import PruneHandle
 
 MIN_TRANSFORMERS = (5, 0)
+PIXELS_ATTR = "_vtprune_pixels"
 _LAYER_PARTS = ("input_layernorm", "self_attn", "mlp")
 _ATTN_PARTS = ("q_proj", "k_proj", "head_dim", "num_key_value_groups", "scaling")
 
@@ -140,6 +141,11 @@ class LlavaAdapter(BackboneAdapter):
         assert self._decoder is not None
         input_ids = self._argument("input_ids", args, kwargs)
         pixels = self._argument("pixel_values", args, kwargs)
+        if pixels is None:  # generate() encodes images first and passes mm_encoder_outputs
+            encoded = self._argument("mm_encoder_outputs", args, kwargs) or {}
+            image_out = encoded.get("image") if isinstance(encoded, dict) else None
+            if image_out is not None:
+                pixels = getattr(image_out, PIXELS_ATTR, None)  # None: features made elsewhere
         visual = None if input_ids is None else self.visual_spans(input_ids)
         if visual is None and pixels is not None:
             raise ContractError(
@@ -152,6 +158,15 @@ class LlavaAdapter(BackboneAdapter):
                 "exactly one image per prompt"
             )
         self._decoder.pending = (visual, pixels)
+
+    def _remember_pixels(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        """Vision-tower hook: tie the pixels to the encoder output that carries their features."""
+        pixels = args[0] if args else kwargs.get("pixel_values")
+        if isinstance(pixels, torch.Tensor):
+            try:
+                object.__setattr__(output, PIXELS_ATTR, pixels)
+            except (AttributeError, TypeError):
+                pass
 
     def _release(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
         if self._decoder is not None:
@@ -167,6 +182,7 @@ class LlavaAdapter(BackboneAdapter):
         self._hooks = [
             self.llava.register_forward_pre_hook(self._capture, with_kwargs=True),
             self.llava.register_forward_hook(self._release, with_kwargs=True, always_call=True),
+            self.llava.vision_tower.register_forward_hook(self._remember_pixels, with_kwargs=True),
         ]
         self.lm.forward = self._decoder
 
