@@ -106,5 +106,5 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--image", default=None, help="a bundled image name (default: the first)")
     p.add_argument("--strategies", type=_csv, default=None, help="comma-separated names (default: all)")
     p.add_argument("--new-tokens", type=int, default=8, help="tokens generated per prompt (default 8)")
-    p.add_argument("--repeats", type=int, default=3, help="timed prefill pairs per strategy (default 3)")
+    p.add_argument("--repeats", type=int, default=5, help="timed prefill pairs per strategy (default 5)")
     p.set_defaults(func=cmd_demo)

@@ -52,8 +52,8 @@ class BenchConfig:
     """
 
     text: Mapping[str, Any] = field(default_factory=lambda: {
-        "hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 8,
-        "num_attention_heads": 6, "num_key_value_heads": 6,
+        "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 8,
+        "num_attention_heads": 4, "num_key_value_heads": 4,
     })
     vision: Mapping[str, Any] = field(default_factory=lambda: {
         "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
@@ -110,7 +110,7 @@ def make_batches(model: Any, config: BenchConfig) -> dict[int, dict[str, torch.T
     }
 
 
-class _LLMTimer:
+class LLMTimer:
     """Seconds spent inside ``model.model.language_model`` during the last forward."""
 
     def __init__(self, model: Any) -> None:
@@ -167,7 +167,7 @@ def measure_once(
 ) -> dict[str, float]:
     """One run of every measurement (see the module docstring); seconds and bytes."""
     out: dict[str, float] = {}
-    timer = _LLMTimer(model)
+    timer = LLMTimer(model)
     try:
         t0 = time.perf_counter()
         model(**batches[1], logits_to_keep=1, use_cache=False)
@@ -239,9 +239,11 @@ def run_speed(
 ) -> dict[str, Any]:
     """Benchmark every strategy (default: all registered) at ``config.keeps``.
 
-    Returns a JSON-ready dict: ``config``, ``environment``, ``model``, ``baseline`` (unpruned
-    medians) and ``rows`` (one per strategy and keep; ``error`` set when a strategy could not
-    run on this model, with the reason)."""
+    Per strategy and repeat, one unpruned run and one pruned run per keep ratio form a block
+    (``U, P(k1), P(k2), ...``, reversed on odd repeats); each pruned run is paired with the
+    block's unpruned run. Returns a JSON-ready dict: ``config``, ``environment``, ``model``,
+    ``baseline`` (unpruned medians) and ``rows`` (one per strategy and keep; ``error`` set,
+    with the reason, when a strategy could not run on this model)."""
     from tqdm.auto import tqdm
 
     from ..backbones import attach
@@ -254,24 +256,19 @@ def run_speed(
     torch.set_num_threads(config.threads)
     model = build_model(config)
     batches = make_batches(model, config)
-    dims = ModelDims.from_config(model.config)
-    n_vis = int(model.config.image_seq_length)
-    largest = max(batches)
     say = log or (lambda s: None)
     say(f"benchmark model: {describe_model(model, config)}; torch threads {torch.get_num_threads()}")
 
     baseline: list[dict[str, float]] = []
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(names) * len(config.keeps) * config.repeats, disable=not progress,
-               desc="bench speed", unit="pair")
+               desc="bench speed", unit="run")
     with torch.inference_mode():
         for _ in range(config.warmup):
             measure_once(model, batches, config.new_tokens)
         for name in names:
-            for keep in config.keeps:
-                bar.set_postfix_str(f"{name} keep={keep}")
-                row = _bench_one(model, attach, name, keep, config, batches, dims, n_vis, largest, baseline, bar)
-                rows.append(row)
+            bar.set_postfix_str(name)
+            rows.extend(_bench_strategy(model, attach, name, config, batches, baseline, bar))
     bar.close()
     base = {k: statistics.median(r[k] for r in baseline if k in r) for k in baseline[0]} if baseline else {}
     return {
@@ -280,25 +277,19 @@ def run_speed(
     }
 
 
-def _bench_one(
-    model: Any, attach: Any, name: str, keep: float, config: BenchConfig,
-    batches: Mapping[int, Mapping[str, torch.Tensor]], dims: ModelDims, n_vis: int, largest: int,
-    baseline: list[dict[str, float]], bar: Any,
+def _accounting_row(
+    name: str, keep: float, config: BenchConfig, batches: Mapping[int, Mapping[str, torch.Tensor]],
+    dims: ModelDims, n_vis: int,
 ) -> dict[str, Any]:
-    row: dict[str, Any] = {"strategy": name, "keep": keep, "error": None}
-    try:
-        schedule = get_strategy(name).schedule(dims.layers, keep)
-    except Exception as err:  # a strategy whose placement does not fit this model
-        bar.update(config.repeats)
-        return {**row, "error": f"{type(err).__name__}: {err}"}
-    t1 = int(batches[1]["input_ids"].shape[1])
-    prefill = compare(dims, schedule, n_vis, t1)
-    row.update({
-        "schedule": describe_schedule(schedule, n_vis),
-        "avg_visual": prefill.pruned.avg_visual,
-        "flops_prefill_ratio": prefill.prefill_ratio,
-        "ideal_llm_prefill": prefill.ideal_prefill_speedup,
-    })
+    """The row's schedule and ideal figures (no model run); raises if the placement does not fit."""
+    schedule = get_strategy(name).schedule(dims.layers, keep)
+    prefill = compare(dims, schedule, n_vis, int(batches[1]["input_ids"].shape[1]))
+    row: dict[str, Any] = {
+        "strategy": name, "keep": keep, "error": None,
+        "schedule": describe_schedule(schedule, n_vis), "avg_visual": prefill.pruned.avg_visual,
+        "flops_prefill_ratio": prefill.prefill_ratio, "ideal_llm_prefill": prefill.ideal_prefill_speedup,
+    }
+    largest = max(batches)
     for b, inputs in batches.items():
         gen = compare(dims, schedule, n_vis, int(inputs["input_ids"].shape[1]),
                       new_tokens=config.new_tokens, batch=b, dtype=config.kv_dtype)
@@ -307,29 +298,56 @@ def _bench_one(
             row["kv_ratio_accounted"] = gen.pruned.kv_bytes_final / gen.unpruned.kv_bytes_final
             row["kv_bytes_accounted"] = gen.pruned.kv_bytes_final
             row["kv_bytes_accounted_unpruned"] = gen.unpruned.kv_bytes_final
+    return row
+
+
+def _bench_strategy(
+    model: Any, attach: Any, name: str, config: BenchConfig,
+    batches: Mapping[int, Mapping[str, torch.Tensor]], baseline: list[dict[str, float]], bar: Any,
+) -> list[dict[str, Any]]:
+    dims = ModelDims.from_config(model.config)
+    n_vis = int(model.config.image_seq_length)
+    rows: dict[float, dict[str, Any]] = {}
+    for keep in config.keeps:
+        try:
+            rows[keep] = _accounting_row(name, keep, config, batches, dims, n_vis)
+            with attach(model, name, keep=keep):  # warm-up of the pruned path
+                model(**batches[1], logits_to_keep=1, use_cache=False)
+        except Exception as err:  # a strategy that cannot run on this model: say why
+            rows[keep] = {"strategy": name, "keep": keep, "error": f"{type(err).__name__}: {err}"}
+            bar.update(config.repeats)
+    keeps = [k for k in config.keeps if not rows[k]["error"]]
     unpruned: list[dict[str, float]] = []
-    pruned: list[dict[str, float]] = []
-    try:
-        with attach(model, name, keep=keep) as handle:  # warm-up of the pruned path
-            model(**batches[1], logits_to_keep=1, use_cache=False)
-        for rep in range(config.repeats):
-            order = ("u", "p") if rep % 2 == 0 else ("p", "u")
-            for side in order:
-                if side == "u":
-                    unpruned.append(measure_once(model, batches, config.new_tokens))
-                else:
-                    with attach(model, name, keep=keep) as handle:
-                        pruned.append(measure_once(model, batches, config.new_tokens, handle))
+    pruned: dict[float, list[dict[str, float]]] = {k: [] for k in keeps}
+    for rep in range(config.repeats):
+        block: list[float | None] = [None, *keeps]
+        for item in block if rep % 2 == 0 else block[::-1]:
+            if item is None:
+                unpruned.append(measure_once(model, batches, config.new_tokens))
+                continue
+            try:
+                with attach(model, name, keep=item) as handle:
+                    pruned[item].append(measure_once(model, batches, config.new_tokens, handle))
+            except Exception as err:
+                rows[item]["error"] = f"{type(err).__name__}: {err}"
             bar.update(1)
-    except Exception as err:
-        bar.update(config.repeats - len(pruned))
-        return {**row, "error": f"{type(err).__name__}: {err}"}
     baseline.extend(unpruned)
+    for keep in keeps:
+        if not rows[keep]["error"]:
+            _finish_row(rows[keep], unpruned, pruned[keep], batches)
+    return [rows[k] for k in config.keeps]
+
+
+def _finish_row(
+    row: dict[str, Any], unpruned: list[dict[str, float]], pruned: list[dict[str, float]],
+    batches: Mapping[int, Mapping[str, torch.Tensor]],
+) -> None:
+    """Measured speed-ups, efficiencies, KV bytes, memory and prune share into ``row``."""
     for key in ["llm_prefill", "e2e_prefill", *(f"generate_b{b}" for b in sorted(batches))]:
         row[key] = summarize([u[key] for u in unpruned], [p[key] for p in pruned])
     vision_s = statistics.median(u["e2e_prefill"] - u["llm_prefill"] for u in unpruned)
     llm_s = statistics.median(u["llm_prefill"] for u in unpruned)
-    row["ideal_e2e_prefill"] = (vision_s + llm_s) / (vision_s + llm_s * prefill.prefill_ratio)
+    row["ideal_e2e_prefill"] = (vision_s + llm_s) / (vision_s + llm_s * row["flops_prefill_ratio"])
     row["efficiency_llm_prefill"] = row["llm_prefill"]["speedup"] / row["ideal_llm_prefill"]
     row["efficiency_e2e_prefill"] = row["e2e_prefill"]["speedup"] / row["ideal_e2e_prefill"]
     for b in sorted(batches):
@@ -344,7 +362,6 @@ def _bench_one(
         mu = statistics.median(u["peak_rss"] for u in unpruned)
         mp = statistics.median(p["peak_rss"] for p in pruned)
         row["peak_rss"] = {"pruned": mp, "unpruned": mu, "ratio": mp / mu if mu > 0 else None}
-    return row
 
 
 def with_overrides(
