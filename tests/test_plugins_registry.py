@@ -46,3 +46,18 @@ def test_strategy_using_an_unregistered_stage_names_the_stage() -> None:
     registry.register(_plugin("orphan"), name="orphan", distribution="orphan-dist")
     with pytest.raises(vtprune.PluginError, match="orphan-dist.*'feature_norm'"):
         registry.names("strategy")
+
+
+def test_a_hook_that_raises_is_reported_with_its_distribution() -> None:
+    @vtprune.hookimpl
+    def vtprune_strategies() -> list[vtprune.StrategySpec]:
+        return [vtprune.StrategySpec("Bad Name", "feature_norm", "global", "topk")]
+
+    registry = Registry()
+    registry.register(stages, name="stages", distribution="vtprune")
+    registry.register(
+        SimpleNamespace(vtprune_strategies=vtprune_strategies), name="bad", distribution="bad-dist"
+    )
+    with pytest.raises(vtprune.PluginError, match=r"vtprune_strategies of bad-dist \(plugin 'bad'\) "
+                       r"raised ContractError: strategy name 'Bad Name' is invalid"):
+        registry.names("strategy")

@@ -168,7 +168,13 @@ class Registry:
                 info = self._plugins.get(impl.plugin_name)
                 source = f"{info.distribution} (plugin {impl.plugin_name!r})" if info else impl.plugin_name
                 spec: Any
-                for spec in impl.function() or ():
+                try:
+                    records = list(impl.function() or ())
+                except Exception as exc:  # e.g. a record with an invalid name
+                    raise PluginError(
+                        f"{hook_name} of {source} raised {type(exc).__name__}: {exc}"
+                    ) from exc
+                for spec in records:
                     if not issubclass(type(spec), KINDS[kind]):
                         raise PluginError(
                             f"{hook_name} of {source} returned {type(spec).__name__}; "
