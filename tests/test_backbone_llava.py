@@ -45,6 +45,15 @@ def greedy(model, inputs, steps=STEPS, **kw):
     return out[:, inputs["input_ids"].shape[1]:]
 
 
+def greedy_with_logits(model, inputs, steps=3):
+    """Generated tokens [B, steps] and the logits of every step [B, steps, V]."""
+    with torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=steps, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
+    return out.sequences[:, inputs["input_ids"].shape[1]:], torch.stack(out.logits, dim=1)
+
+
 def logits(model, inputs, **kw):
     with torch.no_grad():
         return model(**inputs, **kw).logits
@@ -73,7 +82,7 @@ def last_token_attention(layer, h_in, cos, sin):
     return probs[:, 0].mean(dim=0)
 
 
-def reference_logits(model, input_ids, pixel_values, points, positions="original", kept=None):
+def reference_logits(model, input_ids, pixel_values, points, positions="original", kept=None, source="previous"):
     """Manual decoder loop for ONE unpadded sample; drops visual tokens before each point's layer.
 
     ``kept`` maps a layer to fixed kept visual indices; otherwise FastV-style top attention
@@ -98,9 +107,14 @@ def reference_logits(model, input_ids, pixel_values, points, positions="original
                 budget = keep_count(schedule[i], n)
                 if kept is not None:
                     keep_vis = kept[i]
-                else:
+                elif source == "previous":
                     h_prev, cos_prev, sin_prev = saved
                     att = last_token_attention(layers[i - 1], h_prev, cos_prev, sin_prev)
+                else:  # layer i's own attention on its (unpruned) input
+                    pos = orig if positions == "original" else torch.arange(h.shape[1])
+                    cos_now, sin_now = lm.rotary_emb(h, pos[None])
+                    att = last_token_attention(layers[i], h, cos_now, sin_now)
+                if kept is None:
                     cur = (vrank >= 0).nonzero()[:, 0]
                     order = torch.sort(att[cur], descending=True, stable=True).indices[:budget]
                     keep_vis = vrank[cur[order]].sort().values
@@ -199,16 +213,27 @@ IN_LLM = {
 }
 
 
-@pytest.mark.parametrize("positions", ["original", "compact"])
-@pytest.mark.parametrize("case", sorted(IN_LLM))
-def test_in_llm_matches_manual_layer_loop(model, images, case, positions):
+@pytest.mark.parametrize(
+    "case,positions,source",
+    [
+        ("fastv-k2", "original", "previous"),
+        ("fastv-k2", "compact", "previous"),
+        ("pyramid-1-3", "original", "previous"),
+        ("pyramid-1-3", "compact", "previous"),
+        ("pyramid-1-3", "original", "current"),
+    ],
+)
+def test_in_llm_matches_manual_layer_loop(model, images, case, positions, source):
     points = IN_LLM[case]
     for b in (0, 2):
         inputs = make_inputs(model, images[b : b + 1], PROMPTS[b : b + 1])
-        with attach(model, "fastv", schedule=Schedule.at_layers(points), positions=positions) as handle:
+        schedule = Schedule.at_layers(points)
+        with attach(model, "fastv", schedule=schedule, positions=positions, attention_source=source) as handle:
             got = logits(model, inputs)
             records = handle.records
-        ref, chosen = reference_logits(model, inputs["input_ids"], inputs["pixel_values"], points, positions)
+        ref, chosen = reference_logits(
+            model, inputs["input_ids"], inputs["pixel_values"], points, positions, source=source
+        )
         for rec in records:
             assert torch.equal(rec.indices[0], chosen[rec.layer]), (case, b, rec.layer)
         torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
@@ -284,13 +309,35 @@ def test_batch_consistency_every_strategy(model, images, name):
     except MissingSignalError as err:
         pytest.skip(f"adapter cannot supply a signal {name!r} needs: {err}")
     with handle:
-        together = greedy(model, batch, steps=3)
+        together, scores = greedy_with_logits(model, batch)
         batch_records = handle.records
         for b in range(3):
             alone = make_inputs(model, images[b : b + 1], PROMPTS[b : b + 1])
-            assert torch.equal(greedy(model, alone, steps=3)[0], together[b]), (name, b)
+            tokens, alone_scores = greedy_with_logits(model, alone)
+            assert torch.equal(tokens[0], together[b]), (name, b)
+            torch.testing.assert_close(alone_scores[0], scores[b], atol=1e-4, rtol=1e-4)
             for rb, ra in zip(batch_records, handle.records):
                 assert torch.equal(rb.indices[b], ra.indices[0]), (name, b, rb.layer)
+
+
+@pytest.mark.parametrize(
+    "name,positions,eager",
+    [("fastv", "compact", False), ("uniform", "compact", False), ("fastv", "original", True)],
+)
+def test_padded_batch_generate_compact_and_eager(model, images, name, positions, eager):
+    """Left-padded batches under compact positions and under eager attention."""
+    net = build_tiny_llava(attn_implementation="eager") if eager else model
+    batch = make_inputs(net, images, PROMPTS)
+    with attach(net, name, keep=0.25, positions=positions):
+        together, scores = greedy_with_logits(net, batch, steps=STEPS)
+        for b in range(3):
+            alone = make_inputs(net, images[b : b + 1], PROMPTS[b : b + 1])
+            tokens, alone_scores = greedy_with_logits(net, alone, steps=STEPS)
+            assert torch.equal(tokens[0], together[b]), b
+            torch.testing.assert_close(alone_scores[0], scores[b], atol=1e-4, rtol=1e-4)
+        if eager:  # the eager model reproduces the SDPA model's pruned tokens
+            with attach(model, name, keep=0.25, positions=positions):
+                assert torch.equal(greedy(model, batch), together)
 
 
 def test_right_padded_batch_matches_each_sample_alone(model, images):
@@ -326,6 +373,23 @@ def test_records_map_original_positions(model, batch):
     # GLaMM's hard-coded offset 575 becomes (kept visual tokens - 1)
     assert int(rec.counts[0]) - 1 == 143
     assert rec.seconds >= 0 and first_image >= 0
+
+
+def test_hidden_states_follow_the_pruned_layout(model, batch):
+    with attach(model, "pdrop", keep=0.5) as handle, torch.no_grad():
+        out = model(**batch, output_hidden_states=True)
+        lengths = [h.shape[1] for h in out.hidden_states]
+        t = batch["input_ids"].shape[1]
+        counts = [int(r.counts[0]) for r in handle.records]
+        layers = [r.layer for r in handle.records]
+        assert len(out.hidden_states) == 4 + 1
+        expected = [t - 576 + ([576] + counts)[sum(1 for k in layers if k <= i)] for i in range(4)]
+        assert lengths[:4] == expected and lengths[4] == expected[-1]
+        gen = model.generate(
+            **batch, max_new_tokens=2, do_sample=False, output_hidden_states=True, return_dict_in_generate=True
+        )
+        assert gen.hidden_states[0][-1].shape[1] == expected[-1]  # prefill, last layer
+        assert gen.hidden_states[1][-1].shape[1] == 1  # one decode step
 
 
 def test_detach_restores_the_model_exactly(model, batch):

@@ -9,7 +9,7 @@ point — and installs / removes its hooks. Adapters are registered by class and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
@@ -17,6 +17,10 @@ from ..core.errors import VtpruneError
 
 if TYPE_CHECKING:
     from .handle import PruneHandle
+
+
+AttentionSource = Literal["previous", "current"]
+"""Which layer's attention scores a prune point before layer K: K-1 (FastV) or K itself."""
 
 
 class UnsupportedModelError(VtpruneError, TypeError):
@@ -44,6 +48,7 @@ class BackboneAdapter(ABC):
 
     def __init__(self, model: Any) -> None:
         self.model = model
+        self.attention_source: AttentionSource = "previous"
 
     @classmethod
     @abstractmethod
@@ -123,6 +128,7 @@ def find_adapter(model: Any) -> type[BackboneAdapter]:
 
 
 __all__ = [
+    "AttentionSource",
     "BackboneAdapter",
     "UnsupportedModelError",
     "register_adapter",

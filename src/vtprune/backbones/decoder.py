@@ -198,16 +198,18 @@ class PrunedDecoder:
             if i in by_layer:
                 attention = None
                 if needs_attention:
-                    assert saved is not None
-                    h_in, pe_in, lay_in = saved
+                    # "previous": the attention layer i-1 computed (FastV); "current": the one
+                    # layer i would compute on its input before pruning (PyramidDrop's code)
+                    source = i - 1 if self.handle.attention_source == "previous" else i
+                    h_in, pe_in, lay_in = saved if source == i - 1 and saved is not None else (h, pe, layout)
                     query = (lay_in.valid.long() * torch.arange(lay_in.valid.shape[1], device=dev)).argmax(dim=1)
-                    attention = query_attention(self.layers[i - 1], h_in, pe_in, query, lay_in.valid)
+                    attention = query_attention(self.layers[source], h_in, pe_in, query, lay_in.valid)
                 h, layout = self._prune(by_layer[i], h, layout, attention, image, records, t)
                 layouts.append(layout)
                 mask = self._prefill_mask(layout.valid, h.dtype)
                 pe = self._rope(h, layout.position_ids)
             stage_of_layer.append(len(layouts) - 1)
-            if needs_attention and (i + 1) in by_layer:
+            if needs_attention and (i + 1) in by_layer and self.handle.attention_source == "previous":
                 saved = (h, pe, layout)
             if want_hidden:
                 hidden.append(h)

@@ -12,7 +12,7 @@ from ..core.errors import ContractError, MissingSignalError
 from ..core.registry import get_strategy
 from ..core.schedule import Positions, Schedule
 from ..core.strategy import Strategy
-from .base import BackboneAdapter, find_adapter
+from .base import AttentionSource, BackboneAdapter, find_adapter
 from .records import PruneRecord
 
 
@@ -25,10 +25,19 @@ class PruneHandle:
         schedule: where pruning happens and how survivors are positioned.
         records: one :class:`PruneRecord` per prune point of the last prefill (empty before
             the first forward, or when the input had no image).
+        attention_source: which layer's attention scores a point before layer K:
+            ``"previous"`` (layer K-1, FastV) or ``"current"`` (layer K on its input).
     """
 
-    def __init__(self, adapter: BackboneAdapter, strategy: Strategy, schedule: Schedule) -> None:
+    def __init__(
+        self,
+        adapter: BackboneAdapter,
+        strategy: Strategy,
+        schedule: Schedule,
+        attention_source: AttentionSource = "previous",
+    ) -> None:
         self.adapter = adapter
+        self.attention_source = attention_source
         self.strategy = strategy
         self.schedule = schedule
         self.records: list[PruneRecord] = []
@@ -86,6 +95,7 @@ def attach(
     keep: Keep = 0.25,
     schedule: Schedule | None = None,
     positions: Positions | None = None,
+    attention_source: AttentionSource = "previous",
     **params: Any,
 ) -> PruneHandle:
     """Prune ``model``'s visual tokens with ``strategy`` in every forward and ``generate`` call.
@@ -99,6 +109,10 @@ def attach(
         schedule: explicit prune points; overrides ``keep``.
         positions: ``"original"`` or ``"compact"``; None keeps the schedule's own setting
             (``"original"`` unless the schedule says otherwise).
+        attention_source: for attention-scored strategies, the query row is recomputed from
+            layer K-1's inputs with layer K-1's norm / projections / RoPE (``"previous"``,
+            default: the attention FastV reads), or from layer K's inputs with layer K's own
+            modules (``"current"``: what PyramidDrop's reference code computes).
 
     Returns:
         A :class:`PruneHandle` (``handle.records``, ``handle.detach()``; also a context manager).
@@ -117,7 +131,10 @@ def attach(
         )
     if not isinstance(strategy, Strategy):
         raise ContractError(f"strategy must be a vtprune Strategy or a registered name, got {type(strategy).__name__}")
+    if attention_source not in ("previous", "current"):
+        raise ContractError(f"attention_source must be 'previous' or 'current', got {attention_source!r}")
     adapter = find_adapter(model)(model)
+    adapter.attention_source = attention_source
     if schedule is None:
         schedule = strategy.schedule(adapter.num_layers, keep)
     elif not isinstance(schedule, Schedule):
@@ -133,10 +150,10 @@ def attach(
             raise MissingSignalError(
                 f"strategy {strategy.name!r} needs {missing}, which adapter {adapter.name!r} cannot "
                 f"supply {where} (it supplies {sorted(adapter.signals(point.layer))}). Attention "
-                "exists only inside the LLM from layer 1 on: use an in-LLM schedule for "
-                "attention-scored strategies."
+                "exists only inside the LLM (from layer 1 on with attention_source='previous'): "
+                "use an in-LLM schedule for attention-scored strategies."
             )
-    handle = PruneHandle(adapter, strategy, schedule)
+    handle = PruneHandle(adapter, strategy, schedule, attention_source)
     adapter.install(handle)
     handle.attached = True
     return handle

@@ -125,7 +125,8 @@ class LlavaAdapter(BackboneAdapter):
         return input_ids == int(self.config.image_token_id)
 
     def signals(self, layer: int | None) -> frozenset[str]:
-        if layer is not None and layer >= 1:
+        first = 1 if self.attention_source == "previous" else 0
+        if layer is not None and layer >= first:
             return frozenset({"image", "attention"})
         return frozenset({"image"})
 
