@@ -92,13 +92,18 @@ def standin_features(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor
 
 
 def standin_attention(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """A saliency proxy in place of a query's attention, [h * w] summing to 1: the colour
-    distance of each patch to the image's mean colour, plus its normalised gradient energy,
-    sharpened by a softmax (temperature 0.1). Not a model's attention: it only makes
-    attention-based strategies runnable in pictures."""
+    """A saliency proxy in place of a query's attention, [h * w] summing to 1.
+
+    Per token: centre-surround colour contrast (distance of the patch's mean colour to the
+    mean colour of its 5 x 5 token neighbourhood) plus gradient energy, each scaled to
+    [0, 1], sharpened by a softmax at temperature 0.15. Not a model's attention: it only
+    makes attention-based strategies runnable in pictures, and pictures label it.
+    """
+    h, w = grid
     x = image.float()
-    mean = _patch_pool(x, grid)  # [N, 3]
-    contrast = (mean - mean.mean(dim=0)).norm(dim=1)
+    mean = F.adaptive_avg_pool2d(x[None], grid)  # [1, 3, h, w]
+    surround = F.avg_pool2d(F.pad(mean, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+    contrast = (mean - surround).norm(dim=1).flatten()
     grey = x.mean(dim=0, keepdim=True)
     gy = F.pad(grey[:, 1:] - grey[:, :-1], (0, 0, 0, 1))
     gx = F.pad(grey[:, :, 1:] - grey[:, :, :-1], (0, 1))
@@ -107,7 +112,7 @@ def standin_attention(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tenso
     def unit(v: torch.Tensor) -> torch.Tensor:
         return (v - v.min()) / (v.max() - v.min()).clamp_min(1e-12)
 
-    return torch.softmax((unit(contrast) + unit(energy)) / 0.1, dim=0)
+    return torch.softmax((unit(contrast) + unit(energy)) / 0.15, dim=0)
 
 
 # -- running strategies ------------------------------------------------------------------------------
@@ -208,8 +213,9 @@ def draw_panel(ax: Any, image: torch.Tensor, grid: tuple[int, int], panel: Panel
     lines = (["stand-in attention"] if panel.standin_attention else []) + panel.notes
     if lines:
         ax.text(
-            0.5, -0.02, "\n".join(lines), transform=ax.transAxes, ha="center", va="top",
-            fontsize=8, color="#b00000" if panel.standin_attention else "black",
+            0.02, 0.02, "\n".join(lines), transform=ax.transAxes, ha="left", va="bottom",
+            fontsize=7.5, color="#b00000" if panel.standin_attention else "black",
+            bbox={"boxstyle": "round,pad=0.25", "facecolor": "white", "alpha": 0.85, "edgecolor": "none"},
         )
 
 
@@ -248,7 +254,7 @@ def compare(
         draw_panel(ax, img, grid, panel)
     label = f"keep {keep}" if isinstance(keep, float) else f"keep {keep} tokens"
     fig.suptitle(f"vtprune show — {label}; dimmed = pruned, green = kept, yellow = regions", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     path = Path(out)
     fig.savefig(path, dpi=110)
     plt.close(fig)
