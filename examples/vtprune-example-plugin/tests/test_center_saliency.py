@@ -69,3 +69,15 @@ def test_building_blocks() -> None:
 def test_bad_parameters_say_what_was_expected(params: dict, message: str) -> None:
     with pytest.raises(vtprune.ContractError, match=message):
         vtprune.get_strategy("center_saliency", **params)
+
+
+def test_padding_features_are_never_read() -> None:
+    features = torch.randn(1, 16, 4)
+    valid = torch.ones(1, 16, dtype=torch.bool)
+    valid[0, 12:] = False
+    poisoned = features.clone()
+    poisoned[0, 12:] = float("nan")  # whatever sits in padding slots must not leak in
+    scorer = vtprune.get_strategy("center_saliency").scorer
+    clean = scorer(vtprune.PruneContext.create(features, keep=4, valid=valid))
+    dirty = scorer(vtprune.PruneContext.create(poisoned, keep=4, valid=valid))
+    assert torch.equal(clean, dirty)

@@ -34,9 +34,9 @@ def feature_saliency(features: torch.Tensor, valid: torch.Tensor) -> torch.Tenso
     ``features`` [B, N, D] (any float dtype), ``valid`` [B, N] bool -> [B, N] float32; 0 on
     invalid tokens and for samples whose valid tokens all score the same.
     """
-    f = features.float()                                              # [B, N, D]
-    w = valid.to(f.dtype).unsqueeze(-1)                               # [B, N, 1]
-    mean = (f * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)           # [B, D]
+    keep = valid.unsqueeze(-1)                                        # [B, N, 1]
+    f = torch.where(keep, features.float(), 0.0)                      # [B, N, D], padding -> 0
+    mean = f.sum(dim=1) / keep.sum(dim=1).clamp_min(1)                # [B, D]
     sal = 1.0 - torch.nn.functional.cosine_similarity(f, mean.unsqueeze(1), dim=-1)  # [B, N]
     inf = torch.tensor(math.inf, device=f.device)
     lo = torch.where(valid, sal, inf).amin(dim=1, keepdim=True)      # [B, 1]
