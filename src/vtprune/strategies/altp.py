@@ -54,12 +54,15 @@ def make_distinct() -> Scorer:
     valid token features, in [0, 2]. Signal-free; invalid tokens score 0."""
 
     def score(ctx: PruneContext) -> torch.Tensor:
-        f = F.normalize(ctx.features.float(), dim=-1)  # [B, N, D]
-        valid = ctx.valid_mask().to(f.device)
-        mean = (f * valid[..., None]).sum(dim=1)  # [B, D]
-        mean = F.normalize(mean, dim=-1)
-        out = 1.0 - (f * mean[:, None, :]).sum(dim=-1)  # row-wise, batch-independent rounding
-        return torch.where(valid, out, torch.zeros_like(out))
+        valid = ctx.valid_mask()
+        out = torch.zeros(ctx.features.shape[:2], dtype=torch.float32, device=ctx.features.device)
+        for b in range(ctx.batch_size):  # per sample: rounding must not depend on the batch
+            x = ctx.features[b].float()  # [N, D]
+            norms = x.norm(dim=-1).clamp_min(1e-12)  # [N]
+            mean = (valid[b].float() / norms) @ x  # [D] sum of valid unit vectors
+            cos = (x @ mean) / (norms * mean.norm().clamp_min(1e-12))
+            out[b] = torch.where(valid[b], 1.0 - cos, 0.0)
+        return out
 
     return score
 
@@ -372,7 +375,7 @@ def farthest_point_groups(
             priority breaks distance ties later (then the lower index wins).
 
     Returns [B, N] bool, exactly ``quotas[b, r]`` True entries in region r of sample b.
-    Cost: max(quotas) steps, each one [B, N, D] x [B, D, R] product.
+    Cost: max(quotas) steps, each O(B N D).
     """
     b, n = regions.shape
     r = quotas.shape[1]
@@ -380,6 +383,8 @@ def farthest_point_groups(
     if b == 0 or n == 0 or r == 0 or int(quotas.max()) == 0:
         return taken[:, :n]
     f = F.normalize(features.float(), dim=-1)
+    flat = f.reshape(b * n, -1)
+    offsets = (torch.arange(b) * n)[:, None]
     prio = torch.nan_to_num(priority.float(), nan=0.0, posinf=3.0e38, neginf=-3.0e38)
     need = quotas.clone()
     mind = torch.full((b, n), float("inf"))
@@ -393,9 +398,9 @@ def farthest_point_groups(
         got = picked >= 0
         taken.scatter_(1, torch.where(got, picked, n), True)
         need -= got.long()
-        centre = f.gather(1, picked.clamp_min(0)[..., None].expand(-1, -1, f.shape[2]))  # [B, R, D]
-        sims = torch.bmm(f, centre.transpose(1, 2))  # [B, N, R]
-        d = 1.0 - sims.gather(2, reg[..., None]).squeeze(2)  # distance to my region's new pick
+        # distance of every token to its own region's new pick: one row-wise product, O(N D)
+        mine = picked.clamp_min(0).gather(1, reg) + offsets  # [B, N] flat index of my pick
+        d = 1.0 - (flat * flat.index_select(0, mine.flatten())).sum(dim=-1).view(b, n)
         update = in_region & got.gather(1, reg)
         mind = torch.where(update, torch.minimum(mind, d), mind)
     return taken[:, :n]

@@ -50,7 +50,7 @@ def max_min_diverse(features: torch.Tensor, valid: torch.Tensor, budget: torch.T
         key = torch.where(valid & ~taken, mind, neg)
         pick = key.argmax(dim=1)  # first maximum = lowest index on ties
         taken[rows[active], pick[active]] = True
-        d = 1.0 - (f * f[rows, pick][:, None, :]).sum(dim=-1)  # [B, N]
+        d = 1.0 - torch.bmm(f, f[rows, pick][:, :, None]).squeeze(2)  # [B, N]
         mind = d if step == 0 else torch.minimum(mind, d)
     return taken
 

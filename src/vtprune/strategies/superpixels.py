@@ -37,7 +37,7 @@ def downscale(x: np.ndarray, factor: int) -> np.ndarray:
     out = np.zeros((c, hh, ww), dtype=np.float32)
     for dy in range(factor):
         for dx in range(factor):
-            out += x[:, dy : hh * factor : factor, dx : ww * factor : factor]
+            np.add(out, x[:, dy : hh * factor : factor, dx : ww * factor : factor], out=out)
     out *= 1.0 / (factor * factor)
     return out
 
@@ -52,9 +52,9 @@ def normalise_image(image: torch.Tensor, factor: int = 1) -> np.ndarray:
     if image.dim() != 3 or image.shape[0] not in (1, 3):
         raise ContractError(f"expected one image [3, H, W] (or [1, H, W]), got {tuple(image.shape)}")
     x = image.detach().to("cpu", torch.float32).numpy()  # numpy: ~30x faster than torch here
+    x = downscale(x, factor)
     if not np.isfinite(x).all():
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    x = downscale(x, factor)
     lo, hi = float(x.min()), float(x.max())
     out = np.empty((x.shape[1], x.shape[2], 3), dtype=np.float32)
     out[...] = x.transpose(1, 2, 0)  # broadcasts one channel to three
