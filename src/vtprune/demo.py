@@ -13,6 +13,7 @@ pruning moves this random model's greedy choices.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -49,7 +50,7 @@ def run_demo(
     with ``error`` set instead of stopping the demo.
     """
     from .backbones import attach
-    from .bench.images import load_image
+    from .bench.images import sample_image
     from .core import get_strategy, list_strategies
     from .measure import ModelDims, compare, describe_schedule
     from .models import build_tiny_llava, make_inputs
@@ -65,10 +66,10 @@ def run_demo(
     say = print_fn or (lambda s: None)
     started = time.perf_counter()
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(1)
     try:
         model = build_tiny_llava(seed=seed)
-        pixels = load_image(image, size=int(model.config.vision_config.image_size))
+        pixels = sample_image(image, size=int(model.config.vision_config.image_size))
         inputs = make_inputs(model, [pixels, pixels], list(DEMO_PROMPTS), padding_side="left")
         dims = ModelDims.from_config(model.config)
         n_vis, total = int(model.config.image_seq_length), int(inputs["input_ids"].shape[1])
@@ -82,7 +83,7 @@ def run_demo(
                 "avg_visual": float(n_vis), "flops_ratio": 1.0, "prefill_speedup": None, "llm_speedup": None,
                 "agreement": 1.0, "error": None,
             }]
-            selections: dict[str, torch.Tensor] = {}
+            panels: list[tuple[str, torch.Tensor]] = []
             for name in names:
                 row: dict[str, Any] = {"strategy": name, "error": None}
                 try:
@@ -103,7 +104,9 @@ def run_demo(
                     row["prefill_speedup"], row["llm_speedup"] = _speedup(
                         model, inputs, attach, name, keep, repeats)
                     if records:
-                        selections[name] = records[-1].indices[0].clone()
+                        last = records[-1]
+                        where = "pre-LLM" if last.layer is None else f"after L{last.layer}"
+                        panels.append((f"{name} ({where})", last.indices[0].clone()))
                 except Exception as err:  # report, keep going with the others
                     row["error"] = f"{type(err).__name__}: {err}"
                 rows.append(row)
@@ -114,12 +117,13 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"markdown": out / "demo.md", "json": out / "demo.json", "picture": out / "compare.png"}
-    picture_note = _picture(pixels, names, keep, selections, files["picture"])
+    grid = (int(round(math.sqrt(n_vis))),) * 2
+    picture_note = _picture(pixels, grid, keep, panels, files["picture"])
     result = {
         "keep": keep, "prompts": list(DEMO_PROMPTS), "new_tokens": new_tokens, "repeats": repeats,
         "model": {"llm_hidden": dims.hidden, "llm_layers": dims.layers, "heads": dims.heads,
                   "kv_heads": dims.kv_heads, "visual_tokens": n_vis, "prompt_tokens": total},
-        "torch_threads": max(1, min(2, os.cpu_count() or 1)), "seconds": elapsed,
+        "torch_threads": 1, "seconds": elapsed,
         "rows": rows, "picture": picture_note, "disclaimer": DISCLAIMER,
         "files": {k: str(v) for k, v in files.items()},
     }
@@ -163,17 +167,36 @@ def _speedup(model: Any, inputs: dict[str, torch.Tensor], attach: Any, name: str
     return statistics.median(e2e), statistics.median(llm)
 
 
-def _picture(pixels: torch.Tensor, names: list[str], keep: float,
-             selections: dict[str, torch.Tensor], path: Path) -> str:
-    """The kept-token comparison picture, drawn by :mod:`vtprune.viz`."""
-    try:
-        from . import viz
-    except ImportError as err:
-        return f"not drawn: vtprune.viz is not available ({err})"
-    draw = getattr(viz, "compare_figure", None)
-    if draw is None:
-        return "not drawn: vtprune.viz has no compare_figure"
-    draw(pixels, names, keep=keep, selections=selections, path=path)
+def _picture(pixels: torch.Tensor, grid: tuple[int, int], keep: float,
+             panels: list[tuple[str, torch.Tensor]], path: Path) -> str:
+    """The kept-token comparison picture: one :func:`vtprune.viz.draw_panel` per strategy,
+    showing what the model run actually kept (sample 0, after the last prune point)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .viz import Panel, draw_panel
+
+    image = pixels.float() / 255.0
+    n = grid[0] * grid[1]
+    items: list[Panel | None] = [None]
+    for title, indices in panels:
+        kept = torch.zeros(n, dtype=torch.bool)
+        kept[indices[indices >= 0].cpu()] = True
+        items.append(Panel(title=f"{title}  {int(kept.sum())}/{n}", kept=kept))
+    cols = min(len(items), 4)
+    rows = math.ceil(len(items) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.9 * rows), squeeze=False)
+    for ax in axes.flat[len(items):]:
+        ax.axis("off")
+    for ax, item in zip(axes.flat, items):
+        draw_panel(ax, image, grid, item)
+    fig.suptitle(f"vtprune demo — keep {keep:g}: tokens the tiny random-weight LLaVA kept (sample 0, "
+                 "after the last prune point); dimmed = pruned", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return str(path)
 
 

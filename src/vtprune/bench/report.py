@@ -45,7 +45,7 @@ def format_table(result: dict[str, Any]) -> str:
     batches = sorted(result["config"]["batches"])
     big = max(batches)
     head = ["strategy", "keep", "schedule", "avg vis", "FLOPs", "ideal", "LLM prefill", "eff",
-            "end-to-end prefill"]
+            "LLM excl. prune step", "eff", "end-to-end prefill"]
     for b in batches:
         head += [f"generate b{b}", f"eff b{b}"]
     head += [f"KV b{big}", f"peak RSS b{big}", "prune share"]
@@ -60,7 +60,8 @@ def format_table(result: dict[str, Any]) -> str:
         cells = [
             r["strategy"], f"{r['keep']:g}", r["schedule"], f"{r['avg_visual']:.0f}",
             _pct(r["flops_prefill_ratio"]), _x(r["ideal_llm_prefill"]), _speed(r["llm_prefill"]),
-            _pct(r["efficiency_llm_prefill"]), _speed(r["e2e_prefill"]),
+            _pct(r["efficiency_llm_prefill"]), _speed(r["llm_compute"]),
+            _pct(r["efficiency_llm_compute"]), _speed(r["e2e_prefill"]),
         ]
         for b in batches:
             cells += [_speed(r[f"generate_b{b}"]), _pct(r[f"efficiency_generate_b{b}"])]
@@ -92,7 +93,8 @@ def format_markdown(result: dict[str, Any]) -> str:
 LEGEND = (
     "Columns: *avg vis* = visual tokens averaged over LLM layers; *FLOPs* = LLM prefill FLOPs "
     "pruned / unpruned (exact accounting, `vtprune.measure`); *ideal* = 1 / FLOPs ratio; speed-ups "
-    "are unpruned time / pruned time; *eff* = measured speed-up / ideal speed-up (for generate, "
+    "are unpruned time / pruned time; *LLM prefill* includes the pruning step (the adapter runs "
+    "it inside the language model's forward), *LLM excl. prune step* subtracts it; *eff* = measured speed-up / ideal speed-up (for generate, "
     "the ideal includes the decode steps); *KV* = bytes of the returned KV cache, pruned / "
     "unpruned; *peak RSS* = peak resident-memory growth during generate, pruned / unpruned; "
     "*prune share* = the pruning step's seconds (`handle.records`) / pruned end-to-end prefill."

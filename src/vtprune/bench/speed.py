@@ -4,8 +4,10 @@ For every strategy and keep ratio the unpruned and the pruned model run interlea
 order alternates between repeats so a drift in machine load hits both), and each pair gives
 one ratio; we report the median ratio and its spread (min..max). Measured per run:
 
-* LLM prefill (forward hooks around the language model) and end-to-end prefill (vision
-  tower + projector + pruning + LLM, one forward with ``logits_to_keep=1``), batch 1;
+* LLM prefill (forward hooks around the language model; includes the pruning step, which
+  the adapter runs inside the language model's forward, also for pre-LLM points), the same
+  minus the pruning step ("LLM compute"), and end-to-end prefill (vision tower + projector +
+  pruning + LLM, one forward with ``logits_to_keep=1``), batch 1;
 * ``generate`` with the KV cache, a fixed number of new tokens, at each benchmark batch size;
 * at the largest batch: peak RSS growth (:class:`~vtprune.bench.memory.PeakRSS`) and the
   bytes of the returned KV cache;
@@ -30,7 +32,7 @@ import torch
 
 from ..core import get_strategy, list_strategies
 from ..measure import ModelDims, compare, describe_schedule
-from .images import load_image
+from .images import sample_image
 from .memory import PeakRSS, fix_mmap_threshold
 
 PROMPTS = (
@@ -49,11 +51,15 @@ class BenchConfig:
     multi-head attention, gated MLP with m/d = 2.67 like 7B's 11008/4096) but scaled down so
     one prefill takes a fraction of a second on 2 CPU cores, with a small vision tower so
     the LLM dominates prefill as it does in a 7B model.
+
+    ``threads`` defaults to 1: on a 2-core machine shared with other work, two torch threads
+    wait on each other at every parallel region and timings became ~5-10x slower and far
+    noisier than with one (measured here; see docs/benchmarks.md).
     """
 
     text: Mapping[str, Any] = field(default_factory=lambda: {
-        "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 8,
-        "num_attention_heads": 4, "num_key_value_heads": 4,
+        "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 8,
+        "num_attention_heads": 8, "num_key_value_heads": 8,
     })
     vision: Mapping[str, Any] = field(default_factory=lambda: {
         "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
@@ -64,7 +70,7 @@ class BenchConfig:
     new_tokens: int = 8
     repeats: int = 3
     warmup: int = 1
-    threads: int = 2
+    threads: int = 1
     seed: int = 0
     kv_dtype: str = "float32"
 
@@ -103,7 +109,7 @@ def make_batches(model: Any, config: BenchConfig) -> dict[int, dict[str, torch.T
     from ..models import make_inputs
 
     size = int(model.config.vision_config.image_size)
-    image = load_image(size=size)
+    image = sample_image(size=size)
     return {
         b: make_inputs(model, [image] * b, list(PROMPTS[:b]), padding_side="left")
         for b in sorted(set(config.batches) | {1})
@@ -175,8 +181,10 @@ def measure_once(
         out["llm_prefill"] = timer.seconds
     finally:
         timer.remove()
-    if handle is not None:
-        out["prune_s"] = prune_seconds(handle)
+    out["prune_s"] = prune_seconds(handle) if handle is not None else 0.0
+    # the adapter prunes inside the language model's forward (pre-LLM points too), so the
+    # LLM time includes the pruning step; "llm_compute" is the LLM time without it
+    out["llm_compute"] = out["llm_prefill"] - out["prune_s"]
     largest = max(batches)
     for b, inputs in sorted(batches.items()):
         kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
@@ -343,12 +351,13 @@ def _finish_row(
     batches: Mapping[int, Mapping[str, torch.Tensor]],
 ) -> None:
     """Measured speed-ups, efficiencies, KV bytes, memory and prune share into ``row``."""
-    for key in ["llm_prefill", "e2e_prefill", *(f"generate_b{b}" for b in sorted(batches))]:
+    for key in ["llm_prefill", "llm_compute", "e2e_prefill", *(f"generate_b{b}" for b in sorted(batches))]:
         row[key] = summarize([u[key] for u in unpruned], [p[key] for p in pruned])
     vision_s = statistics.median(u["e2e_prefill"] - u["llm_prefill"] for u in unpruned)
     llm_s = statistics.median(u["llm_prefill"] for u in unpruned)
     row["ideal_e2e_prefill"] = (vision_s + llm_s) / (vision_s + llm_s * row["flops_prefill_ratio"])
     row["efficiency_llm_prefill"] = row["llm_prefill"]["speedup"] / row["ideal_llm_prefill"]
+    row["efficiency_llm_compute"] = row["llm_compute"]["speedup"] / row["ideal_llm_prefill"]
     row["efficiency_e2e_prefill"] = row["e2e_prefill"]["speedup"] / row["ideal_e2e_prefill"]
     for b in sorted(batches):
         row[f"efficiency_generate_b{b}"] = row[f"generate_b{b}"]["speedup"] / row[f"ideal_generate_b{b}"]
