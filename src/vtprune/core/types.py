@@ -178,7 +178,14 @@ class PruneContext:
         return self.valid
 
     def sample(self, i: int) -> PruneContext:
-        """The context of sample ``i`` alone (batch of one), sharing tensors, not copying."""
+        """The context of sample ``i`` alone (batch of one), sharing tensors, not copying.
+
+        ``i`` counts from the end when negative, as for a list."""
+        b = self.batch_size
+        if not -b <= i < b:
+            raise IndexError(f"sample {i} is out of range for a batch of {b}")
+        i %= b
+
         def pick(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t[i : i + 1]
 
