@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -50,16 +48,11 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_overhead(args: argparse.Namespace) -> int:
-    try:
-        overhead = importlib.import_module("vtprune.bench.overhead")
-    except ImportError as err:
-        print(f"error: the selection-overhead benchmark is not available ({err})")
-        return 2
-    options: dict[str, Any] = {"strategies": args.strategies, "quick": args.quick,
-                               "repeats": args.repeats}
-    accepted = inspect.signature(overhead.run_overhead).parameters
-    rows = overhead.run_overhead(**{k: v for k, v in options.items() if k in accepted and v is not None})
-    table = overhead.format_table(rows)
+    from .bench.overhead import format_table, run_overhead
+
+    rows = run_overhead(args.strategies, keep=args.keep, repeats=args.repeats, dim=args.dim,
+                        threads=args.threads, quick=args.quick)
+    table = format_table(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "overhead.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
@@ -94,10 +87,13 @@ def add_commands(subparsers: Any) -> None:
     p.set_defaults(func=cmd_bench_speed)
 
     p = sub.add_parser("overhead", help="cost of the selection step alone, per strategy")
-    p.add_argument("--quick", action="store_true", help="a small run")
+    p.add_argument("--quick", action="store_true", help="576 tokens only, few repeats")
     p.add_argument("--out", default="out/bench", help="output directory (default: out/bench)")
     p.add_argument("--strategies", type=_csv, default=None, help="comma-separated names (default: all)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats per cell")
+    p.add_argument("--keep", type=_ratio, default=0.1, help="keep ratio (default 0.1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per row (default 30)")
+    p.add_argument("--dim", type=int, default=1024, help="feature width (default 1024, CLIP ViT-L)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.set_defaults(func=cmd_bench_overhead)
 
     p = subparsers.add_parser("demo", help="every strategy on a tiny local LLaVA: tokens, FLOPs, speed, agreement")

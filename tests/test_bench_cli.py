@@ -1,0 +1,24 @@
+"""``vtprune bench overhead`` wiring (the benchmark itself is tested by its author)."""
+
+import json
+
+import pytest
+
+from vtprune.cli import main
+
+
+def test_bench_overhead_quick_writes_table_and_json(tmp_path, capsys):
+    rc = main(["bench", "overhead", "--quick", "--strategies", "uniform,random", "--repeats", "2",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    rows = json.loads((tmp_path / "overhead.json").read_text())
+    assert {r["strategy"] for r in rows} == {"uniform", "random"}
+    table = (tmp_path / "overhead.md").read_text()
+    out = capsys.readouterr().out
+    assert "uniform" in table and table.strip() in out
+    assert str(tmp_path / "overhead.json") in out
+
+
+def test_bench_needs_a_subcommand():
+    with pytest.raises(SystemExit):
+        main(["bench"])
