@@ -202,6 +202,8 @@ def test_from_lists_sorts_pads_and_permutes_features_alike():
 def test_selection_rejects_bad_shapes():
     with pytest.raises(ContractError, match="selection.indices must be long"):
         Selection(torch.zeros(1, 2, dtype=torch.int32), torch.tensor([2]))
+    with pytest.raises(ContractError, match="selection.counts must be long, got torch.float32"):
+        Selection(torch.zeros(1, 2, dtype=torch.long), torch.tensor([2.0]))
     with pytest.raises(ContractError, match="selection.counts must have size 1"):
         Selection(torch.zeros(1, 2, dtype=torch.long), torch.tensor([2, 2]))
     with pytest.raises(ContractError, match="selection.features must have size 2 on axis 1"):

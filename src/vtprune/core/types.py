@@ -304,6 +304,7 @@ class Selection:
         _check_tensor("selection.indices", self.indices, 2)
         _expect(self.indices.dtype == torch.long, f"selection.indices must be long, got {self.indices.dtype}")
         _check_tensor("selection.counts", self.counts, 1, (self.indices.shape[0],))
+        _expect(self.counts.dtype == torch.long, f"selection.counts must be long, got {self.counts.dtype}")
         if self.features is not None:
             _check_tensor("selection.features", self.features, 3, self.indices.shape)
 
