@@ -340,6 +340,31 @@ def test_padded_batch_generate_compact_and_eager(model, images, name, positions,
                 assert torch.equal(greedy(model, batch), together)
 
 
+def test_beam_search_and_expanded_images(model, images):
+    """num_beams / num_return_sequences expand the batch inside generate: still per sample."""
+    batch = make_inputs(model, images, PROMPTS)
+    with attach(model, "fastv", keep=0.25):
+        beams = greedy(model, batch, steps=3, num_beams=2)
+        for b in range(3):
+            alone = make_inputs(model, images[b : b + 1], PROMPTS[b : b + 1])
+            assert torch.equal(greedy(model, alone, steps=3, num_beams=2)[0], beams[b]), b
+    with attach(model, "altp", keep=0.25) as handle:  # needs the image signal of every copy
+        out = greedy(model, batch, steps=2, num_beams=2, num_return_sequences=2)
+        assert out.shape[0] == 6
+        kept = handle.records[0].indices
+        assert torch.equal(kept[0], kept[1]) and torch.equal(kept[2], kept[3])
+
+
+def test_text_only_forward_is_unchanged(model):
+    ids = torch.tensor([[1, 40, 41, 42, 43]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        with attach(model, "fastv", keep=0.25) as handle:
+            after = model(input_ids=ids).logits
+            assert handle.records == []
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=1e-6)
+
+
 def test_right_padded_batch_matches_each_sample_alone(model, images):
     batch = make_inputs(model, images, PROMPTS, padding_side="right")
     with attach(model, "pdrop" if "pdrop" in vtprune.list_strategies() else "fastv", keep=0.5) as handle:

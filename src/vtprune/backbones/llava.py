@@ -147,6 +147,11 @@ class LlavaAdapter(BackboneAdapter):
             image_out = encoded.get("image") if isinstance(encoded, dict) else None
             if image_out is not None:
                 pixels = getattr(image_out, PIXELS_ATTR, None)  # None: features made elsewhere
+                copies = len(image_out.pooler_output) // max(1, len(pixels)) if pixels is not None else 1
+                if pixels is not None and copies > 1 and len(image_out.pooler_output) == copies * len(pixels):
+                    # generate(num_beams / num_return_sequences) expanded the encoded images
+                    # sample by sample; expand their pixels the same way
+                    pixels = pixels.repeat_interleave(copies, dim=0)
         visual = None if input_ids is None else self.visual_spans(input_ids)
         if visual is None and pixels is not None:
             raise ContractError(
