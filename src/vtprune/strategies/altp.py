@@ -375,34 +375,42 @@ def farthest_point_groups(
             priority breaks distance ties later (then the lower index wins).
 
     Returns [B, N] bool, exactly ``quotas[b, r]`` True entries in region r of sample b.
-    Cost: max(quotas) steps, each O(B N D).
+    Cost: max(quotas) steps, each O(U D) for the U tokens of regions still picking.
     """
     b, n = regions.shape
     r = quotas.shape[1]
     taken = torch.zeros(b, n + 1, dtype=torch.bool)  # column n absorbs "no pick"
     if b == 0 or n == 0 or r == 0 or int(quotas.max()) == 0:
         return taken[:, :n]
-    f = F.normalize(features.float(), dim=-1)
-    flat = f.reshape(b * n, -1)
-    offsets = (torch.arange(b) * n)[:, None]
-    prio = torch.nan_to_num(priority.float(), nan=0.0, posinf=3.0e38, neginf=-3.0e38)
-    need = quotas.clone()
-    mind = torch.full((b, n), float("inf"))
     in_region = regions >= 0
     reg = regions.clamp_min(0)
+    offsets = (torch.arange(b) * n)[:, None]
+    # Only tokens of regions with quota >= 2 ever need distances: normalise just those rows.
+    work = (in_region & (quotas.gather(1, reg) >= 2)).flatten()
+    widx = work.nonzero().squeeze(1)
+    fw = F.normalize(features.reshape(b * n, -1).index_select(0, widx).float(), dim=-1)  # [W, D]
+    row_of = torch.full((b * n,), -1, dtype=torch.long)
+    row_of[widx] = torch.arange(widx.numel())
+    prio = torch.nan_to_num(priority.float(), nan=0.0, posinf=3.0e38, neginf=-3.0e38)
+    need = quotas.clone()
+    mind = torch.full((b * n,), float("inf"))
     for step in range(int(quotas.max())):
         eligible = in_region & ~taken[:, :n] & (need.gather(1, reg) > 0)
         if not bool(eligible.any()):
             break
-        picked = _group_pick(prio if step == 0 else mind, prio, eligible, reg, r)  # [B, R]
+        key = prio if step == 0 else mind.view(b, n)
+        picked = _group_pick(key, prio, eligible, reg, r)  # [B, R]
         got = picked >= 0
         taken.scatter_(1, torch.where(got, picked, n), True)
         need -= got.long()
-        # distance of every token to its own region's new pick: one row-wise product, O(N D)
-        mine = picked.clamp_min(0).gather(1, reg) + offsets  # [B, N] flat index of my pick
-        d = 1.0 - (flat * flat.index_select(0, mine.flatten())).sum(dim=-1).view(b, n)
-        update = in_region & got.gather(1, reg)
-        mind = torch.where(update, torch.minimum(mind, d), mind)
+        # tokens still competing in a region that just picked: distance to that pick, O(U D)
+        update = (in_region & ~taken[:, :n] & got.gather(1, reg) & (need.gather(1, reg) > 0)).flatten()
+        uidx = update.nonzero().squeeze(1)
+        if uidx.numel() == 0:
+            continue
+        pick_flat = (picked.clamp_min(0).gather(1, reg) + offsets).flatten()[uidx]
+        d = 1.0 - (fw.index_select(0, row_of[uidx]) * fw.index_select(0, row_of[pick_flat])).sum(dim=-1)
+        mind[uidx] = torch.minimum(mind[uidx], d)
     return taken[:, :n]
 
 
