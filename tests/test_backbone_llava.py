@@ -263,6 +263,18 @@ def test_cached_generate_matches_no_cache_recompute(model, images, case, positio
     assert tokens[0].tolist() == expected
 
 
+def test_no_cache_reprunes_deterministically(model, batch):
+    """use_cache=False: every forward prunes again and makes the same choice."""
+    with attach(model, "pdrop", keep=0.5) as handle:
+        first = logits(model, batch, use_cache=False)
+        kept = [r.indices for r in handle.records]
+        second = logits(model, batch, use_cache=False)
+        assert torch.equal(first, second)
+        assert all(torch.equal(a, r.indices) for a, r in zip(kept, handle.records))
+    with attach(model, "uniform", keep=0.25):  # query-independent: cache on == cache off
+        assert torch.equal(greedy(model, batch), greedy(model, batch, use_cache=False))
+
+
 def test_recomputed_attention_matches_eager_probabilities(images):
     eager = build_tiny_llava(attn_implementation="eager")
     seen = {}
@@ -451,3 +463,7 @@ def test_unsupported_models_and_signals_raise(model):
     with pytest.raises(ContractError, match="layers"):
         attach(model, "random", schedule=Schedule.at_layers([(7, 0.5)]))
     assert "forward" not in vars(model.model.language_model)
+    inputs = make_inputs(model, torch.rand(1, 3, 336, 336), ["x"])
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    with attach(model, "uniform"), pytest.raises(ContractError, match="input_ids"):
+        model(inputs_embeds=embeds, pixel_values=inputs["pixel_values"])

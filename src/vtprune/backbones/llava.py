@@ -142,9 +142,9 @@ class LlavaAdapter(BackboneAdapter):
         assert self._decoder is not None
         input_ids = self._argument("input_ids", args, kwargs)
         pixels = self._argument("pixel_values", args, kwargs)
+        encoded = self._argument("mm_encoder_outputs", args, kwargs) or {}
+        image_out = encoded.get("image") if isinstance(encoded, dict) else None
         if pixels is None:  # generate() encodes images first and passes mm_encoder_outputs
-            encoded = self._argument("mm_encoder_outputs", args, kwargs) or {}
-            image_out = encoded.get("image") if isinstance(encoded, dict) else None
             if image_out is not None:
                 pixels = getattr(image_out, PIXELS_ATTR, None)  # None: features made elsewhere
                 copies = len(image_out.pooler_output) // max(1, len(pixels)) if pixels is not None else 1
@@ -153,10 +153,10 @@ class LlavaAdapter(BackboneAdapter):
                     # sample by sample; expand their pixels the same way
                     pixels = pixels.repeat_interleave(copies, dim=0)
         visual = None if input_ids is None else self.visual_spans(input_ids)
-        if visual is None and pixels is not None:
+        if visual is None and (pixels is not None or image_out is not None):
             raise ContractError(
                 "vtprune's LLaVA adapter locates image tokens through input_ids; pass input_ids "
-                "(not inputs_embeds) together with pixel_values"
+                "(not inputs_embeds) together with pixel_values or mm_encoder_outputs"
             )
         if pixels is not None and visual is not None and pixels.shape[0] != visual.shape[0]:
             raise ContractError(
