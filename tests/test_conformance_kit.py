@@ -165,6 +165,14 @@ def merging_selector(ctx, scores, alloc):
     return Selection.from_mask(keep, features=ctx.features)
 
 
+def averaging_selector(ctx, scores, alloc):
+    """Replaces every kept token by the mean of its sample's valid tokens, even at keep-all."""
+    keep = topk(ctx, scores, alloc).token_mask(ctx.num_tokens)
+    valid = ctx.valid_mask()[..., None].to(ctx.features.dtype)
+    mean = (ctx.features * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp_min(1)
+    return Selection.from_mask(keep, features=mean.expand_as(ctx.features).contiguous())
+
+
 def float32_merging_selector(ctx, scores, alloc):
     keep = topk(ctx, scores, alloc).token_mask(ctx.num_tokens)
     return Selection.from_mask(keep, features=ctx.features.float())
@@ -188,6 +196,10 @@ BROKEN = {
     "batch-inconsistent": (make("batch-inconsistent", scorer=first_sample_scorer), "check_batch_consistent"),
     "merges-undeclared": (make("merges-undeclared", selector=merging_selector), "check_replacement_features"),
     "merges-no-features": (make("merges-no-features", merges=True), "check_replacement_features"),
+    "keep-all-not-identity": (
+        make("keep-all-not-identity", selector=averaging_selector, merges=True),
+        "check_keep_all_keeps_every_valid_token",
+    ),
     "merges-wrong-dtype": (
         make("merges-wrong-dtype", selector=float32_merging_selector, merges=True),
         "check_replacement_features",

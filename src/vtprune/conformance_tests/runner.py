@@ -64,8 +64,10 @@ class CheckResult:
     runs: int = 0
 
     def __str__(self) -> str:
-        extra = self.message if self.status == "failed" else self.skip_reason
-        return f"{self.strategy} {self.check}: {self.status}" + (f" ({extra})" if extra else "")
+        head = f"{self.strategy} {self.check}: {self.status}"
+        if self.status == "failed":
+            return f"{head}\n{self.message}"
+        return head + (f" ({self.skip_reason})" if self.skip_reason else "")
 
 
 class _Falsified(AssertionError):
