@@ -303,6 +303,28 @@ def test_recomputed_attention_matches_eager_probabilities(images):
             assert seen[2][b].shape == (4, 576)
 
 
+def test_cls_attention_matches_eager_vision_tower(images):
+    """The [CLS] -> patch attention of the projected vision layer, in forward and generate."""
+    eager = build_tiny_llava(attn_implementation="eager")
+    inputs = make_inputs(eager, images[:2], PROMPTS[:2])
+    seen = []
+
+    def spy(ctx: PruneContext):
+        seen.append(ctx.cls_attention.clone())
+        return ctx.cls_attention.mean(dim=1)
+
+    base = vtprune.get_strategy("fastv")
+    strategy = Strategy("cls-spy", spy, base.allocator, base.selector, Capabilities(needs=frozenset({"cls_attention"})))
+    with torch.no_grad():
+        ref = eager.model.vision_tower(inputs["pixel_values"], output_attentions=True).attentions
+    with attach(eager, strategy, keep=0.25):
+        logits(eager, inputs)
+        greedy(eager, inputs, steps=1)
+    assert len(seen) == 2
+    for got in seen:  # vision_feature_layer=-2: the attention of the second-to-last layer
+        torch.testing.assert_close(got, ref[-2][:, :, 0, 1:], atol=1e-6, rtol=1e-5)
+
+
 # ---------------------------------------------------------------- batches
 
 

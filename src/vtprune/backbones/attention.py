@@ -65,4 +65,23 @@ def query_attention(
     return torch.softmax(logits, dim=-1)
 
 
-__all__ = ["query_attention"]
+
+
+
+def cls_attention(layer: Any, hidden_in: torch.Tensor) -> torch.Tensor:
+    """[CLS] -> patch attention of a CLIP-like encoder layer: [B, heads, N] (fp32).
+
+    ``layer`` has ``layer_norm1`` and ``self_attn`` (``q_proj``, ``k_proj``, ``num_heads``,
+    ``head_dim``, ``scale``); ``hidden_in`` [B, 1 + N, C] is the layer's input with the class
+    token first. Recomputes the class token's row exactly as the layer's attention does
+    (no mask, no rotary), softmax in fp32 over all 1 + N keys, then drops the class column.
+    """
+    attn = layer.self_attn
+    b, t, _ = hidden_in.shape
+    hd = int(attn.head_dim)
+    x = layer.layer_norm1(hidden_in)  # [B, 1+N, C]
+    q = attn.q_proj(x[:, :1]).view(b, 1, -1, hd).transpose(1, 2)  # [B, H, 1, hd]
+    k = attn.k_proj(x).view(b, t, -1, hd).transpose(1, 2)  # [B, H, 1+N, hd]
+    logits = torch.matmul(q, k.transpose(2, 3)).squeeze(2) * attn.scale  # [B, H, 1+N]
+    return torch.softmax(logits.float(), dim=-1)[:, :, 1:]
+__all__ = ["query_attention", "cls_attention"]

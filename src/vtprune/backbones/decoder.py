@@ -32,6 +32,15 @@ STATE_ATTR = "_vtprune_state"
 
 
 @dataclass
+class Pending:
+    """Signals of the current model call, handed over by the adapter's hooks."""
+
+    visual: torch.Tensor | None = None  # [B, T] bool, where the image tokens are
+    image: torch.Tensor | None = None  # [B, 3, H, W] pixels the vision tower saw
+    cls_attention: torch.Tensor | None = None  # [B, heads, N] vision [CLS] -> patch attention
+
+
+@dataclass
 class Layout:
     """Token layout of one stage during prefill (all [B, T] long / bool)."""
 
@@ -68,7 +77,7 @@ class PrunedDecoder:
         self.n_visual = image_token_count
         self.grid = grid
         self.layers = list(lm.layers[: lm.config.num_hidden_layers])
-        self.pending: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
+        self.pending: Pending | None = None
 
     # -- masks and positions ------------------------------------------------------------------
 
@@ -142,9 +151,8 @@ class PrunedDecoder:
         if filled:
             h, hidden = self._decode(inputs_embeds, attention_mask, position_ids, cache, use_cache, want_hidden)
         else:
-            visual_ids, image = pending if pending is not None else (None, None)
             h, hidden = self._prefill(
-                inputs_embeds, attention_mask, position_ids, cache, use_cache, want_hidden, visual_ids, image
+                inputs_embeds, attention_mask, position_ids, cache, use_cache, want_hidden, pending or Pending()
             )
         return BaseModelOutputWithPast(last_hidden_state=h, past_key_values=cache, hidden_states=hidden)
 
@@ -158,10 +166,10 @@ class PrunedDecoder:
         cache: Any,
         use_cache: bool,
         want_hidden: bool,
-        visual: torch.Tensor | None,
-        image: torch.Tensor | None,
+        signals: Pending,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         b, t, _ = h.shape
+        visual = signals.visual
         dev = h.device
         valid = torch.ones(b, t, dtype=torch.bool, device=dev) if attention_mask is None else attention_mask.bool()
         if position_ids is None:
@@ -187,7 +195,7 @@ class PrunedDecoder:
         by_layer = {p.layer: p for p in points}
         needs_attention = "attention" in self.handle.strategy.needs
         if None in by_layer:
-            h, layout = self._prune(by_layer[None], h, layout, None, image, records, t)
+            h, layout = self._prune(by_layer[None], h, layout, None, signals, records, t)
         mask = self._prefill_mask(layout.valid, h.dtype)
         pe = self._rope(h, layout.position_ids)
         stage_of_layer: list[int] = []
@@ -204,7 +212,7 @@ class PrunedDecoder:
                     h_in, pe_in, lay_in = saved if source == i - 1 and saved is not None else (h, pe, layout)
                     query = (lay_in.valid.long() * torch.arange(lay_in.valid.shape[1], device=dev)).argmax(dim=1)
                     attention = query_attention(self.layers[source], h_in, pe_in, query, lay_in.valid)
-                h, layout = self._prune(by_layer[i], h, layout, attention, image, records, t)
+                h, layout = self._prune(by_layer[i], h, layout, attention, signals, records, t)
                 layouts.append(layout)
                 mask = self._prefill_mask(layout.valid, h.dtype)
                 pe = self._rope(h, layout.position_ids)
@@ -250,7 +258,7 @@ class PrunedDecoder:
         h: torch.Tensor,
         layout: Layout,
         attention: torch.Tensor | None,
-        image: torch.Tensor | None,
+        signals: Pending,
         records: list[PruneRecord],
         original_len: int,
     ) -> tuple[torch.Tensor, Layout]:
@@ -280,8 +288,9 @@ class PrunedDecoder:
             grid=self.grid,
             budget=budget,
             valid=None if n_cur == n else valid,
-            image=image,
+            image=signals.image,
             attention=att_full,
+            cls_attention=signals.cls_attention,
             layer=point.layer,
             original_count=n,
         )
@@ -390,4 +399,4 @@ class PrunedDecoder:
         return h, tuple(hidden) if want_hidden else None
 
 
-__all__ = ["PrunedDecoder", "DecodeState", "Layout", "STATE_ATTR"]
+__all__ = ["PrunedDecoder", "DecodeState", "Layout", "Pending", "STATE_ATTR"]

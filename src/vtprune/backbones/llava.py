@@ -20,14 +20,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core.errors import ContractError
+from .attention import cls_attention
 from .base import BackboneAdapter, register_adapter
-from .decoder import PrunedDecoder
+from .decoder import Pending, PrunedDecoder
 
 if TYPE_CHECKING:
     from .handle import PruneHandle
 
 MIN_TRANSFORMERS = (5, 0)
 PIXELS_ATTR = "_vtprune_pixels"
+CLS_ATTR = "_vtprune_cls_attention"
 _LAYER_PARTS = ("input_layernorm", "self_attn", "mlp")
 _ATTN_PARTS = ("q_proj", "k_proj", "head_dim", "num_key_value_groups", "scaling")
 
@@ -99,6 +101,7 @@ class LlavaAdapter(BackboneAdapter):
         self.config = self.llava.config
         self._hooks: list[Any] = []
         self._decoder: PrunedDecoder | None = None
+        self._cls_buffer: torch.Tensor | None = None
         self._forward_params = list(inspect.signature(type(self.llava).forward).parameters)[1:]
 
     @property
@@ -125,10 +128,32 @@ class LlavaAdapter(BackboneAdapter):
         return input_ids == int(self.config.image_token_id)
 
     def signals(self, layer: int | None) -> frozenset[str]:
+        out = {"image"}
+        if self._cls_layer() is not None:
+            out.add("cls_attention")
         first = 1 if self.attention_source == "previous" else 0
         if layer is not None and layer >= first:
-            return frozenset({"image", "attention"})
-        return frozenset({"image"})
+            out.add("attention")
+        return frozenset(out)
+
+    def _cls_layer(self) -> Any:
+        """The vision encoder layer whose output LLaVA projects (its [CLS] row is the
+        ``cls_attention`` signal), or None when it cannot be recomputed."""
+        feature_layer = getattr(self.config, "vision_feature_layer", None)
+        tower = self.llava.vision_tower
+        encoder = getattr(getattr(tower, "vision_model", tower), "encoder", None)
+        layers = getattr(encoder, "layers", None)
+        if not isinstance(feature_layer, int) or layers is None:
+            return None
+        index = feature_layer % (len(layers) + 1)  # index into hidden_states (0 = embeddings)
+        if index == 0:
+            return None
+        layer = layers[index - 1]
+        attn = getattr(layer, "self_attn", None)
+        parts = ("q_proj", "k_proj", "scale", "head_dim")
+        if not hasattr(layer, "layer_norm1") or not all(hasattr(attn, p) for p in parts):
+            return None
+        return layer
 
     # -- hooks ----------------------------------------------------------------------------------
 
@@ -144,14 +169,18 @@ class LlavaAdapter(BackboneAdapter):
         pixels = self._argument("pixel_values", args, kwargs)
         encoded = self._argument("mm_encoder_outputs", args, kwargs) or {}
         image_out = encoded.get("image") if isinstance(encoded, dict) else None
-        if pixels is None:  # generate() encodes images first and passes mm_encoder_outputs
-            if image_out is not None:
-                pixels = getattr(image_out, PIXELS_ATTR, None)  # None: features made elsewhere
-                copies = len(image_out.pooler_output) // max(1, len(pixels)) if pixels is not None else 1
-                if pixels is not None and copies > 1 and len(image_out.pooler_output) == copies * len(pixels):
-                    # generate(num_beams / num_return_sequences) expanded the encoded images
-                    # sample by sample; expand their pixels the same way
-                    pixels = pixels.repeat_interleave(copies, dim=0)
+        cls = None
+        if pixels is None and image_out is not None:
+            # generate() encodes images before prefill and passes mm_encoder_outputs; the
+            # vision-tower hook tied the pixels (and [CLS] attention) to that output.
+            pixels = getattr(image_out, PIXELS_ATTR, None)  # None: features made elsewhere
+            cls = getattr(image_out, CLS_ATTR, None)
+            copies = len(image_out.pooler_output) // max(1, len(pixels)) if pixels is not None else 1
+            if pixels is not None and copies > 1 and len(image_out.pooler_output) == copies * len(pixels):
+                # generate(num_beams / num_return_sequences) expanded the encoded images
+                # sample by sample; expand their signals the same way
+                pixels = pixels.repeat_interleave(copies, dim=0)
+                cls = None if cls is None else cls.repeat_interleave(copies, dim=0)
         visual = None if input_ids is None else self.visual_spans(input_ids)
         if visual is None and (pixels is not None or image_out is not None):
             raise ContractError(
@@ -163,16 +192,29 @@ class LlavaAdapter(BackboneAdapter):
                 f"got {pixels.shape[0]} images for {visual.shape[0]} prompts; vtprune supports "
                 "exactly one image per prompt"
             )
-        self._decoder.pending = (visual, pixels)
+        self._decoder.pending = Pending(visual, pixels, cls)
 
     def _remember_pixels(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         """Vision-tower hook: tie the pixels to the encoder output that carries their features."""
         pixels = args[0] if args else kwargs.get("pixel_values")
+        cls, self._cls_buffer = self._cls_buffer, None
         if isinstance(pixels, torch.Tensor):
             try:
                 object.__setattr__(output, PIXELS_ATTR, pixels)
+                object.__setattr__(output, CLS_ATTR, cls)
             except (AttributeError, TypeError):
                 pass
+        pending = self._decoder.pending if self._decoder is not None else None
+        if pending is not None and cls is not None:  # inside LlavaModel.forward(pixel_values=...)
+            pending.cls_attention = cls
+
+    def _remember_cls(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Pre-hook on the projected vision layer: recompute its [CLS] attention row."""
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if not isinstance(hidden, torch.Tensor):
+            return
+        with torch.no_grad():
+            self._cls_buffer = cls_attention(module, hidden)
 
     def _release(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
         if self._decoder is not None:
@@ -190,12 +232,17 @@ class LlavaAdapter(BackboneAdapter):
             self.llava.register_forward_hook(self._release, with_kwargs=True, always_call=True),
             self.llava.vision_tower.register_forward_hook(self._remember_pixels, with_kwargs=True),
         ]
+        if "cls_attention" in handle.strategy.needs:
+            layer = self._cls_layer()
+            assert layer is not None  # attach() checked signals()
+            self._hooks.append(layer.register_forward_pre_hook(self._remember_cls, with_kwargs=True))
         self.lm.forward = self._decoder
 
     def remove(self) -> None:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        self._cls_buffer = None
         if vars(self.lm).get("forward") is self._decoder:
             del self.lm.forward
         self._decoder = None
