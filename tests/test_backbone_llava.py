@@ -179,6 +179,9 @@ def test_pre_llm_equals_physically_shortened_input(model, images, positions):
             pos = torch.arange(kept_ids.shape[1])[None]
         assert torch.equal(rec.position_ids, pos)
         ref = model(inputs_embeds=embeds, position_ids=pos, attention_mask=torch.ones_like(kept_ids)).logits
+        if positions == "original":  # the pitfall avoided: without a mask, gaps read as packed sequences
+            naive = model(inputs_embeds=embeds, position_ids=pos, use_cache=False).logits
+            assert (naive - ref).abs().max() > 1e-2
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
