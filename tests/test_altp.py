@@ -280,3 +280,15 @@ def test_conformance_kit(name):
     results = kit.check_strategy(name, max_examples=15)
     failed = [r for r in results if r.status == "failed"]
     assert not failed, "\n".join(r.message for r in failed)
+
+
+def test_overhead_benchmark_rows_time_both_slic_backends():
+    from vtprune.bench.overhead import format_table, run_overhead
+
+    rows = run_overhead(["altp", "uniform"], quick=True, repeats=1, warmup=0, dim=16)
+    backends = {(r["strategy"], r["backend"]) for r in rows}
+    assert ("uniform", "-") in backends and ("altp", "skimage") in backends
+    assert ("altp", "fast_slic") in backends or not HAS_FAST_SLIC
+    assert all(r["tokens"] == 576 and r["kept"] == 58 and r["median_ms"] > 0 for r in rows)
+    table = format_table(rows)
+    assert table.count("\n") == len(rows) + 1 and "| altp | 576 |" in table
