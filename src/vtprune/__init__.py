@@ -58,6 +58,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "core":  # ``import vtprune; vtprune.core.X`` worked when core was imported eagerly
+        return importlib.import_module(".core", __name__)
     if name in __all__:
         value = getattr(importlib.import_module(".core", __name__), name)
         globals()[name] = value
