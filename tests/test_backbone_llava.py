@@ -392,6 +392,16 @@ def test_beam_search_and_expanded_images(model, images):
         assert torch.equal(kept[0], kept[1]) and torch.equal(kept[2], kept[3])
 
 
+def test_base_llava_model_is_supported(model, batch):
+    """attach also drives a bare LlavaModel (no LM head): last hidden states are pruned."""
+    with torch.no_grad():
+        full = model.model(**batch).last_hidden_state
+        with attach(model.model, "uniform", keep=0.25) as handle:
+            pruned = model.model(**batch).last_hidden_state
+            assert pruned.shape[1] == full.shape[1] - 432
+            assert handle.records[0].counts.tolist() == [144] * 3
+
+
 def test_text_only_forward_is_unchanged(model):
     ids = torch.tensor([[1, 40, 41, 42, 43]])
     with torch.no_grad():
