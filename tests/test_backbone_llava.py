@@ -159,14 +159,15 @@ def test_keep_all_reproduces_unpruned_logits_and_tokens(model, batch, case):
 # ---------------------------------------------------------------- pre-LLM pruning
 
 
+@pytest.mark.parametrize("keep", [0.25, 0])
 @pytest.mark.parametrize("positions", ["original", "compact"])
-def test_pre_llm_equals_physically_shortened_input(model, images, positions):
+def test_pre_llm_equals_physically_shortened_input(model, images, positions, keep):
     inputs = make_inputs(model, images[:1], PROMPTS[:1])
-    with attach(model, "uniform", keep=0.25, positions=positions) as handle:
+    with attach(model, "uniform", keep=keep, positions=positions) as handle:
         # no attention mask: gapped position ids must not be read as packed sequences
         got = logits(model, {k: v for k, v in inputs.items() if k != "attention_mask"}, use_cache=False)
         rec = handle.records[0]
-    assert rec.layer is None and rec.counts.tolist() == [144]
+    assert rec.layer is None and rec.counts.tolist() == [keep_count(keep, 576)]
     kept_ids = inputs["input_ids"].gather(1, rec.kept_positions)
     with torch.no_grad():
         feats = model.model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True).pooler_output[0]
