@@ -419,5 +419,14 @@ def test_pytest_option_rejects_unknown_names():
     assert pytest_plugin._requested("all") == vtprune.list_strategies()
 
 
+def test_every_public_name_of_the_kit_resolves():
+    import vtprune.conformance_tests as kit
+
+    for name in kit.__all__:
+        assert getattr(kit, name) is not None
+    with pytest.raises(AttributeError):
+        kit.check_everything  # noqa: B018
+
+
 def test_fixture_exposes_the_kit(vtprune_conformance):
     assert vtprune_conformance.check_strategy is check_strategy

@@ -47,7 +47,6 @@ __all__ = [
     "DEFAULT_MAX_EXAMPLES", "CheckResult", "assert_conforms", "check_stage", "check_strategy",
     "parametrize_with_checks", "run_check", "stage_strategy", "summarize",
 ]
-assert sorted(__all__) == sorted(_HOME)
 
 
 def __getattr__(name: str) -> Any:
