@@ -94,6 +94,13 @@ def test_auto_uses_fast_slic_when_installed_and_skimage_can_be_forced(monkeypatc
     ctx = vtprune.PruneContext.create(torch.randn(1, 576, 8), keep=0.1, image=_object_image()[None])
     assert strategy(ctx).counts.tolist() == [58]
     assert calls, "backend='skimage' did not run scikit-image's SLIC"
+    if HAS_FAST_SLIC:  # "auto" runs fast-slic, not scikit-image
+        fast_calls = []
+        real_fast = superpixels._SLIC["fast_slic"]
+        monkeypatch.setitem(superpixels._SLIC, "fast_slic", lambda *a: fast_calls.append(1) or real_fast(*a))
+        calls.clear()
+        assert vtprune.get_strategy("altp")(ctx).counts.tolist() == [58]
+        assert fast_calls and not calls
 
 
 def test_missing_named_backend_is_a_clear_error(monkeypatch):
