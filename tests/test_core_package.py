@@ -11,25 +11,24 @@ import pytest
 import vtprune
 
 
-def test_bare_import_does_not_load_torch_and_names_resolve_on_use():
+def test_bare_import_does_not_load_torch():
     code = textwrap.dedent(
         """
         import sys
         import vtprune
-        assert "torch" not in sys.modules, "import vtprune loaded torch"
         assert vtprune.__version__
-        assert vtprune.core.MissingSignalError is vtprune.MissingSignalError
-        assert "torch" in sys.modules
-        assert "uniform" in vtprune.list_strategies()
-        print("ok")
+        print("torch" in sys.modules)
         """
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout.strip() == "ok", out.stderr
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_public_names_match_the_core():
     import vtprune.core as core
+
+    assert vtprune.core is core
+    assert "uniform" in vtprune.list_strategies()
 
     for name in vtprune.__all__:
         if name != "__version__":
