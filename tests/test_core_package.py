@@ -27,7 +27,7 @@ def test_bare_import_does_not_load_torch():
 def test_public_names_match_the_core():
     import vtprune.core as core
 
-    assert vtprune.core is core
+    assert vtprune.core is core and vtprune.__getattr__("core") is core
     assert "uniform" in vtprune.list_strategies()
 
     for name in vtprune.__all__:
