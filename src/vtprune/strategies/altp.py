@@ -99,7 +99,7 @@ def _proportional(total: int, weight: np.ndarray, cap: np.ndarray) -> np.ndarray
         ideal[over] = cap[over]
         fixed |= over
         remaining = float(total) - float(cap[fixed].sum())
-    quotas = np.minimum(np.floor(ideal + 1e-9).astype(np.int64), cap)
+    quotas = np.minimum(np.floor(ideal).astype(np.int64), cap)
     left = int(total - quotas.sum())
     if left > 0:
         frac = ideal - quotas
