@@ -503,3 +503,15 @@ def test_unsupported_models_and_signals_raise(model):
     embeds = model.get_input_embeddings()(inputs["input_ids"])
     with attach(model, "uniform"), pytest.raises(ContractError, match="input_ids"):
         model(inputs_embeds=embeds, pixel_values=inputs["pixel_values"])
+
+
+def test_old_transformers_and_other_attention_kernels_are_refused(model, monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "4.46.0")
+    with pytest.raises(UnsupportedModelError, match="transformers >= 5.0"):
+        attach(model, "random")
+    monkeypatch.undo()
+    monkeypatch.setattr(model.model.language_model.config, "_attn_implementation", "flex_attention")
+    with pytest.raises(UnsupportedModelError, match="sdpa"):
+        attach(model, "random")
