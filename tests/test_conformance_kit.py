@@ -139,6 +139,12 @@ def mutating_scorer(ctx):
     return norm_scorer(ctx)
 
 
+def attention_mutating_scorer(ctx):
+    """Normalises the attention rows in place."""
+    att = ctx.attention if ctx.attention.dim() == 2 else ctx.attention.mean(1)
+    return att.div_(att.sum(-1, keepdim=True).clamp_min(1e-6)).float()
+
+
 def score_mutating_selector(ctx, scores, alloc):
     sel = topk(ctx, scores, alloc)
     scores.add_(1.0)
@@ -191,6 +197,10 @@ BROKEN = {
     "nan-scores": (make("nan-scores", scorer=nan_scorer), "check_scores_contract"),
     "wrong-budget": (make("wrong-budget", allocator=wrong_budget_allocator), "check_allocation_contract"),
     "mutates-features": (make("mutates-features", scorer=mutating_scorer), "check_inputs_not_mutated"),
+    "mutates-attention": (
+        make("mutates-attention", scorer=attention_mutating_scorer, needs=frozenset({"attention"})),
+        "check_inputs_not_mutated",
+    ),
     "mutates-scores": (make("mutates-scores", selector=score_mutating_selector), "check_inputs_not_mutated"),
     "nondeterministic": (make("nondeterministic", scorer=global_rng_scorer), "check_deterministic"),
     "batch-inconsistent": (make("batch-inconsistent", scorer=first_sample_scorer), "check_batch_consistent"),
