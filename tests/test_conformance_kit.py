@@ -262,6 +262,13 @@ def test_failure_message_names_strategy_check_invariant_and_shrunk_input():
         CHECKS[[c.name for c in CHECKS].index("check_selection_contract")].fn(strategy, build_context(spec))
 
 
+def test_an_undeclared_signal_gets_a_hint():
+    strategy = make("undeclared", scorer=lambda ctx: ctx.attention.float())
+    [result] = check_strategy(strategy, 5, checks=["check_scores_contract"])
+    assert "the scorer raised AttributeError" in result.message
+    assert "does not declare in capabilities.needs" in result.message
+
+
 def test_capabilities_not_names_decide_what_is_skipped():
     loose = make("random", scorer=global_rng_scorer, deterministic=False, batch_consistent=False)
     results = {r.check: r for r in check_strategy(loose, 20)}

@@ -45,7 +45,13 @@ def _stage(kind: str, fn: Callable[..., Any], *args: Any) -> Any:
     try:
         return fn(*args)
     except Exception as exc:
-        raise ConformanceError(f"the {kind} raised {type(exc).__name__}: {exc}") from exc
+        hint = ""
+        if "NoneType" in str(exc):
+            hint = (
+                " (does the stage read a context signal it does not declare in "
+                "capabilities.needs? The kit supplies only the declared ones)"
+            )
+        raise ConformanceError(f"the {kind} raised {type(exc).__name__}: {exc}{hint}") from exc
 
 
 def run_stages(strategy: Strategy, ctx: PruneContext) -> StageOutputs:
