@@ -245,16 +245,17 @@ def compare(
     for name in strategies:
         accepted = _accepted(name, params or {})
         panels.append(run_strategy(name, img, grid, keep, **accepted))
-    cols = min(len(panels), 4)
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.9 * rows), squeeze=False)
+    rows = math.ceil(len(panels) / 5)
+    cols = math.ceil(len(panels) / rows)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.6 * cols, 3.8 * rows + 0.3), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, panel in zip(axes.flat, panels):
         draw_panel(ax, img, grid, panel)
     label = f"keep {keep}" if isinstance(keep, float) else f"keep {keep} tokens"
     fig.suptitle(f"vtprune show — {label}; dimmed = pruned, green = kept, yellow = regions", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
     path = Path(out)
     fig.savefig(path, dpi=110)
     plt.close(fig)
