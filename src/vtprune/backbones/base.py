@@ -9,18 +9,15 @@ point — and installs / removes its hooks. Adapters are registered by class and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from ..core.errors import VtpruneError
+from ..core.schedule import AttentionSource
 
 if TYPE_CHECKING:
     from .handle import PruneHandle
-
-
-AttentionSource = Literal["previous", "current"]
-"""Which layer's attention scores a prune point before layer K: K-1 (FastV) or K itself."""
 
 
 class UnsupportedModelError(VtpruneError, TypeError):

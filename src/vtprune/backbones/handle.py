@@ -95,7 +95,7 @@ def attach(
     keep: Keep = 0.25,
     schedule: Schedule | None = None,
     positions: Positions | None = None,
-    attention_source: AttentionSource = "previous",
+    attention_source: AttentionSource | None = None,
     **params: Any,
 ) -> PruneHandle:
     """Prune ``model``'s visual tokens with ``strategy`` in every forward and ``generate`` call.
@@ -110,9 +110,10 @@ def attach(
         positions: ``"original"`` or ``"compact"``; None keeps the schedule's own setting
             (``"original"`` unless the schedule says otherwise).
         attention_source: for attention-scored strategies, the query row is recomputed from
-            layer K-1's inputs with layer K-1's norm / projections / RoPE (``"previous"``,
-            default: the attention FastV reads), or from layer K's inputs with layer K's own
-            modules (``"current"``: what PyramidDrop's reference code computes).
+            layer K-1's inputs with layer K-1's norm / projections / RoPE (``"previous"``: the
+            attention FastV reads), or from layer K's inputs with layer K's own modules
+            (``"current"``: what PyramidDrop's reference code computes). None (default) takes
+            the schedule's own ``attention`` setting.
 
     Returns:
         A :class:`PruneHandle` (``handle.records``, ``handle.detach()``; also a context manager).
@@ -131,16 +132,19 @@ def attach(
         )
     if not isinstance(strategy, Strategy):
         raise ContractError(f"strategy must be a vtprune Strategy or a registered name, got {type(strategy).__name__}")
-    if attention_source not in ("previous", "current"):
+    if attention_source not in (None, "previous", "current"):
         raise ContractError(f"attention_source must be 'previous' or 'current', got {attention_source!r}")
     adapter = find_adapter(model)(model)
-    adapter.attention_source = attention_source
     if schedule is None:
         schedule = strategy.schedule(adapter.num_layers, keep)
     elif not isinstance(schedule, Schedule):
         raise ContractError(f"schedule must be a vtprune Schedule or None, got {type(schedule).__name__}")
     if positions is not None:
         schedule = dataclasses.replace(schedule, positions=positions)
+    if attention_source is not None:
+        schedule = dataclasses.replace(schedule, attention=attention_source)
+    attention_source = schedule.attention
+    adapter.attention_source = attention_source
     schedule.check_depth(adapter.num_layers)
     schedule.counts(adapter.num_visual_tokens)
     for point in schedule.points:

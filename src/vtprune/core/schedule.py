@@ -10,6 +10,7 @@ from .budget import Keep, keep_count
 from .errors import ContractError
 
 Positions = Literal["original", "compact"]
+AttentionSource = Literal["previous", "current"]
 
 
 @dataclass(frozen=True)
@@ -37,16 +38,24 @@ class Schedule:
 
     ``positions="original"`` keeps each survivor's position id (the default, and the right
     choice for grounding); ``"compact"`` renumbers survivors contiguously.
+
+    ``attention`` says which layer's attention scores a point before layer K, for
+    attention-scored strategies: ``"previous"`` (layer K-1's attention, what FastV reads) or
+    ``"current"`` (layer K's own norm, q/k projections and RoPE applied to its input, what
+    PyramidDrop's reference code computes).
     """
 
     points: tuple[PrunePoint, ...]
     positions: Positions = "original"
+    attention: AttentionSource = "previous"
 
     def __post_init__(self) -> None:
         if not self.points:
             raise ContractError("a schedule needs at least one PrunePoint")
         if self.positions not in ("original", "compact"):
             raise ContractError(f"positions must be 'original' or 'compact', got {self.positions!r}")
+        if self.attention not in ("previous", "current"):
+            raise ContractError(f"attention must be 'previous' or 'current', got {self.attention!r}")
         layers = [-1 if p.layer is None else p.layer for p in self.points]
         if any(p.layer is not None and p.layer < 0 for p in self.points):
             raise ContractError(f"prune layers must be >= 0 (None = before the LLM), got {layers}")
@@ -59,9 +68,14 @@ class Schedule:
         return cls((PrunePoint(None, keep),), positions)
 
     @classmethod
-    def at_layers(cls, points: Sequence[tuple[int, Keep]], positions: Positions = "original") -> Schedule:
+    def at_layers(
+        cls,
+        points: Sequence[tuple[int, Keep]],
+        positions: Positions = "original",
+        attention: AttentionSource = "previous",
+    ) -> Schedule:
         """Prune before each ``(layer, keep)`` point, keeps relative to the original count."""
-        return cls(tuple(PrunePoint(layer, keep) for layer, keep in points), positions)
+        return cls(tuple(PrunePoint(layer, keep) for layer, keep in points), positions, attention)
 
     def counts(self, original: int) -> list[int]:
         """Survivors after each point out of ``original`` tokens; checks they never grow."""
