@@ -7,7 +7,14 @@ import torch
 
 from vtprune.bench.memory import PeakRSS, rss_bytes
 from vtprune.bench.report import format_markdown, format_table, write_outputs
-from vtprune.bench.speed import QUICK, BenchConfig, cache_bytes, run_speed, summarize, with_overrides
+from vtprune.bench.speed import (
+    QUICK,
+    BenchConfig,
+    cache_bytes,
+    run_speed,
+    summarize,
+    with_overrides,
+)
 from vtprune.cli import main
 
 
@@ -26,7 +33,8 @@ def test_quick_run_structure_and_ratios(quick_result):
         for key in ("llm_prefill", "e2e_prefill", "generate_b1", "generate_b2"):
             cell = row[key]
             assert cell["n"] == QUICK.repeats
-            assert 0 < cell["min"] <= cell["speedup"] <= cell["max"]
+            assert 0 < cell["min"] <= cell["paired_median"] <= cell["max"]
+            assert cell["speedup"] > 0 and cell["best"] > 0
             assert cell["pruned_s"] > 0 and cell["unpruned_s"] > 0
         assert 0 < row["flops_prefill_ratio"] < 1
         assert row["ideal_llm_prefill"] == pytest.approx(1 / row["flops_prefill_ratio"])
@@ -90,7 +98,9 @@ def test_unknown_strategy_and_bad_config_raise():
 
 def test_summarize_and_cache_bytes():
     s = summarize([2.0, 3.0, 4.0], [1.0, 1.0, 2.0])
-    assert s["speedup"] == 2.0 and s["min"] == 2.0 and s["max"] == 3.0 and s["n"] == 3
+    assert s["speedup"] == 3.0  # median 3 / median 1
+    assert s["paired_median"] == 2.0 and s["min"] == 2.0 and s["max"] == 3.0 and s["n"] == 3
+    assert s["best"] == 2.0
     from transformers import DynamicCache
 
     cache = DynamicCache()

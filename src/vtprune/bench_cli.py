@@ -80,7 +80,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--out", default="out/bench", help="output directory (default: out/bench)")
     p.add_argument("--strategies", type=_csv, default=None, help="comma-separated names (default: all registered)")
     p.add_argument("--keeps", type=_ratios, default=None, help="comma-separated keep ratios (default 0.5,0.25,0.1)")
-    p.add_argument("--repeats", type=int, default=None, help="interleaved pairs per cell (default 3)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved pairs per cell (default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1; see docs/benchmarks.md)")
     p.add_argument("--new-tokens", type=int, default=None, help="tokens generated per run (default 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -34,8 +34,9 @@ def format_header(result: dict[str, Any]) -> str:
         f"tower CLIP {vis['image_size']} px / patch {vis['patch_size']}, hidden {vis['hidden_size']}, "
         f"{vis['num_hidden_layers']} layers ({model['vision_params'] / 1e6:.2f}M); "
         f"{model['visual_tokens']} visual tokens; {model['dtype']}, {model['attn_implementation']}.\n"
-        f"Runs: {cfg['repeats']} interleaved pruned/unpruned pairs per cell (median speed-up, "
-        f"min–max in brackets), {cfg['warmup']} warm-up, generate {cfg['new_tokens']} new tokens "
+        f"Runs: {cfg['repeats']} interleaved pruned/unpruned pairs per cell (speed-up = median "
+        f"unpruned time / median pruned time; min–max of the pairwise ratios in brackets), "
+        f"{cfg['warmup']} warm-up, generate {cfg['new_tokens']} new tokens "
         f"at batch {', '.join(str(b) for b in cfg['batches'])}."
     )
 
