@@ -275,11 +275,18 @@ def test_capabilities_not_names_decide_what_is_skipped():
     assert results["check_deterministic"].status == "skipped"
     assert results["check_deterministic"].skip_reason == "capabilities.deterministic is False"
     assert results["check_batch_consistent"].status == "skipped"
+    assert results["check_batch_consistent"].skip_reason == (
+        "capabilities.deterministic is False and capabilities.batch_consistent is False"
+    )
     assert all(r.status == "passed" for n, r in results.items() if r.status != "skipped")
     assert summarize(list(results.values())) == "random: 8 passed, 0 failed, 2 skipped"
     # the same stages under a name but with default capabilities are checked (and fail)
     strict = make("random", scorer=global_rng_scorer)
     assert "check_deterministic" in failed(strict)
+    # a batch-consistent but stochastic strategy: outputs cannot be compared across runs
+    stochastic = make("stochastic", scorer=global_rng_scorer, deterministic=False)
+    [batch] = check_strategy(stochastic, 5, checks=["check_batch_consistent"])
+    assert (batch.status, batch.skip_reason) == ("skipped", "capabilities.deterministic is False")
 
 
 def test_results_count_runs_and_keep_one_record_per_check():

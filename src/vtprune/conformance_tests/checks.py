@@ -221,7 +221,7 @@ def check_deterministic(strategy: Strategy, ctx: PruneContext) -> None:
 def check_batch_consistent(strategy: Strategy, ctx: PruneContext) -> None:
     """Each sample pruned alone keeps the same tokens (and replacement features) as inside the
     batch. Runs without ``ctx.generator``: one random stream shared by a batch cannot also be
-    split per sample."""
+    split per sample. Applies to deterministic strategies only."""
     ctx = replace(ctx, generator=None)
     batch = run_stages(strategy, ctx).selection
     rows = batch.per_sample()
@@ -296,14 +296,14 @@ class Check:
     """One named check: the function, its group, and what decides whether it applies.
 
     Attributes:
-        requires: a :class:`~vtprune.core.Capabilities` flag that must be True, or None.
+        requires: :class:`~vtprune.core.Capabilities` flags that must all be True.
         budget: budgets the runner draws for it (``"any"``, ``"all"`` or ``"none"``).
     """
 
     name: str
     fn: Callable[[Strategy, PruneContext], None]
     group: Literal["api", "property"]
-    requires: Requirement | None = None
+    requires: tuple[Requirement, ...] = ()
     budget: Literal["any", "all", "none"] = "any"
 
     @property
@@ -313,9 +313,8 @@ class Check:
 
     def skip_reason(self, strategy: Strategy) -> str | None:
         """Why this check does not apply to ``strategy`` (from its capabilities), or None."""
-        if self.requires is not None and not getattr(strategy.capabilities, self.requires):
-            return f"capabilities.{self.requires} is False"
-        return None
+        off = [flag for flag in self.requires if not getattr(strategy.capabilities, flag)]
+        return " and ".join(f"capabilities.{flag} is False" for flag in off) or None
 
 
 CHECKS: tuple[Check, ...] = (
@@ -325,8 +324,12 @@ CHECKS: tuple[Check, ...] = (
     Check("check_replacement_features", check_replacement_features, "api"),
     Check("check_keep_all_keeps_every_valid_token", check_keep_all_keeps_every_valid_token, "property", budget="all"),
     Check("check_keep_none_keeps_nothing", check_keep_none_keeps_nothing, "property", budget="none"),
-    Check("check_deterministic", check_deterministic, "property", requires="deterministic"),
-    Check("check_batch_consistent", check_batch_consistent, "property", requires="batch_consistent"),
+    Check("check_deterministic", check_deterministic, "property", requires=("deterministic",)),
+    # Comparing a sample alone with the same sample in a batch needs repeatable outputs.
+    Check(
+        "check_batch_consistent", check_batch_consistent, "property",
+        requires=("deterministic", "batch_consistent"),
+    ),
     Check("check_inputs_not_mutated", check_inputs_not_mutated, "property"),
     Check("check_selector_respects_quotas", check_selector_respects_quotas, "property"),
 )
