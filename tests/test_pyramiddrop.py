@@ -15,6 +15,8 @@ def test_paper_setting_on_a_32_layer_model():
     assert [p.layer for p in schedule.points] == [8, 16, 24]
     assert schedule.counts(576) == [288, 144, 72]  # 50 / 25 / 12.5 % of the original
     assert schedule.positions == "original"
+    assert schedule.attention == "current"  # layer K's own projections score the boundary
+    assert vtprune.get_strategy("fastv").schedule(32, 0.5).attention == "previous"
 
 
 @pytest.mark.parametrize(

@@ -86,7 +86,9 @@ def pdrop_schedule(
             f"(attention is read from the layer before), got {bounds}"
         )
     keeps = pdrop_keeps(keep, len(bounds), ratio)
-    return Schedule.at_layers(list(zip(bounds, keeps)))
+    # PyramidDrop scores a boundary with layer K's own norm, q/k projections and RoPE applied
+    # to its input (the reference's rank layer), not with layer K-1's attention as FastV does.
+    return Schedule.at_layers(list(zip(bounds, keeps)), attention="current")
 
 
 def average_keep(num_layers: int, keep: Keep, original: int, layers: Sequence[int] | None = None, ratio: float = 0.5) -> float:
