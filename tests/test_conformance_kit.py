@@ -156,6 +156,11 @@ def global_rng_scorer(ctx):
     return torch.rand(ctx.features.shape[:2])
 
 
+def unseeded_fallback_scorer(ctx):
+    """Seeded through ctx.generator, but falls back to the global RNG without one."""
+    return torch.rand(ctx.features.shape[:2], generator=ctx.generator)
+
+
 def first_sample_scorer(ctx):
     """The FastV reference code's bug: every sample is scored with batch element 0."""
     return norm_scorer(ctx)[:1].expand(ctx.batch_size, -1).clone()
@@ -203,6 +208,10 @@ BROKEN = {
     ),
     "mutates-scores": (make("mutates-scores", selector=score_mutating_selector), "check_inputs_not_mutated"),
     "nondeterministic": (make("nondeterministic", scorer=global_rng_scorer), "check_deterministic"),
+    "nondeterministic-without-generator": (
+        make("nondeterministic-without-generator", scorer=unseeded_fallback_scorer),
+        "check_deterministic",
+    ),
     "batch-inconsistent": (make("batch-inconsistent", scorer=first_sample_scorer), "check_batch_consistent"),
     "merges-undeclared": (make("merges-undeclared", selector=merging_selector), "check_replacement_features"),
     "merges-no-features": (make("merges-no-features", merges=True), "check_replacement_features"),

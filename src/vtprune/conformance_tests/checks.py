@@ -190,11 +190,7 @@ def _same_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a, b)
 
 
-def check_deterministic(strategy: Strategy, ctx: PruneContext) -> None:
-    """Two runs on the same context (generator re-seeded identically) give identical scores,
-    allocations and selections."""
-    first = run_stages(strategy, _fresh(ctx))
-    second = run_stages(strategy, _fresh(ctx))
+def _differences(first: StageOutputs, second: StageOutputs) -> list[str]:
     pairs = {
         "scores": _same_nan(first.scores, second.scores),
         "allocation.budget": _same(first.allocation.budget, second.allocation.budget),
@@ -204,17 +200,32 @@ def check_deterministic(strategy: Strategy, ctx: PruneContext) -> None:
         "selection.counts": _same(first.selection.counts, second.selection.counts),
         "selection.features": _same(first.selection.features, second.selection.features),
     }
-    differ = [name for name, same in pairs.items() if not same]
-    if differ:
+    return [name for name, same in pairs.items() if not same]
+
+
+def check_deterministic(strategy: Strategy, ctx: PruneContext) -> None:
+    """Two runs on the same context give identical scores, allocations and selections, both
+    with ``ctx.generator`` (re-seeded identically before each run) and without one."""
+    variants = {
+        "with ctx.generator (same seed)": _fresh,
+        "without ctx.generator": lambda c: replace(c, generator=None),
+    }
+    for label, variant in variants.items():
+        first = run_stages(strategy, variant(ctx))
+        second = run_stages(strategy, variant(ctx))
+        differ = _differences(first, second)
+        if not differ:
+            continue
         detail = ""
-        if "selection.indices" in differ:
-            detail = (
-                f" (first run kept {first.selection.per_sample()[0].tolist()[:12]}, second "
-                f"{second.selection.per_sample()[0].tolist()[:12]} in sample 0)"
-            )
+        rows = list(zip(first.selection.per_sample(), second.selection.per_sample()))
+        for b, (a, c) in enumerate(rows):
+            if not torch.equal(a, c):
+                detail = f" (sample {b} kept {a.tolist()[:12]}, then {c.tolist()[:12]})"
+                break
         raise ConformanceError(
-            f"two runs on the same context (same seed) differ in {', '.join(differ)}{detail}; "
-            "draw randomness only from ctx.generator, or declare capabilities.deterministic=False"
+            f"two runs on the same context {label} differ in {', '.join(differ)}{detail}; "
+            "draw randomness only from ctx.generator (or a seeded generator of your own), or "
+            "declare capabilities.deterministic=False"
         )
 
 
