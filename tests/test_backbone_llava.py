@@ -269,7 +269,7 @@ def test_cached_generate_matches_no_cache_recompute(model, images, case, positio
 
 def test_no_cache_reprunes_deterministically(model, batch):
     """use_cache=False: every forward prunes again and makes the same choice."""
-    with attach(model, "pdrop", keep=0.5) as handle:
+    with attach(model, "pyramiddrop", keep=0.5) as handle:
         first = logits(model, batch, use_cache=False)
         kept = [r.indices for r in handle.records]
         second = logits(model, batch, use_cache=False)
@@ -415,7 +415,7 @@ def test_text_only_forward_is_unchanged(model):
 
 def test_right_padded_batch_matches_each_sample_alone(model, images):
     batch = make_inputs(model, images, PROMPTS, padding_side="right")
-    with attach(model, "pdrop" if "pdrop" in vtprune.list_strategies() else "fastv", keep=0.5) as handle:
+    with attach(model, "pyramiddrop" if "pyramiddrop" in vtprune.list_strategies() else "fastv", keep=0.5) as handle:
         together = logits(model, batch)
         mapped = [handle.position_map(t) for t in range(batch["input_ids"].shape[1])]
         for b in range(3):
@@ -449,7 +449,7 @@ def test_records_map_original_positions(model, batch):
 
 
 def test_hidden_states_follow_the_pruned_layout(model, batch):
-    with attach(model, "pdrop", keep=0.5) as handle, torch.no_grad():
+    with attach(model, "pyramiddrop", keep=0.5) as handle, torch.no_grad():
         out = model(**batch, output_hidden_states=True)
         lengths = [h.shape[1] for h in out.hidden_states]
         t = batch["input_ids"].shape[1]

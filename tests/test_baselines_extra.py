@@ -99,7 +99,7 @@ def test_divprune_is_scale_invariant_and_keeps_all_on_full_budget():
     assert full.indices.tolist() == [list(range(25))]
 
 
-@pytest.mark.parametrize("name", ["pool", "divprune", "pdrop"])
+@pytest.mark.parametrize("name", ["pool", "divprune", "pyramiddrop"])
 def test_conformance_kit(name):
     kit = pytest.importorskip("vtprune.conformance_tests")
     results = kit.check_strategy(name, max_examples=20)

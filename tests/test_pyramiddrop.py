@@ -11,7 +11,7 @@ from vtprune.strategies.pyramiddrop import average_keep, pdrop_keeps, pdrop_laye
 
 
 def test_paper_setting_on_a_32_layer_model():
-    schedule = vtprune.get_strategy("pdrop").schedule(32, 0.5)
+    schedule = vtprune.get_strategy("pyramiddrop").schedule(32, 0.5)
     assert [p.layer for p in schedule.points] == [8, 16, 24]
     assert schedule.counts(576) == [288, 144, 72]  # 50 / 25 / 12.5 % of the original
     assert schedule.positions == "original"
@@ -47,7 +47,7 @@ def test_custom_layers_and_errors():
     with pytest.raises(ContractError, match=r"ratio \(λ\)"):
         pdrop_schedule(32, 0.5, ratio=1.5)
     # the strategy routes its parameters to the schedule factory
-    s = vtprune.get_strategy("pdrop", layers=[1, 3], ratio=0.25)
+    s = vtprune.get_strategy("pyramiddrop", layers=[1, 3], ratio=0.25)
     assert s.schedule(4, 0.5).counts(64) == [32, 8]
 
 
@@ -60,7 +60,7 @@ def test_each_stage_keeps_the_top_attention_among_survivors():
     torch.manual_seed(0)
     n = 64
     att = torch.rand(1, 4, n)  # per head; the scorer averages heads
-    strategy = vtprune.get_strategy("pdrop")
+    strategy = vtprune.get_strategy("pyramiddrop")
     counts = strategy.schedule(8, 0.5).counts(n)
     valid = torch.ones(1, n, dtype=torch.bool)
     for count in counts:

@@ -115,7 +115,7 @@ def average_keep(num_layers: int, keep: Keep, original: int, layers: Sequence[in
 def vtprune_strategies() -> Iterable[StrategySpec]:
     return [
         StrategySpec(
-            "pdrop", "attention", "global", "topk",
+            "pyramiddrop", "attention", "global", "topk",
             schedule=pdrop_schedule,
             description="PyramidDrop: top attention of the last instruction token at layers 8/16/24 of 32",
             reference="arXiv 2410.17247",
