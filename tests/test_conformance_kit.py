@@ -271,6 +271,19 @@ def test_failure_message_names_strategy_check_invariant_and_shrunk_input():
         CHECKS[[c.name for c in CHECKS].index("check_selection_contract")].fn(strategy, build_context(spec))
 
 
+def test_a_flaky_failure_is_reported_not_raised():
+    """A stage failing at random: hypothesis' replay may pass (a flaky verdict) or fail."""
+    torch.manual_seed(0)
+
+    def sometimes_nan(ctx):
+        out = norm_scorer(ctx)
+        return out * float("nan") if float(torch.rand(())) < 0.5 else out
+
+    [result] = check_strategy(make("flaky", scorer=sometimes_nan), 20, checks=["check_scores_contract"])
+    assert result.status == "failed"
+    assert "strategy 'flaky' failed check_scores_contract" in result.message
+
+
 def test_an_undeclared_signal_gets_a_hint():
     strategy = make("undeclared", scorer=lambda ctx: ctx.attention.float())
     [result] = check_strategy(strategy, 5, checks=["check_scores_contract"])

@@ -101,7 +101,7 @@ def kit_settings(max_examples: int, overrides: Mapping[str, Any] | None = None) 
 
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
-    """Kit contexts are tiny (<= 576 tokens): intra-op threads only add contention there."""
+    """Kit contexts are tiny (N <= 144 by default): intra-op threads only add contention."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
