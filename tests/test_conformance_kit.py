@@ -3,15 +3,13 @@ and stage passes it (parametrized over the registry, so new built-ins are covere
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import find, given, settings
+from hypothesis import Phase, find, given, settings
 
 import vtprune
 from vtprune.conformance_tests import (
@@ -40,7 +38,11 @@ from vtprune.core import (
 from vtprune.strategies import stages
 from vtprune.strategies.stages import keep_top
 
+pytest_plugins = ["pytester"]
+
 CHECK_NAMES = [c.name for c in CHECKS]
+NO_SHRINK = {"phases": [Phase.explicit, Phase.generate]}
+"""For tests that only ask *which* check fails: shrinking is most of a failing check's time."""
 
 # -- building blocks ---------------------------------------------------------------------------
 
@@ -81,7 +83,7 @@ def rows_allocator(ctx: PruneContext, scores: torch.Tensor) -> Allocation:
 
 def run(strategy: Strategy, examples: int = 25) -> dict[str, str]:
     """Status of every check, by check name."""
-    return {r.check: r.status for r in check_strategy(strategy, examples)}
+    return {r.check: r.status for r in check_strategy(strategy, examples, settings=NO_SHRINK)}
 
 
 def failed(strategy: Strategy) -> set[str]:
@@ -229,7 +231,7 @@ BROKEN = {
 @pytest.mark.parametrize("case", list(BROKEN))
 def test_broken_strategy_is_caught_by_the_named_check(case):
     strategy, check = BROKEN[case]
-    [result] = check_strategy(strategy, 25, checks=[check])
+    [result] = check_strategy(strategy, 15, checks=[check], settings=NO_SHRINK)
     assert result.status == "failed", result
 
 
@@ -368,7 +370,7 @@ def test_check_stage_rejects_an_unknown_kind():
 ALL_SIGNALS = Capabilities(needs=frozenset({"image", "attention", "cls_attention", "text_features"}))
 
 
-@settings(max_examples=25, deadline=None, database=None)
+@settings(max_examples=15, deadline=None, database=None)
 @given(context_specs(ALL_SIGNALS))
 def test_generated_contexts_are_valid_and_carry_the_needed_signals(spec):
     ctx = build_context(spec)
@@ -447,16 +449,13 @@ def test_pytest_plugin_imports_neither_torch_nor_the_core():
     assert out.stdout.strip() == ""
 
 
-def test_pytest_option_adds_the_kit_checks_to_a_session(tmp_path: Path):
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    cmd = [
-        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+def test_pytest_option_adds_the_kit_checks_to_a_session(pytester: pytest.Pytester):
+    result = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider",
         "--vtprune-conformance=uniform,random", "--vtprune-conformance-examples=3",
         "-k", "uniform and keep_none or random and deterministic",
-    ]
-    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert f"2 passed, {2 * len(CHECKS) - 2} deselected" in out.stdout
+    )
+    result.assert_outcomes(passed=2, deselected=2 * len(CHECKS) - 2)
 
 
 def test_pytest_option_rejects_unknown_names():
