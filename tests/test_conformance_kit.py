@@ -402,6 +402,17 @@ def test_generators_reach_the_edge_cases():
     assert find(only, lambda s: s.heads > 0, settings=quick).signals == ("attention",)
 
 
+def test_build_context_rejects_unknown_choices():
+    with pytest.raises(vtprune.ContractError, match=r"ContextSpec.features must be one of \['randn', 'ties', 'zeros'\], got 'noise'"):
+        build_context(ContextSpec(features="noise"))
+    with pytest.raises(vtprune.ContractError, match="ContextSpec.dtype must be one of"):
+        build_context(ContextSpec(dtype="float16"))
+    with pytest.raises(vtprune.ContractError, match=r"unknown signals \['pixels'\]"):
+        build_context(ContextSpec(signals=("pixels",)))
+    with pytest.raises(vtprune.ContractError, match="budget must have size 1"):
+        build_context(ContextSpec(budgets=(1, 1)))
+
+
 def test_context_spec_repr_is_short_and_round_trips():
     spec = ContextSpec(batch=2, grid=(3, 4), dim=5, budgets=(3, 0), valid_counts=(12, 7))
     assert repr(spec) == "ContextSpec(batch=2, grid=(3, 4), dim=5, valid_counts=(12, 7), budgets=(3, 0))"

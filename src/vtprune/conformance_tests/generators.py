@@ -157,6 +157,12 @@ def build_context(spec: ContextSpec, device: str | torch.device = "cpu") -> Prun
     unknown = set(spec.signals) - set(SIGNALS)
     if unknown:
         raise ContractError(f"unknown signals {sorted(unknown)}; known signals: {list(SIGNALS)}")
+    choices = (("dtype", DTYPES), ("features", FEATURE_KINDS), ("padding", PADDING_KINDS))
+    for name, allowed in choices:
+        if getattr(spec, name) not in allowed:
+            raise ContractError(
+                f"ContextSpec.{name} must be one of {list(allowed)}, got {getattr(spec, name)!r}"
+            )
     gen = torch.Generator().manual_seed(spec.seed)
     valid = _valid_mask(spec, gen)
     signals: dict[str, torch.Tensor] = {}
