@@ -88,6 +88,9 @@ def test_budgets_apply_one_rule_per_sample():
     assert budgets(0, counts).tolist() == [0, 0, 0]
     assert budgets(torch.tensor([0.5, 1.0, 0.0]), counts).tolist() == [288, 575, 0]
     assert budgets(torch.tensor([10, 20, 0]), counts).tolist() == [10, 20, 0]
+    # float32 tensors (torch's default) follow the same rule as Python floats: 0.7 of 5 is 3.5 -> 4
+    assert budgets(torch.tensor([0.7, 0.3, 0.5]), torch.tensor([5, 5, 5])).tolist() == [4, 2, 3]
+    assert budgets(torch.tensor([0.7], dtype=torch.float64), torch.tensor([5])).tolist() == [4]
     out = budgets(0.25, counts)
     assert out.dtype == torch.long and out.device.type == "cpu"
 

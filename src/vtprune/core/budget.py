@@ -62,10 +62,12 @@ def budgets(keep: Keep | torch.Tensor, valid_counts: torch.Tensor) -> torch.Tens
                 f"per-sample keep must be a 1-D tensor of length B={len(counts)}, "
                 f"got shape {tuple(keep.shape)}"
             )
-        values: list[Keep] = (
-            [float(v) for v in keep.tolist()]
-            if keep.is_floating_point()
-            else [int(v) for v in keep.tolist()]
-        )
+        values: list[Keep]
+        if keep.dtype == torch.float64:
+            values = [float(v) for v in keep.tolist()]
+        elif keep.is_floating_point():  # shortest float32 decimal: 0.7, not 0.699999988
+            values = [float(str(v)) for v in keep.detach().cpu().float().numpy()]
+        else:
+            values = [int(v) for v in keep.tolist()]
         return torch.tensor([keep_count(v, n) for v, n in zip(values, counts)], dtype=torch.long)
     return torch.tensor([keep_count(keep, n) for n in counts], dtype=torch.long)
