@@ -71,7 +71,7 @@ def main() -> None:
         # Scene index = step * batch + i: the stream is fixed by the seed-free generator.
         scenes = [make_scene("train", (args.seed * 10_000_000) + step * args.batch + i)
                   for i in range(args.batch)]
-        batch = inf.make_batch(scenes)
+        batch = inf.make_batch(scenes, patch=model.cfg.scene.patch_size)
         visual, kept = inf.full_visual(model, batch.images)
         loss = inf.losses(model, batch, visual, kept)
         opt.zero_grad()

@@ -141,3 +141,13 @@ def test_oracle_kept_patches() -> None:
     m[0, 20:22, 40:42] = True   # patch row 1, col 2 on a 4x4 grid
     kept = inf.oracle_kept([torch.from_numpy(m)], grid=4, image_size=64)
     assert kept[0].tolist() == [1 * 4 + 2]
+
+
+def test_patch_labels_mark_object_patches() -> None:
+    s = make_scene("val", 0, TINY.scene)
+    labels = inf.patch_labels(s, 16)
+    assert labels.shape == (TINY.num_visual_tokens,)
+    occupied = inf.oracle_kept([torch.from_numpy(s.masks)], 4, 64)[0]
+    # Every labelled patch overlaps an object; background patches are 0.
+    assert set(torch.nonzero(labels)[:, 0].tolist()) <= set(occupied.tolist())
+    assert int(labels.max()) <= 30

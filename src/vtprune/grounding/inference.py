@@ -27,9 +27,27 @@ class Batch:
     answer_start: int
     lengths: list[int]
     masks: list[torch.Tensor]  # per scene [n_i, H, W] float
+    patch_labels: torch.Tensor | None = None  # [B, N] long, see ``patch_labels``
 
 
-def make_batch(scenes: Sequence[Scene]) -> Batch:
+def patch_labels(scene: Scene, patch: int) -> torch.Tensor:
+    """[N] label per patch: 1 + colour * n_shapes + shape of the object covering most of the
+    patch (at least 10% of it), else 0."""
+    n = scene.image.shape[0]
+    g = n // patch
+    labels = torch.zeros(g * g, dtype=torch.long)
+    if len(scene.objects) == 0:
+        return labels
+    cover = torch.from_numpy(scene.masks.astype(np.float32))[:, None]        # [n, 1, H, W]
+    frac = F.avg_pool2d(cover, patch)[:, 0].flatten(1)                       # [n, N]
+    best, idx = frac.max(0)
+    colours, shapes = list(COLOURS), list(SHAPES)
+    cls = torch.tensor([1 + colours.index(o.colour) * len(shapes) + shapes.index(o.shape)
+                        for o in scene.objects])
+    return torch.where(best >= 0.1, cls[idx], labels)
+
+
+def make_batch(scenes: Sequence[Scene], patch: int | None = None) -> Batch:
     """Stack scenes into model inputs (teacher-forced description targets)."""
     prompt = text.encode(list(text.PROMPT))
     seqs = [prompt + text.encode(s.description() + [text.EOS]) for s in scenes]
@@ -40,7 +58,8 @@ def make_batch(scenes: Sequence[Scene]) -> Batch:
         tokens[i, : len(s)] = torch.tensor(s)
     images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).contiguous()
     masks = [torch.from_numpy(s.masks.astype(np.float32)) for s in scenes]
-    return Batch(images, tokens, len(prompt), [len(s) for s in seqs], masks)
+    labels = torch.stack([patch_labels(s, patch) for s in scenes]) if patch else None
+    return Batch(images, tokens, len(prompt), [len(s) for s in seqs], masks, labels)
 
 
 def seg_positions(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,8 +88,13 @@ def losses(model: GroundingModel, batch: Batch, visual: torch.Tensor,
     tgt = gt_fine.flatten(1)
     dice = (1 - (2 * (prob * tgt).sum(1) + 1) / (prob.sum(1) + tgt.sum(1) + 1)).mean()
     cbce = F.binary_cross_entropy_with_logits(coarse, gt_coarse)
-    return {"lm": lm, "bce": bce, "dice": dice, "coarse": cbce,
-            "total": lm + bce + dice + 0.5 * cbce}
+    out = {"lm": lm, "bce": bce, "dice": dice, "coarse": cbce,
+           "total": lm + bce + dice + 0.5 * cbce}
+    if batch.patch_labels is not None and kept is None:
+        probe = model.token_probe(visual)                                  # [B, N, classes]
+        out["probe"] = F.cross_entropy(probe.flatten(0, 1), batch.patch_labels.flatten())
+        out["total"] = out["total"] + out["probe"]
+    return out
 
 
 def _grammar_mask(step_in_triple: int, n_done: int, max_objects: int) -> torch.Tensor:

@@ -28,7 +28,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from . import text
-from .scenes import SceneConfig
+from .scenes import COLOURS, SHAPES, SceneConfig
 
 
 @dataclass
@@ -151,6 +151,10 @@ class GroundingModel(nn.Module):
         self.cfg = cfg
         self.llava = build_llava(cfg)
         self.decoder = MaskDecoder(cfg.text_hidden, cfg.decoder_channels, cfg.scene.grid)
+        # Training-only probe: each visual token predicts the colour+shape of the object that
+        # fills most of its patch (0 = background). Speeds up learning visual features; never
+        # used at inference.
+        self.token_probe = nn.Linear(cfg.text_hidden, 1 + len(COLOURS) * len(SHAPES))
         self.ids = text.vocab()
 
     # -- vision -------------------------------------------------------------------------
