@@ -151,3 +151,15 @@ def test_patch_labels_mark_object_patches() -> None:
     # Every labelled patch overlaps an object; background patches are 0.
     assert set(torch.nonzero(labels)[:, 0].tolist()) <= set(occupied.tolist())
     assert int(labels.max()) <= 30
+
+
+def test_cli_evaluates_a_checkpoint(model: GroundingModel, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from vtprune.cli import main
+
+    model.save(tmp_path / "ckpt")
+    assert main(["grounding", "--checkpoint", str(tmp_path / "ckpt"), "--limit", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_images"] == 2.0 and 0.0 <= out["gcg_miou"] <= 1.0

@@ -115,7 +115,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 # Modules that add their own sub-commands: each defines ``add_commands(subparsers)`` and sets
 # ``func`` on its parsers. Imported lazily so that ``vtprune strategies`` stays fast.
-COMMAND_MODULES: list[str] = ["vtprune.bench_cli", "vtprune.show_cli"]
+COMMAND_MODULES: list[str] = ["vtprune.bench_cli", "vtprune.show_cli", "vtprune.grounding.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,9 +13,24 @@
 See docs/grounding.md.
 """
 
-from .evaluate import evaluate, evaluate_checkpoint, validity
-from .model import GroundingConfig, GroundingModel
-from .scenes import SceneConfig, make_scene
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Imported lazily: ``vtprune --help`` must not pay for importing transformers.
+_EXPORTS = {
+    "GroundingConfig": "model", "GroundingModel": "model", "load_pretrained": "model",
+    "SceneConfig": "scenes", "make_scene": "scenes",
+    "evaluate": "evaluate", "evaluate_checkpoint": "evaluate", "validity": "evaluate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["GroundingConfig", "GroundingModel", "SceneConfig", "evaluate", "evaluate_checkpoint",
-           "make_scene", "validity"]
+           "load_pretrained", "make_scene", "validity"]

@@ -234,3 +234,20 @@ class GroundingModel(nn.Module):
         model.load_state_dict(load_file(str(d / "model.safetensors")))
         model.eval()
         return model
+
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def load_pretrained() -> GroundingModel:
+    """The trained stand-in shipped with the package (``grounding/weights``, see its README).
+
+    Raises ``FileNotFoundError`` when this install carries no trained weights (they ship only
+    if they passed the validity checks); train them with ``scripts/train_grounding.py``.
+    """
+    if not (WEIGHTS_DIR / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"no trained grounding weights in {WEIGHTS_DIR}: this build ships none. Train with "
+            "`python scripts/train_grounding.py --out runs/grounding` and load "
+            "GroundingModel.load('runs/grounding/model').")
+    return GroundingModel.load(WEIGHTS_DIR)
