@@ -102,42 +102,60 @@ LEGEND = (
 )
 
 
+def _placement(schedule: str) -> str:
+    """"pre:58" -> "pre-LLM"; "L2:58 L4:29" -> "L2 L4" (where a schedule prunes)."""
+    points = [p.split(":")[0] for p in schedule.split()]
+    return "pre-LLM" if points == ["pre"] else " ".join(points)
+
+
 def plot(result: dict[str, Any], path: str | Path) -> Path:
     """Speed-up vs keep ratio per strategy: LLM prefill and generate at the largest batch,
-    measured (solid, with min–max bars) against ideal (dashed)."""
+    measured (solid, with the min–max of pairwise ratios) against the ideal of each placement
+    (dashed grey)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     big = max(result["config"]["batches"])
-    panels = [("llm_prefill", "ideal_llm_prefill", "LLM prefill, batch 1"),
+    panels = [("llm_prefill", "ideal_llm_prefill", "LLM prefill (incl. pruning step), batch 1"),
               (f"generate_b{big}", f"ideal_generate_b{big}", f"generate, batch {big}")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     rows = [r for r in result["rows"] if not r.get("error")]
     names = list(dict.fromkeys(r["strategy"] for r in rows))
-    colors = plt.get_cmap("tab10")
+    colors = plt.get_cmap("tab20")
+    markers = "osD^v<>ph*X"
+    keeps = sorted({r["keep"] for r in rows})
     for ax, (key, ideal_key, title) in zip(axes, panels):
+        ideals: dict[str, list[tuple[float, float]]] = {}
+        for r in rows:
+            ideals.setdefault(_placement(r["schedule"]), []).append((r["keep"], r[ideal_key]))
+        for j, (label, pts) in enumerate(sorted(ideals.items())):
+            pts = sorted(set(pts))
+            ax.plot([k for k, _ in pts], [v for _, v in pts], color="0.35", linestyle=(0, (4, 2 + 2 * j)),
+                    linewidth=1.2, label=f"ideal, {label}")
         for i, name in enumerate(names):
             mine = sorted((r for r in rows if r["strategy"] == name), key=lambda r: r["keep"])
             ks = [r["keep"] for r in mine]
             med = [r[key]["speedup"] for r in mine]
-            err = [[m - r[key]["min"] for m, r in zip(med, mine)], [r[key]["max"] - m for m, r in zip(med, mine)]]
-            c = colors(i % 10)
-            ax.errorbar(ks, med, yerr=err, color=c, marker="o", capsize=3, label=name)
-            ax.plot(ks, [r[ideal_key] for r in mine], color=c, linestyle="--", marker="_",
-                    markersize=14, alpha=0.6)
+            err = [[max(m - r[key]["min"], 0) for m, r in zip(med, mine)],
+                   [max(r[key]["max"] - m, 0) for m, r in zip(med, mine)]]
+            ax.errorbar(ks, med, yerr=err, color=colors(i % 20), marker=markers[i % len(markers)],
+                        capsize=3, linewidth=1.3, markersize=5, label=name)
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_xscale("log")
-        ax.set_xlabel("keep ratio (log scale)")
-        ax.set_title(title)
+        ax.set_xticks(keeps, [f"{k:g}" for k in keeps])
+        ax.minorticks_off()
+        ax.set_xlabel("keep ratio")
+        ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("speed-up vs unpruned\n(solid: measured, dashed: ideal)")
-    axes[-1].legend(fontsize=8, loc="upper right")
+    axes[0].set_ylabel("speed-up vs unpruned (median; bars: min–max of pairs)")
+    handles, labels = axes[-1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="center right", frameon=False)
     env = result["environment"]
-    fig.suptitle(f"vtprune speed benchmark — {env['cpu_count']}-core CPU, {env['torch_threads']} "
-                 f"torch threads, random weights, {env['date']}", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"vtprune speed benchmark — {env['cpu_count']}-core CPU, no GPU, {env['torch_threads']} "
+                 f"torch thread(s), random weights, {env['date']}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.87, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
