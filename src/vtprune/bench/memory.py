@@ -2,8 +2,11 @@
 
 PyTorch's CPU allocator bypasses Python's, so ``tracemalloc`` does not see tensors; we sample
 the process's resident set size (RSS) instead. :class:`PeakRSS` releases freed heap memory
-(glibc ``malloc_trim``) before the block, records the RSS, then samples it from a background
-thread every ``interval`` seconds until the block ends. The figure is the peak RSS minus the
+(glibc ``malloc_trim``, which also returns free pages inside the heap) before the block,
+records the RSS, then samples it from a background thread every ``interval`` seconds until
+the block ends. (Pinning glibc's mmap threshold would make freed tensors leave the RSS too,
+but it made every large allocation a fresh mmap and slowed unpruned prefill by ~20% here,
+biasing speed-ups, so we do not.) The figure is the peak RSS minus the
 RSS before the block: it includes activations, the KV cache and logits; allocations that live
 shorter than the sampling interval can be missed, and other threads of the process count too.
 On systems without ``/proc`` it reports ``None``.
@@ -42,24 +45,12 @@ def _libc() -> ctypes.CDLL | None:
 
 
 _LIBC = _libc()
-_M_MMAP_THRESHOLD = -3
 
 
 def release_free_memory() -> None:
     """Return freed heap pages to the OS (glibc only; a no-op elsewhere)."""
     if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
         _LIBC.malloc_trim(0)
-
-
-def fix_mmap_threshold(nbytes: int = 1 << 20) -> bool:
-    """Serve allocations above ``nbytes`` with mmap, so freeing a tensor shrinks the RSS.
-
-    glibc otherwise raises its threshold dynamically and keeps big freed blocks in the heap,
-    which hides later peaks. Process-wide; call once at the start of a benchmark process.
-    Returns whether the setting was applied."""
-    if _LIBC is None or not hasattr(_LIBC, "mallopt"):
-        return False
-    return bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, int(nbytes)))
 
 
 class PeakRSS:

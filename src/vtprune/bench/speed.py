@@ -34,7 +34,7 @@ import torch
 from ..core import get_strategy, list_strategies
 from ..measure import ModelDims, compare, describe_schedule
 from .images import sample_image
-from .memory import PeakRSS, fix_mmap_threshold
+from .memory import PeakRSS
 
 PROMPTS = (
     "Describe this picture in detail, please.",
@@ -268,7 +268,6 @@ def run_speed(
     unknown = sorted(set(names) - set(list_strategies()))
     if unknown:
         raise ValueError(f"unknown strategies {unknown}; registered: {list_strategies()}")
-    fix_mmap_threshold()
     torch.set_num_threads(config.threads)
     model = build_model(config)
     batches = make_batches(model, config)
