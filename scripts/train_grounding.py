@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from vtprune.grounding import inference as inf
-from vtprune.grounding.evaluate import validity
+from vtprune.grounding.evaluate import evaluate, validity
 from vtprune.grounding.model import GroundingConfig, GroundingModel
 from vtprune.grounding.scenes import make_scene
 
@@ -37,7 +37,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ckpt-minutes", type=float, default=3.0)
     ap.add_argument("--val-limit", type=int, default=128)
+    ap.add_argument("--test", action="store_true",
+                    help="only evaluate OUT/model on test and test_small (-> OUT/test.json)")
     args = ap.parse_args()
+    if args.test:
+        torch.set_num_threads(args.threads)
+        model_dir = Path(args.out) / "model"
+        trained = GroundingModel.load(model_dir)
+        res = {"test": evaluate(trained, "test"), "test_small": evaluate(trained, "test_small")}
+        for mode in ("none", "noise", "oracle"):
+            res[f"test_{mode}"] = evaluate(trained, "test", args.val_limit, mode)
+        res["test_full_same_subset"] = evaluate(trained, "test", args.val_limit, "full")
+        (Path(args.out) / "test.json").write_text(json.dumps(res, indent=2) + "\n")
+        print(json.dumps(res, indent=2))
+        return
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -163,3 +163,14 @@ def test_cli_evaluates_a_checkpoint(model: GroundingModel, tmp_path: Path,
     assert main(["grounding", "--checkpoint", str(tmp_path / "ckpt"), "--limit", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_images"] == 2.0 and 0.0 <= out["gcg_miou"] <= 1.0
+
+
+def test_validity_reports_every_mode_and_check(model: GroundingModel) -> None:
+    from vtprune.grounding.evaluate import validity
+
+    res = validity(model, "val", limit=1)
+    assert set(res) == {"full", "none", "noise", "oracle", "checks"}
+    checks = res["checks"]
+    assert checks["pass"] in (0.0, 1.0) and checks["pass_referring"] in (0.0, 1.0)
+    assert checks["none_gcg_miou_ratio"] == pytest.approx(
+        res["none"]["gcg_miou"] / max(res["full"]["gcg_miou"], 1e-9))
