@@ -174,3 +174,11 @@ def test_validity_reports_every_mode_and_check(model: GroundingModel) -> None:
     assert checks["pass"] in (0.0, 1.0) and checks["pass_referring"] in (0.0, 1.0)
     assert checks["none_gcg_miou_ratio"] == pytest.approx(
         res["none"]["gcg_miou"] / max(res["full"]["gcg_miou"], 1e-9))
+
+
+def test_half_precision_save_loads_as_float32(model: GroundingModel, tmp_path: Path) -> None:
+    model.save(tmp_path / "h", dtype=torch.float16)
+    again = GroundingModel.load(tmp_path / "h")
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert b.dtype == a.dtype, k
+        assert torch.allclose(a, b, atol=1e-2, rtol=1e-3), k

@@ -207,14 +207,19 @@ class GroundingModel(nn.Module):
         return self.llava.lm_head(hidden)
 
     # -- persistence ----------------------------------------------------------------------
-    def save(self, directory: str | Path) -> None:
-        """Write ``config.json``, ``model.safetensors`` and the tokenizer to ``directory``."""
+    def save(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write ``config.json``, ``model.safetensors`` and the tokenizer to ``directory``.
+
+        ``dtype`` (e.g. ``torch.float16``) stores floating weights at that precision; ``load``
+        always returns float32.
+        """
         from safetensors.torch import save_file
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         (d / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        state = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point()
+                     else v.detach()).contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(d / "model.safetensors"))
         text.build_tokenizer().save_pretrained(str(d / "tokenizer"))
 
@@ -231,7 +236,9 @@ class GroundingModel(nn.Module):
                     "(train one with scripts/train_grounding.py)")
         cfg = GroundingConfig.from_dict(json.loads((d / "config.json").read_text()))
         model = cls(cfg)
-        model.load_state_dict(load_file(str(d / "model.safetensors")))
+        state = load_file(str(d / "model.safetensors"))
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in state.items()})
         model.eval()
         return model
 
