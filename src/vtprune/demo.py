@@ -213,7 +213,7 @@ def format_demo(result: dict[str, Any]) -> str:
         f"{m['llm_layers']} layers, {m['heads']} heads / {m['kv_heads']} KV heads), "
         f"{m['visual_tokens']} visual tokens among {m['prompt_tokens']} prompt tokens, batch "
         f"{len(result['prompts'])}, {result['new_tokens']} new tokens (greedy, KV cache), "
-        f"{result['torch_threads']} torch threads, {result['seconds']:.1f} s."
+        f"torch threads: {result['torch_threads']}, {result['seconds']:.1f} s."
     )
     cols = ["strategy", "schedule", "kept visual tokens (per sample)", "avg vis",
             "FLOPs", "LLM prefill speed-up (ideal)", "end-to-end prefill", "agreement"]
