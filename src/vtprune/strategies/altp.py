@@ -41,6 +41,7 @@ from ..core import (
     StrategySpec,
     hookimpl,
 )
+from .farthest import farthest_points, unit_rows
 from .superpixels import BACKENDS, normalise_image, resolve_backend, slic_factor, token_regions
 
 DENSITIES = ("dispersion", "gradient", "score", "size")
@@ -344,74 +345,65 @@ def make_ddf(
 # -- selector ----------------------------------------------------------------------------------
 
 
-def _group_pick(key: torch.Tensor, tie: torch.Tensor, eligible: torch.Tensor, group: torch.Tensor, r: int) -> torch.Tensor:
-    """Per sample and group, the eligible token with the largest ``key`` (ties: larger
-    ``tie``, then lower index). All inputs [B, N]; ``group`` in 0..r-1. Returns [B, r] token
-    indices, -1 for groups with no eligible token."""
-    b, n = key.shape
-    ninf = float("-inf")
-    gid = torch.where(eligible, group, r)  # ineligible tokens go to the spare bucket r
-    best = torch.full((b, r + 1), ninf).scatter_reduce(1, gid, torch.where(eligible, key, ninf), "amax")
-    cand = eligible & (key == best.gather(1, gid))
-    best_tie = torch.full((b, r + 1), ninf).scatter_reduce(1, gid, torch.where(cand, tie, ninf), "amax")
-    cand &= tie == best_tie.gather(1, gid)
-    idx = torch.arange(n).expand(b, n)
-    first = torch.full((b, r + 1), n, dtype=torch.long).scatter_reduce(
-        1, gid, torch.where(cand, idx, n), "amin"
-    )[:, :r]
-    return torch.where(first < n, first, -1)
-
-
 def farthest_point_groups(
     features: torch.Tensor, regions: torch.Tensor, quotas: torch.Tensor, priority: torch.Tensor
 ) -> torch.Tensor:
-    """Farthest-point sampling inside every region of every sample at once.
+    """Farthest-point sampling inside every region of every sample.
 
     Args:
         features: [B, N, D] token features (cosine distance is used).
         regions: [B, N] long region id in 0..R-1, -1 = never pick.
         quotas: [B, R] long tokens to pick per region (<= region size).
         priority: [B, N] float; a region's first pick is its highest-priority token, and
-            priority breaks distance ties later (then the lower index wins).
+            priority breaks distance ties later (then the lower index wins). NaN counts as 0.
 
-    Returns [B, N] bool, exactly ``quotas[b, r]`` True entries in region r of sample b.
-    Cost: max(quotas) steps, each O(U D) for the U tokens of regions still picking.
+    Returns [B, N] bool (CPU), exactly ``quotas[b, r]`` True entries in region r of sample b.
+
+    Per sample, tokens are sorted once by (region, priority descending, index), so every
+    region is a contiguous run whose first row is its first pick and whose order is the tie
+    rule; only regions with quota >= 2 have their rows normalised and run
+    :func:`~vtprune.strategies.farthest.farthest_points`. Work is per sample and per region,
+    with shapes that do not depend on the batch.
     """
     b, n = regions.shape
-    r = quotas.shape[1]
-    taken = torch.zeros(b, n + 1, dtype=torch.bool)  # column n absorbs "no pick"
-    if b == 0 or n == 0 or r == 0 or int(quotas.max()) == 0:
-        return taken[:, :n]
-    in_region = regions >= 0
-    reg = regions.clamp_min(0)
-    offsets = (torch.arange(b) * n)[:, None]
-    # Only tokens of regions with quota >= 2 ever need distances: normalise just those rows.
-    work = (in_region & (quotas.gather(1, reg) >= 2)).flatten()
-    widx = work.nonzero().squeeze(1)
-    fw = F.normalize(features.reshape(b * n, -1).index_select(0, widx).float(), dim=-1)  # [W, D]
-    row_of = torch.full((b * n,), -1, dtype=torch.long)
-    row_of[widx] = torch.arange(widx.numel())
-    prio = torch.nan_to_num(priority.float(), nan=0.0, posinf=3.0e38, neginf=-3.0e38)
-    need = quotas.clone()
-    mind = torch.full((b * n,), float("inf"))
-    for step in range(int(quotas.max())):
-        eligible = in_region & ~taken[:, :n] & (need.gather(1, reg) > 0)
-        if not bool(eligible.any()):
-            break
-        key = prio if step == 0 else mind.view(b, n)
-        picked = _group_pick(key, prio, eligible, reg, r)  # [B, R]
-        got = picked >= 0
-        taken.scatter_(1, torch.where(got, picked, n), True)
-        need -= got.long()
-        # tokens still competing in a region that just picked: distance to that pick, O(U D)
-        update = (in_region & ~taken[:, :n] & got.gather(1, reg) & (need.gather(1, reg) > 0)).flatten()
-        uidx = update.nonzero().squeeze(1)
-        if uidx.numel() == 0:
+    taken = torch.zeros(b, n, dtype=torch.bool)
+    if b == 0 or n == 0 or quotas.numel() == 0:
+        return taken
+    regs = regions.detach().cpu().long().numpy()
+    quota_all = quotas.detach().cpu().long().numpy()
+    prio_all = torch.nan_to_num(
+        priority.detach().cpu().float(), nan=0.0, posinf=3.0e38, neginf=-3.0e38
+    ).numpy()
+    feats = features.detach().cpu()
+    for i in range(b):
+        q = quota_all[i]
+        if not bool((q > 0).any()):
             continue
-        pick_flat = (picked.clamp_min(0).gather(1, reg) + offsets).flatten()[uidx]
-        d = 1.0 - (fw.index_select(0, row_of[uidx]) * fw.index_select(0, row_of[pick_flat])).sum(dim=-1)
-        mind[uidx] = torch.minimum(mind[uidx], d)
-    return taken[:, :n]
+        members = np.flatnonzero(regs[i] >= 0)
+        reg = regs[i, members]
+        if reg.size and int(reg.max()) >= q.shape[0]:
+            raise ContractError(f"region id {int(reg.max())} has no quota (quotas has {q.shape[0]} regions)")
+        order = members[np.lexsort((members, -prio_all[i, members], reg))]  # by region, prio desc, index
+        counts = np.bincount(reg, minlength=q.shape[0])
+        if bool((q > counts).any()):
+            bad = int(np.flatnonzero(q > counts)[0])
+            raise ContractError(
+                f"region {bad} of sample {i} has {int(counts[bad])} tokens but quota {int(q[bad])}; "
+                "quotas must not exceed region sizes"
+            )
+        starts = np.cumsum(counts) - counts
+        picks = [order[starts[q > 0]]]  # every region's first pick: its highest priority
+        multi = np.flatnonzero(q >= 2)
+        if multi.size:
+            rows = order[np.repeat(q >= 2, counts)]  # sorted rows of regions still picking
+            unit = unit_rows(feats[i], torch.from_numpy(rows))
+            run_counts = counts[multi]
+            run_starts = np.cumsum(run_counts) - run_counts
+            for r, s0, size in zip(multi.tolist(), run_starts.tolist(), run_counts.tolist()):
+                got = farthest_points(unit[s0 : s0 + size], int(q[r]), 0)
+                picks.append(rows[s0 + got[1:]])
+        taken[i, torch.from_numpy(np.concatenate(picks))] = True
+    return taken
 
 
 def make_spread() -> Selector:
@@ -429,17 +421,7 @@ def make_spread() -> Selector:
             regions = alloc.regions.detach().cpu().long()
             quotas = alloc.quotas.detach().cpu().long()
         prio = torch.where(valid, scores.detach().cpu().float(), float("-inf"))
-        feats = ctx.features.detach().cpu()
-        # One sample at a time, with only its own regions: a matmul's rounding depends on its
-        # shapes, and with tied distances a different rounding picks different tokens, which
-        # would make a sample's choice depend on the rest of its batch.
-        rows = []
-        for b in range(ctx.batch_size):
-            r_b = int(regions[b].max()) + 1 if bool((regions[b] >= 0).any()) else 0
-            rows.append(farthest_point_groups(
-                feats[b : b + 1], regions[b : b + 1], quotas[b : b + 1, :r_b], prio[b : b + 1]
-            ))
-        taken = torch.cat(rows) if rows else torch.zeros(0, ctx.num_tokens, dtype=torch.bool)
+        taken = farthest_point_groups(ctx.features, regions, quotas, prio)
         return Selection.from_mask(taken.to(ctx.features.device))
 
     return select

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,35 +25,37 @@ from ..core import (
     StrategySpec,
     hookimpl,
 )
+from .farthest import farthest_points, unit_rows
 
 
 def max_min_diverse(features: torch.Tensor, valid: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-    """Greedy max-min selection for a batch.
+    """Greedy max-min selection, one sample at a time.
 
     Args:
         features: [B, N, D]; valid: [B, N] bool; budget: [B] long (<= valid count).
 
-    Returns [B, N] bool, ``budget[b]`` True entries per row, only on valid tokens.
+    Returns [B, N] bool (on ``features``' device), ``budget[b]`` True entries per row, only
+    on valid tokens. The kernel is :func:`~vtprune.strategies.farthest.farthest_points` over
+    the sample's valid rows in index order (so ties go to the lower index), first pick = the
+    row farthest (cosine) from the normalised sum of the unit rows. Shapes depend only on the
+    sample, so its picks are the same alone and in a batch.
     """
     b, n, _ = features.shape
-    f = F.normalize(features.float(), dim=-1)
-    taken = torch.zeros(b, n, dtype=torch.bool, device=f.device)
-    k = budget.to(f.device)
-    steps = int(k.max()) if b else 0
-    if steps == 0:
-        return taken
-    rows = torch.arange(b, device=f.device)
-    neg = torch.tensor(float("-inf"), device=f.device)
-    mean = F.normalize((f * valid[..., None]).sum(dim=1), dim=-1)  # [B, D]
-    mind = 1.0 - (f * mean[:, None, :]).sum(dim=-1)  # first pick: farthest from the mean
-    for step in range(steps):
-        active = step < k  # [B] samples still picking
-        key = torch.where(valid & ~taken, mind, neg)
-        pick = key.argmax(dim=1)  # first maximum = lowest index on ties
-        taken[rows[active], pick[active]] = True
-        d = 1.0 - torch.bmm(f, f[rows, pick][:, :, None]).squeeze(2)  # [B, N]
-        mind = d if step == 0 else torch.minimum(mind, d)
-    return taken
+    taken = torch.zeros(b, n, dtype=torch.bool)
+    ks = budget.detach().cpu().tolist()
+    ok = valid.detach().cpu()
+    for i in range(b):
+        k = int(ks[i])
+        if k == 0:
+            continue
+        rows = ok[i].nonzero().squeeze(1)
+        if k > rows.numel():
+            raise ContractError(f"budget {k} exceeds the {rows.numel()} valid tokens of sample {i}")
+        unit = unit_rows(features[i], rows)
+        mean = F.normalize(unit.sum(dim=0), dim=0)
+        first = int(np.argmax(1.0 - torch.mv(unit, mean).numpy()))  # first maximum: lower index
+        taken[i, rows[torch.from_numpy(farthest_points(unit, k, first))]] = True
+    return taken.to(features.device)
 
 
 def make_divprune() -> Selector:
@@ -68,12 +71,7 @@ def make_divprune() -> Selector:
         budget = alloc.budget.to(valid.device)
         keep_all = budget == valid.sum(dim=1)
         budget = torch.where(keep_all, 0, budget)
-        feats = ctx.features.detach()
-        # one sample at a time: batched products round differently, and with tied distances
-        # that would make a sample's choice depend on the rest of its batch
-        taken = torch.cat(
-            [max_min_diverse(feats[b : b + 1], valid[b : b + 1], budget[b : b + 1]) for b in range(len(budget))]
-        ) if len(budget) else valid.clone()
+        taken = max_min_diverse(ctx.features.detach(), valid, budget)
         taken = torch.where(keep_all[:, None], valid, taken)
         return Selection.from_mask(taken)
 
