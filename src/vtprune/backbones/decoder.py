@@ -68,6 +68,22 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
+def _flat(index: torch.Tensor, width: int) -> torch.Tensor:
+    """Per-sample indices [B, K] into rows of width ``width`` -> flat indices [B * K]."""
+    offsets = torch.arange(index.shape[0], device=index.device)[:, None] * width
+    return (index + offsets).reshape(-1)
+
+
+def _take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, k], :]`` for x [B, T, D] and index [B, K] long -> new tensor [B, K, D].
+
+    Same values as ``x.gather(1, index[..., None].expand(B, K, D))``, as one row copy
+    (``index_select`` on the flattened rows) instead of an element-wise gather.
+    """
+    b, t, d = x.shape
+    return x.reshape(b * t, d).index_select(0, _flat(index, t)).view(b, index.shape[1], d)
+
+
 class PrunedDecoder:
     """Callable standing in for ``language_model.forward`` while a handle is attached."""
 
@@ -271,8 +287,14 @@ class PrunedDecoder:
         vslots = is_vis.nonzero()[:, 1].view(b, n_cur)  # [B, n_cur] ascending per sample
         vranks = layout.vis_rank.gather(1, vslots)  # [B, n_cur]
         # Context on the ORIGINAL grid: survivors in their original slots, zeros elsewhere.
-        feats = torch.zeros(b, n, d, dtype=h.dtype, device=h.device)
-        feats.scatter_(1, vranks[..., None].expand(b, n_cur, d), h.gather(1, vslots[..., None].expand(b, n_cur, d)))
+        vis_h = _take_rows(h, vslots)  # [B, n_cur, D], a new tensor
+        # vis_rank is the cumulative count of visual tokens (order kept by every prune), so with
+        # all n present, vranks == arange(n) and the gathered rows are already the full grid.
+        if n_cur == n:
+            feats = vis_h
+        else:
+            feats = torch.zeros(b, n, d, dtype=h.dtype, device=h.device)
+            feats.view(b * n, d).index_copy_(0, _flat(vranks, n), vis_h.view(b * n_cur, d))
         valid = torch.zeros(b, n, dtype=torch.bool, device=h.device)
         valid.scatter_(1, vranks, True)
         att_full = None
@@ -305,7 +327,7 @@ class PrunedDecoder:
         keep = torch.where(is_vis, kept_vis.gather(1, layout.vis_rank.clamp(min=0)), torch.ones_like(is_vis))
         t_new = int(keep.sum(dim=1)[0])
         idx = keep.nonzero()[:, 1].view(b, t_new)  # [B, T'] into the current layout
-        h_new = h.gather(1, idx[..., None].expand(b, t_new, d))
+        h_new = _take_rows(h, idx)
         vis_rank = layout.vis_rank.gather(1, idx)
         if sel.features is not None:  # merging strategies replace the kept tokens' states
             h_new[vis_rank >= 0] = sel.features[sel.kept_mask].to(h_new.dtype)
