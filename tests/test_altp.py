@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import vtprune
 from vtprune.core import ContractError
-from vtprune.strategies import altp, superpixels
+from vtprune.strategies import altp, farthest, superpixels
 from vtprune.strategies.superpixels import labels_to_grid, relabel, token_regions
 
 HAS_FAST_SLIC = superpixels.fast_slic_available()
@@ -299,3 +299,75 @@ def test_overhead_benchmark_rows_time_both_slic_backends():
     assert all(r["tokens"] == 576 and r["kept"] == 58 and r["median_ms"] > 0 for r in rows)
     table = format_table(rows)
     assert table.count("\n") == len(rows) + 1 and "| altp | 576 |" in table
+
+
+# -- the shared farthest-point kernel (farthest.py) -------------------------------------------------
+
+
+def _brute_force_fps(unit: torch.Tensor, quota: int, first: int) -> list[int]:
+    """Definition in float64: next pick = largest distance to the nearest pick, ties -> earlier row."""
+    u = unit.double()
+    chosen = [first]
+    while len(chosen) < quota:
+        mind = (1.0 - u @ u[chosen].T).min(dim=1).values
+        mind[chosen] = float("-inf")
+        chosen.append(int(mind.argmax()))
+    return chosen
+
+
+@pytest.mark.parametrize("ratio", [0, 10**9])  # 0: matrix-vector path only; huge: Gram path only
+def test_farthest_points_follows_the_definition_on_both_paths(monkeypatch, ratio):
+    monkeypatch.setattr(farthest, "GRAM_RATIO", ratio)
+    gen = torch.Generator().manual_seed(0)
+    for s, d, quota in [(7, 3, 7), (40, 16, 9), (120, 32, 30), (5, 2, 1), (6, 4, 0)]:
+        unit = farthest.unit_rows(torch.randn(s, d, generator=gen))
+        first = s // 2
+        got = farthest.farthest_points(unit, quota, first).tolist()
+        assert got == _brute_force_fps(unit, quota, first)[:quota]
+        assert len(set(got)) == quota
+
+
+def test_unit_rows_is_a_new_tensor_and_tames_non_finite_rows():
+    x = torch.tensor([[3.0, 4.0], [0.0, 0.0], [float("nan"), 1.0], [float("inf"), 2.0], [1e30, 1e30]])
+    before = x.clone()
+    u = farthest.unit_rows(x)
+    assert torch.equal(x.nan_to_num(), before.nan_to_num())  # input untouched
+    assert u.data_ptr() != x.data_ptr() and u.dtype == torch.float32
+    assert torch.isfinite(u).all()
+    assert torch.allclose(u[0], torch.tensor([0.6, 0.8]))
+    assert u[1].abs().sum() == 0 and torch.allclose(u[2], torch.tensor([0.0, 1.0]))
+    assert torch.allclose(u[3], torch.tensor([0.0, 1.0]))  # inf entry counts as 0
+    assert torch.allclose(u[4], torch.tensor([0.5**0.5, 0.5**0.5]))  # overflowing norm: rescaled
+    rows = farthest.unit_rows(x, torch.tensor([4, 0]))
+    assert torch.allclose(rows[1], u[0]) and torch.equal(x.nan_to_num(), before.nan_to_num())
+
+
+def test_spread_tie_rules_priority_then_lower_index():
+    # region 0: tokens 0..5; tokens 1, 3 and 4 are identical and far from the rest
+    f = torch.zeros(1, 6, 3)
+    f[0, :, 0] = 1.0
+    f[0, [1, 3, 4], 1] = 5.0
+    regions = torch.zeros(1, 6, dtype=torch.long)
+    prio = torch.tensor([[9.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    taken = altp.farthest_point_groups(f, regions, torch.tensor([[2]]), prio)
+    assert taken[0].nonzero().squeeze(1).tolist() == [0, 1]  # first = best score; tie -> lower index
+    prio[0, 4] = 1.0
+    taken = altp.farthest_point_groups(f, regions, torch.tensor([[2]]), prio)
+    assert taken[0].nonzero().squeeze(1).tolist() == [0, 4]  # tie on distance -> higher score
+
+
+def test_spread_rejects_quotas_above_region_size():
+    regions = torch.tensor([[0, 0, 1, -1]])
+    with pytest.raises(ContractError, match="quota"):
+        altp.farthest_point_groups(torch.randn(1, 4, 2), regions, torch.tensor([[1, 2]]), torch.zeros(1, 4))
+
+
+def test_spread_and_divprune_alone_equal_in_a_batch_with_ragged_validity():
+    gen = torch.Generator().manual_seed(4)
+    feats = torch.randn(3, 36, 8, generator=gen).round()  # rounded: many tied distances
+    valid = torch.rand(3, 36, generator=gen) > 0.3
+    for strat in (vtprune.get_strategy("divprune"), vtprune.compose("distinct", "global", "spread")):
+        batch = strat(vtprune.PruneContext.create(feats, keep=5, valid=valid))
+        for b in range(3):
+            alone = strat(vtprune.PruneContext.create(feats[b : b + 1], keep=5, valid=valid[b : b + 1]))
+            assert alone.indices[0].tolist() == batch.indices[b].tolist()

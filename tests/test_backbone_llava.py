@@ -515,3 +515,18 @@ def test_old_transformers_and_other_attention_kernels_are_refused(model, monkeyp
     monkeypatch.setattr(model.model.language_model.config, "_attn_implementation", "flex_attention")
     with pytest.raises(UnsupportedModelError, match="sdpa"):
         attach(model, "random")
+
+
+def test_row_copy_helpers_equal_the_expanded_index_gather_and_scatter():
+    from vtprune.backbones.decoder import _flat, _take_rows
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 11, 5, generator=gen)
+    idx = torch.stack([torch.randperm(11, generator=gen)[:4].sort().values for _ in range(3)])
+    want = x.gather(1, idx[..., None].expand(3, 4, 5))
+    got = _take_rows(x, idx)
+    assert torch.equal(got, want) and got.data_ptr() != x.data_ptr()
+    full = torch.zeros(3, 11, 5)
+    full.view(33, 5).index_copy_(0, _flat(idx, 11), got.view(12, 5))
+    ref = torch.zeros(3, 11, 5).scatter_(1, idx[..., None].expand(3, 4, 5), want)
+    assert torch.equal(full, ref)

@@ -25,7 +25,7 @@ GRAM_RATIO = 6
 def unit_rows(features: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Features [M, D] (or the ``rows`` [K] long of them) -> new contiguous float32 unit rows
     [M or K, D] on the CPU. Zero rows stay zero; non-finite entries count as 0 (a row whose
-    norm overflows becomes zero), so every distance is finite (in [0, 2] up to rounding).
+    norm overflows is rescaled first), so every distance is finite (in [0, 2] up to rounding).
     Never modifies ``features``."""
     src = features.detach()
     x = src.index_select(0, rows.to(src.device)) if rows is not None else src
@@ -35,7 +35,11 @@ def unit_rows(features: torch.Tensor, rows: torch.Tensor | None = None) -> torch
     norms = torch.linalg.vector_norm(x, dim=-1)  # [M]
     if not bool(torch.isfinite(norms).all()):  # rare: only then pay for a full pass
         x = torch.nan_to_num_(x, nan=0.0, posinf=0.0, neginf=0.0)
-        norms = torch.nan_to_num_(torch.linalg.vector_norm(x, dim=-1), posinf=0.0)
+        norms = torch.linalg.vector_norm(x, dim=-1)
+        big = ~torch.isfinite(norms)  # finite entries whose norm overflows: rescale those rows
+        if bool(big.any()):
+            x[big] = x[big] / x[big].abs().amax(dim=-1, keepdim=True)
+            norms = torch.linalg.vector_norm(x, dim=-1)
     return x.div_(norms.clamp_min(1e-12)[:, None]).contiguous()
 
 
