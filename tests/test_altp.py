@@ -371,3 +371,10 @@ def test_spread_and_divprune_alone_equal_in_a_batch_with_ragged_validity():
         for b in range(3):
             alone = strat(vtprune.PruneContext.create(feats[b : b + 1], keep=5, valid=valid[b : b + 1]))
             assert alone.indices[0].tolist() == batch.indices[b].tolist()
+
+
+def test_spread_keeps_whole_regions_when_the_quota_is_their_size():
+    regions = torch.tensor([[0, 1, 0, 1, 1, 2, -1, 2]])
+    taken = altp.farthest_point_groups(torch.randn(1, 8, 4), regions, torch.tensor([[2, 1, 2]]), torch.randn(1, 8))
+    assert taken[0].tolist() == [True, taken[0, 1].item(), True, taken[0, 3].item(), taken[0, 4].item(), True, False, True]
+    assert int(taken[0, [1, 3, 4]].sum()) == 1

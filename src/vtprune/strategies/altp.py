@@ -361,7 +361,8 @@ def farthest_point_groups(
 
     Per sample, tokens are sorted once by (region, priority descending, index), so every
     region is a contiguous run whose first row is its first pick and whose order is the tie
-    rule; only regions with quota >= 2 have their rows normalised and run
+    rule; regions kept whole are taken as they are; only the other regions with quota >= 2
+    have their rows normalised and run
     :func:`~vtprune.strategies.farthest.farthest_points`. Work is per sample and per region,
     with shapes that do not depend on the batch.
     """
@@ -392,10 +393,12 @@ def farthest_point_groups(
                 "quotas must not exceed region sizes"
             )
         starts = np.cumsum(counts) - counts
-        picks = [order[starts[q > 0]]]  # every region's first pick: its highest priority
-        multi = np.flatnonzero(q >= 2)
+        full = q == counts  # regions kept whole: nothing to choose
+        picks = [order[np.repeat(full, counts)], order[starts[(q > 0) & ~full]]]  # + first picks
+        choose = (q >= 2) & ~full
+        multi = np.flatnonzero(choose)
         if multi.size:
-            rows = order[np.repeat(q >= 2, counts)]  # sorted rows of regions still picking
+            rows = order[np.repeat(choose, counts)]  # sorted rows of regions still picking
             unit = unit_rows(feats[i], torch.from_numpy(rows))
             run_counts = counts[multi]
             run_starts = np.cumsum(run_counts) - run_counts
