@@ -35,9 +35,9 @@ def _ratio(text: str) -> float:
 
 def cmd_bench_speed(args: argparse.Namespace) -> int:
     from .bench.report import format_markdown, write_outputs
-    from .bench.speed import FULL, QUICK, run_speed, with_overrides
+    from .bench.speed import QUICK, SIZES, run_speed, with_overrides
 
-    config = with_overrides(QUICK if args.quick else FULL, keeps=args.keeps, repeats=args.repeats,
+    config = with_overrides(QUICK if args.quick else SIZES[args.size], keeps=args.keeps, repeats=args.repeats,
                             threads=args.threads, new_tokens=args.new_tokens)
     result = run_speed(config, strategies=args.strategies, progress=not args.no_progress, log=print)
     paths = write_outputs(result, args.out)
@@ -77,6 +77,8 @@ def add_commands(subparsers: Any) -> None:
 
     p = sub.add_parser("speed", help="pruned vs unpruned wall-clock: prefill, generate, memory, KV cache")
     p.add_argument("--quick", action="store_true", help="tiny model, one keep, one repeat (seconds)")
+    p.add_argument("--size", choices=("base", "large"), default="base",
+                   help="benchmark model: base (LLM hidden 512) or large (hidden 1024); default base")
     p.add_argument("--out", default="out/bench", help="output directory (default: out/bench)")
     p.add_argument("--strategies", type=_csv, default=None, help="comma-separated names (default: all registered)")
     p.add_argument("--keeps", type=_ratios, default=None, help="comma-separated keep ratios (default 0.5,0.25,0.1)")

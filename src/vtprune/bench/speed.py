@@ -88,6 +88,14 @@ class BenchConfig:
 
 
 FULL = BenchConfig()
+LARGE = BenchConfig(
+    text={"hidden_size": 1024, "intermediate_size": 2752, "num_hidden_layers": 8,
+          "num_attention_heads": 16, "num_key_value_heads": 16},
+)
+"""FULL's shape at twice the width (~4x the LLM FLOPs, 101M parameters): a prefill takes about
+a second here, closer to the regime of a 7B model, where fixed per-operation costs and the
+pruning step are small next to the arithmetic."""
+SIZES = {"base": FULL, "large": LARGE}
 QUICK = BenchConfig(
     text={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
           "num_attention_heads": 4, "num_key_value_heads": 2},
