@@ -71,7 +71,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers: Any) -> None:
-    """Register ``bench`` (with ``speed`` and ``overhead``) and ``demo``."""
+    """Register ``bench`` (with ``speed``, ``overhead`` and ``grounding``) and ``demo``."""
     bench = subparsers.add_parser("bench", help="speed and overhead benchmarks")
     sub = bench.add_subparsers(dest="bench_command", required=True)
 
@@ -97,6 +97,10 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--dim", type=int, default=1024, help="feature width (default 1024, CLIP ViT-L)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.set_defaults(func=cmd_bench_overhead)
+
+    from .grounding.cli import add_bench_command  # vtprune bench grounding
+
+    add_bench_command(sub)
 
     p = subparsers.add_parser("demo", help="every strategy on a tiny local LLaVA: tokens, FLOPs, speed, agreement")
     p.add_argument("--keep", type=_ratio, default=0.25, help="keep ratio (default 0.25)")

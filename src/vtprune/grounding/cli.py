@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 MODES = ("full", "none", "noise", "oracle")  # = evaluate.MODES, kept here for a fast import
 
@@ -38,3 +39,67 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--validity", action="store_true",
                    help="run every mode and the keep-0 / noise / oracle checks")
     p.set_defaults(func=cmd_eval)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import format_markdown, run_grounding_bench, write_outputs
+
+    torch.set_num_threads(args.threads)
+    result = run_grounding_bench(args.strategies, keeps=args.keeps, split=args.split,
+                                 limit=args.limit, seeds=args.seeds, positions=args.positions,
+                                 progress=not args.no_progress)
+    paths = write_outputs(result, args.out)
+    print(format_markdown(result))
+    for kind, path in paths.items():
+        print(f"{kind:>9}: {path}")
+    return 0
+
+
+def _list(cast: type, what: str) -> Any:
+    def parse(value: str) -> list:
+        try:
+            items = [cast(t.strip()) for t in value.split(",") if t.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {value!r}") from None
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {value!r}")
+        return items
+    return parse
+
+
+def _keeps(value: str) -> list[float]:
+    keeps: list[float] = _list(float, "keep ratios like 0.25,0.1")(value)
+    bad = [k for k in keeps if not 0.0 < k <= 1.0]
+    if bad:
+        raise argparse.ArgumentTypeError(f"keep ratios must lie in (0, 1], got {bad}")
+    return keeps
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--limit must be a positive scene count, got {value!r}")
+    return n
+
+
+def add_bench_command(sub: argparse._SubParsersAction) -> None:
+    """``vtprune bench grounding``: registered under the ``bench`` group by ``bench_cli``."""
+    p = sub.add_parser("grounding", help="every pruning strategy on the grounding stand-in (GCG)")
+    p.add_argument("--strategies", type=_list(str, "strategy names"), default=None,
+                   help="comma-separated names (default: all registered)")
+    p.add_argument("--keeps", type=_keeps, default=[0.5, 0.25, 0.1],
+                   help="comma-separated keep ratios (default 0.5,0.25,0.1)")
+    p.add_argument("--split", default="test", choices=["val", "test", "test_small"],
+                   help="main split (test_small is always added); default test")
+    p.add_argument("--limit", type=_positive, default=None, help="only the first N scenes")
+    p.add_argument("--seeds", type=_list(int, "integer seeds"), default=[0, 1, 2],
+                   help="seeds for random (default 0,1,2)")
+    p.add_argument("--positions", type=_list(str, "position modes"), default=["original"],
+                   help="original and/or compact for every strategy (altp and fastv always "
+                        "get both); default original")
+    p.add_argument("--out", default="out/grounding_bench", help="output directory")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
