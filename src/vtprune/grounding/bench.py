@@ -332,13 +332,17 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
         s = r["scores"][split]
         series.setdefault((r["strategy"], r["positions"]), []).append(
             (r["keep"], s["miou"], s["miou_se"]))
-    for (name, pos), pts in sorted(series.items()):
+    colours = [plt.get_cmap("tab20")(i) for i in range(20)]
+    for i, ((name, pos), pts) in enumerate(sorted(series.items())):
         pts.sort()
         x, y, e = zip(*pts)
-        ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=2, lw=1,
+        ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=2, lw=1, color=colours[i % 20],
                     ls="--" if pos == "compact" else "-",
                     label=name + (" (compact)" if pos == "compact" else ""))
     ax.set_xscale("log")
+    keeps = sorted({r["keep"] for r in result["rows"]})
+    ax.set_xticks(keeps, [f"{k:g}" for k in keeps])
+    ax.minorticks_off()
     ax.set_xlabel("keep ratio")
     ax.set_ylabel(f"GCG mIoU ({split})")
     ax.set_title("Grounding stand-in: GCG mIoU vs keep")
