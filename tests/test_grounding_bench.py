@@ -10,7 +10,12 @@ import torch
 
 from vtprune.backbones import attach
 from vtprune.grounding import inference as inf
-from vtprune.grounding.bench import generate_grounded, run_grounding_bench, write_outputs
+from vtprune.grounding.bench import (
+    format_markdown,
+    generate_grounded,
+    run_grounding_bench,
+    write_outputs,
+)
 from vtprune.grounding.evaluate import evaluate, split_items
 from vtprune.grounding.model import GroundingModel, load_pretrained
 
@@ -102,3 +107,19 @@ def test_outputs_written(result: dict, tmp_path) -> None:  # type: ignore[no-unt
     assert json.loads(paths["json"].read_text())["meta"]["limit"] == 4
     assert "| unpruned |" in paths["markdown"].read_text()
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_refused_schedule_is_skipped_with_its_reason(model: GroundingModel, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import vtprune.backbones
+
+    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise ValueError("prune layer 24 does not exist in a 4-layer decoder")
+
+    monkeypatch.setattr(vtprune.backbones, "attach", refuse)
+    res = run_grounding_bench(["uniform"], keeps=(0.5,), limit=1, progress=False, model=model,
+                              small_split=None)
+    assert res["rows"] == []
+    assert res["skipped"] == [{"strategy": "uniform", "keep": 0.5, "positions": "original",
+                               "reason": "ValueError: prune layer 24 does not exist in a "
+                                         "4-layer decoder"}]
+    assert "Skipped:" in format_markdown(res)
