@@ -61,7 +61,7 @@ def test_visual_tokens_are_normalised(model: GroundingModel) -> None:
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         v = model.visual_features(images)
-    text_norm = model.llava.get_input_embeddings().weight.norm(dim=-1).mean()
+        text_norm = model.llava.get_input_embeddings().weight.norm(dim=-1).mean()
     assert v.shape == (2, TINY.num_visual_tokens, TINY.text_hidden)
     assert float(v.norm(dim=-1).mean()) < 10 * float(text_norm)
 
