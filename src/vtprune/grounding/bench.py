@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from . import metrics, text
-from .evaluate import _resize_masks, split_items
+from .evaluate import score_prediction, split_items
 from .inference import _grammar_mask, seg_positions
 from .model import GroundingModel
 
@@ -104,19 +104,13 @@ def _evaluate(model: GroundingModel, items: Sequence[Any], batch_size: int,
               tick: Callable[[int], None]) -> list[metrics.ImageResult]:
     side = model.cfg.scene.image_size
     patch = model.cfg.scene.patch_size
-    results = []
+    results: list[metrics.ImageResult] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         images = torch.stack([torch.from_numpy(np.ascontiguousarray(it.image)).permute(2, 0, 1)
                               for it in chunk])
         words, probs = generate_grounded(model, images)
-        for it, w, p in zip(chunk, words, probs):
-            scores = [float(pi[mi].mean()) if mi.any() else 0.0 for pi, mi in zip(p, p > 0.5)]
-            pred = _resize_masks((p > 0.5).numpy(), it.masks.shape[1:])
-            small_area = 2 * patch * patch * it.masks.shape[1] * it.masks.shape[2] / side ** 2
-            results.append(metrics.evaluate_image(
-                pred, scores, text.phrases_from_words(list(w)), it.masks, it.phrases,
-                small_area=small_area))
+        results.extend(score_prediction(it, w, p, side, patch) for it, w, p in zip(chunk, words, probs))
         tick(len(chunk))
     return results
 

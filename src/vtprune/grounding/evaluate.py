@@ -65,6 +65,19 @@ def _resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (F.interpolate(t, size=size, mode="nearest")[:, 0] > 0.5).numpy()
 
 
+def score_prediction(item: AnnotatedImage, words: Sequence[str], probs: torch.Tensor,
+                     side: int, patch: int) -> metrics.ImageResult:
+    """Score one image's grounded description: ``probs`` [S, side, side] mask probabilities of
+    its S ``[SEG]`` states, ``words`` the generated description. Objects smaller than two
+    patches (at the model's resolution) count as small."""
+    masks = probs > 0.5
+    scores = [float(pi[mi].mean()) if mi.any() else 0.0 for pi, mi in zip(probs, masks)]
+    pred = _resize_masks(masks.numpy(), item.masks.shape[1:])
+    small_area = 2 * patch * patch * item.masks.shape[1] * item.masks.shape[2] / side ** 2
+    return metrics.evaluate_image(pred, scores, text.phrases_from_words(list(words)), item.masks,
+                                  item.phrases, small_area=small_area)
+
+
 def _description(phrases: list[str]) -> list[str]:
     words: list[str] = []
     for ph in phrases:
@@ -106,12 +119,7 @@ def evaluate_items(model: GroundingModel, items: Sequence[AnnotatedImage], mode:
         words = inf.describe(model, visual, kept)
         probs = inf.ground(model, images, visual, kept, words)
         for it, w, p in zip(chunk, words, probs):
-            scores = [float(pi[mi].mean()) if mi.any() else 0.0 for pi, mi in zip(p, p > 0.5)]
-            pred = _resize_masks((p > 0.5).numpy(), it.masks.shape[1:])
-            small_area = 2 * patch * patch * it.masks.shape[1] * it.masks.shape[2] / side ** 2
-            results.append(metrics.evaluate_image(
-                pred, scores, text.phrases_from_words(list(w)), it.masks, it.phrases,
-                small_area=small_area))
+            results.append(score_prediction(it, w, p, side, patch))
         # Referring: ground the true description.
         probs = inf.ground(model, images, visual, kept, [_description(it.phrases) for it in chunk])
         for it, p in zip(chunk, probs):
