@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from ..bench_cli import _ratios
+
 MODES = ("full", "none", "noise", "oracle")  # = evaluate.MODES, kept here for a fast import
 
 
@@ -69,14 +71,6 @@ def _list(cast: type, what: str) -> Any:
     return parse
 
 
-def _keeps(value: str) -> list[float]:
-    keeps: list[float] = _list(float, "keep ratios like 0.25,0.1")(value)
-    bad = [k for k in keeps if not 0.0 < k <= 1.0]
-    if bad:
-        raise argparse.ArgumentTypeError(f"keep ratios must lie in (0, 1], got {bad}")
-    return keeps
-
-
 def _positive(value: str) -> int:
     n = int(value)
     if n < 1:
@@ -89,7 +83,7 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("grounding", help="every pruning strategy on the grounding stand-in (GCG)")
     p.add_argument("--strategies", type=_list(str, "strategy names"), default=None,
                    help="comma-separated names (default: all registered)")
-    p.add_argument("--keeps", type=_keeps, default=[0.5, 0.25, 0.1],
+    p.add_argument("--keeps", type=_ratios, default=[0.5, 0.25, 0.1],
                    help="comma-separated keep ratios (default 0.5,0.25,0.1)")
     p.add_argument("--split", default="test", choices=["val", "test", "test_small"],
                    help="main split (test_small is always added); default test")
