@@ -78,8 +78,53 @@ def _positive(value: str) -> int:
     return n
 
 
+def _value(token: str) -> Any:
+    """A parameter value from the command line: int, float, None ("none") or the string."""
+    if token.lower() == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(token)
+        except ValueError:
+            pass
+    return token
+
+
+def _param(value: str) -> tuple[str, list[Any]]:
+    name, sep, values = value.partition("=")
+    tokens = [t.strip() for t in values.split(",") if t.strip()]
+    if not sep or not name.strip() or not tokens:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=V1,V2,... (e.g. segment_ratio=0.25,0.5), got {value!r}")
+    return name.strip(), [_value(t) for t in tokens]
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .sweep import format_sweep_markdown, run_param_sweep
+
+    torch.set_num_threads(args.threads)
+    grid = dict(args.param)
+    if len(grid) != len(args.param):
+        raise SystemExit("each --param name may be given once; list all its values after '='")
+    result = run_param_sweep(args.strategy, grid, keeps=args.keeps, split=args.split,
+                             limit=args.limit, progress=not args.no_progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "grounding_sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = format_sweep_markdown(result)
+    (out / "grounding_sweep.md").write_text(table + "\n")
+    print(table)
+    print(f"best: {result['best']['params']} (mean mIoU {result['best']['mean_miou']:.3f})")
+    print(f"written: {out / 'grounding_sweep.json'}, {out / 'grounding_sweep.md'}")
+    return 0
+
+
 def add_bench_command(sub: argparse._SubParsersAction) -> None:
-    """``vtprune bench grounding``: registered under the ``bench`` group by ``bench_cli``."""
+    """``vtprune bench grounding`` and ``grounding-sweep``: registered under ``bench``."""
     p = sub.add_parser("grounding", help="every pruning strategy on the grounding stand-in (GCG)")
     p.add_argument("--strategies", type=_list(str, "strategy names"), default=None,
                    help="comma-separated names (default: all registered)")
@@ -97,3 +142,18 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
+
+    q = sub.add_parser("grounding-sweep",
+                       help="choose a strategy's parameters on the val split (GCG mIoU)")
+    q.add_argument("--strategy", default="altp", help="registered strategy (default altp)")
+    q.add_argument("--param", type=_param, action="append", required=True,
+                   help="NAME=V1,V2,... values to try (repeat for several parameters)")
+    q.add_argument("--keeps", type=_ratios, default=[0.25, 0.1],
+                   help="comma-separated keep ratios (default 0.25,0.1)")
+    q.add_argument("--split", default="val", choices=["val"],
+                   help="tuning split (val only: never tune on test)")
+    q.add_argument("--limit", type=_positive, default=None, help="only the first N scenes")
+    q.add_argument("--out", default="out/grounding_sweep", help="output directory")
+    q.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_sweep)
