@@ -77,7 +77,7 @@ def run_param_sweep(strategy: str, grid: Mapping[str, Sequence[Any]],
                unit="scene", desc=f"{strategy} sweep")
     started = time.time()
     unpruned = bootstrap(_evaluate(model, items, batch_size, bar.update))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for params in combos:
         for keep in keeps:
             bar.set_postfix_str(f"{params} keep={keep}")
