@@ -6,7 +6,10 @@
 - ``ddc_attention``: ALTP's DDC regions (quotas by region size, >= 1 each) + top-k by
   attention inside each region; FastV's schedule.
 - ``altp_pdrop``: PyramidDrop's schedule and attention scorer, with DDF (attention density)
-  regions and top-k at every boundary, so every superpixel keeps a token at each stage.
+  regions and top-k at every boundary, so every superpixel keeps a token at each stage. It
+  takes PyramidDrop's schedule parameters (``layers``, ``ratio``, ``budget``): by default
+  ``keep`` is the mean share over the pruned layers, ``budget="first"`` makes it the share
+  after the first boundary (see :mod:`vtprune.strategies.pyramiddrop`).
 
 All need ``image`` and ``attention``; the backbone adapter supplies both at in-LLM prune
 points (the context covers the original grid, already-pruned tokens invalid).
@@ -41,7 +44,7 @@ def vtprune_strategies() -> Iterable[StrategySpec]:
             "altp_pdrop", "attention", "ddf", "topk",
             params={"density": "score"},
             schedule=pdrop_schedule,
-            description="PyramidDrop schedule with DDF quotas (attention density) + top-k per region",
+            description="PyramidDrop schedule (keep = mean over pruned layers) with DDF quotas + top-k per region",
             reference="hybrid: arXiv 2410.17247 + 2503.23959",
         ),
     ]
