@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from . import metrics, text
-from .evaluate import score_prediction, split_items
+from .evaluate import gcg_results, score_prediction, split_items
 from .inference import _grammar_mask, seg_positions
 from .model import GroundingModel
 
@@ -36,6 +36,10 @@ METRICS = ("miou", "ap50", "recall")
 COMPACT_STRATEGIES = ("altp", "fastv")
 BOOTSTRAP = 200
 MAX_OBJECTS = 8
+# Validity ablations (evaluate.MODES) reported beside the strategies, and what each feeds.
+ABLATIONS = {"none": "none (keep 0)", "noise": "144 noise tokens",
+             "oracle": "object patches only"}
+VALIDITY_LIMIT = 0.30  # keep-0 and noise must fall to at most this share of unpruned mIoU
 
 
 class _Grammar(LogitsProcessor):
@@ -188,13 +192,16 @@ def run_grounding_bench(strategies: Iterable[str] | None = None,
                         limit: int | None = None, seeds: Sequence[int] = (0, 1, 2),
                         positions: Sequence[str] = ("original",), progress: bool = True,
                         model: GroundingModel | None = None, batch_size: int = 16,
-                        small_split: str | None = "test_small") -> dict[str, Any]:
+                        small_split: str | None = "test_small", validity: bool = True,
+                        ) -> dict[str, Any]:
     """Unpruned once, then every strategy at every keep, on ``split`` and ``small_split``.
 
-    Returns ``{"meta", "unpruned", "rows", "skipped"}``: ``unpruned[split]`` and each row's
-    ``scores[split]`` hold mIoU/AP50/recall with ``*_se``; ``skipped`` lists
-    ``{"strategy", "keep", "positions", "reason"}`` for cells ``attach`` refused (e.g. a
-    schedule that does not fit the model's depth).
+    Returns ``{"meta", "unpruned", "validity", "rows", "skipped"}``: ``unpruned[split]`` and
+    each row's ``scores[split]`` hold mIoU/AP50/recall with ``*_se``; ``validity[mode]``
+    the same for the ablations of ``ABLATIONS`` (empty when ``validity`` is False) with
+    ``miou_ratio`` to unpruned and, for none/noise, ``pass`` (ratio <= ``VALIDITY_LIMIT``);
+    ``skipped`` lists ``{"strategy", "keep", "positions", "reason"}`` for cells ``attach``
+    refused (e.g. a schedule that does not fit the model's depth).
     """
     import vtprune
     from vtprune.backbones import attach
@@ -219,7 +226,8 @@ def run_grounding_bench(strategies: Iterable[str] | None = None,
     splits = [split] + ([small_split] if small_split and small_split != split else [])
     items = {s: split_items(s, limit, model.cfg.scene) for s in splits}
     cells = plan(names, keeps, seeds, positions)
-    total = len(items_all := [it for s in splits for it in items[s]]) * (1 + len(cells))
+    runs = 1 + len(cells) + (len(ABLATIONS) if validity else 0)
+    total = len(items_all := [it for s in splits for it in items[s]]) * runs
     from tqdm import tqdm
     bar = tqdm(total=total, disable=not progress, unit="scene", desc="grounding bench")
     del items_all
@@ -230,6 +238,17 @@ def run_grounding_bench(strategies: Iterable[str] | None = None,
 
     unpruned_res = run_cell()
     unpruned = {s: bootstrap(r) for s, r in unpruned_res.items()}
+    checks: dict[str, dict[str, Any]] = {}
+    for mode in ABLATIONS if validity else ():
+        bar.set_postfix_str(f"validity: {mode}")
+        scores = {}
+        for s in splits:
+            scores[s] = bootstrap(gcg_results(model, items[s], mode, batch_size))
+            scores[s]["miou_ratio"] = scores[s]["miou"] / max(unpruned[s]["miou"], 1e-9)
+            if mode != "oracle":
+                scores[s]["pass"] = scores[s]["miou_ratio"] <= VALIDITY_LIMIT
+            bar.update(len(items[s]))
+        checks[mode] = scores
     raw: dict[tuple[str, float, str], list[dict[str, dict[str, float]]]] = {}
     kept_counts: dict[tuple[str, float, str], list[float]] = {}
     skipped: list[dict[str, Any]] = []
@@ -274,7 +293,8 @@ def run_grounding_bench(strategies: Iterable[str] | None = None,
             "bootstrap": BOOTSTRAP, "seconds": round(time.time() - started, 1),
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
             "torch_threads": torch.get_num_threads()}
-    return {"meta": meta, "unpruned": unpruned, "rows": rows, "skipped": skipped}
+    return {"meta": meta, "unpruned": unpruned, "validity": checks, "rows": rows,
+            "skipped": skipped}
 
 
 def _fmt(s: dict[str, float], m: str) -> str:
@@ -285,21 +305,34 @@ def format_markdown(result: dict[str, Any]) -> str:
     """One table: rows = unpruned + (strategy, keep, positions); columns = metrics per split."""
     meta = result["meta"]
     splits = list(result["unpruned"])
-    head = ["strategy", "keep", "positions", "tokens/layer"] + [f"{m} {s}" for s in splits for m in
-                                                ("mIoU", "AP50", "recall")]
+    head = ["strategy", "keep", "positions", "tokens/layer", "mean tokens"] + [
+        f"{m} {s}" for s in splits for m in ("mIoU", "AP50", "recall")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
-    def row(name: str, keep: str, pos: str, tokens: str,
+    def row(name: str, keep: str, pos: str, tokens: str, mean: str,
             scores: dict[str, dict[str, float]]) -> None:
         cells = [_fmt(scores[s], m) for s in splits for m in METRICS]
-        lines.append("| " + " | ".join([name, keep, pos, tokens] + cells) + " |")
+        lines.append("| " + " | ".join([name, keep, pos, tokens, mean] + cells) + " |")
 
-    row("unpruned", "1", "-", str(meta["num_visual_tokens"]), result["unpruned"])
+    n = meta["num_visual_tokens"]
+    row("unpruned", "1", "-", str(n), str(n), result["unpruned"])
+    for mode, label in ABLATIONS.items():
+        if mode in result.get("validity", {}):
+            row(f"*validity: {label}*", "-", "-", "-", "-", result["validity"][mode])
     for r in sorted(result["rows"], key=lambda r: (-r["keep"], r["strategy"], r["positions"])):
         name = r["strategy"] + (f" ({r['seeds']} seeds)" if r["seeds"] else "")
-        tokens = "/".join(str(t) for t in r["layer_tokens"]) if "layer_tokens" in r else "?"
-        row(name, f"{r['keep']:g}", r["positions"], tokens, r["scores"])
+        tokens = "/".join(str(t) for t in r["layer_tokens"])
+        row(name, f"{r['keep']:g}", r["positions"], tokens, f"{r['mean_layer_tokens']:.1f}",
+            r["scores"])
     out = "\n".join(lines)
+    if result.get("validity"):
+        out += "\n\nValidity (GCG mIoU as a share of unpruned; keep 0 and noise must be <= " \
+               f"{VALIDITY_LIMIT:.0%}, oracle near 100%): " + "; ".join(
+                   f"{ABLATIONS[m]} " + ", ".join(
+                       f"{s} {v['miou_ratio']:.2f}"
+                       + ("" if "pass" not in v else (" pass" if v["pass"] else " **FAIL**"))
+                       for s, v in result["validity"][m].items())
+                   for m in ABLATIONS if m in result["validity"])
     if result["skipped"]:
         out += "\n\nSkipped:\n" + "\n".join(
             f"- {s['strategy']} keep {s['keep']:g} ({s['positions']}): {s['reason']}"
@@ -307,7 +340,8 @@ def format_markdown(result: dict[str, Any]) -> str:
     out += (f"\n\n{meta['scenes']} scenes, {meta['num_visual_tokens']} visual tokens, "
             f"± = scene-bootstrap standard error ({meta['bootstrap']} resamples; random: "
             f"combined with the spread over seeds); tokens/layer = visual tokens each decoder "
-            f"layer sees; {meta['seconds']} s.")
+            f"layer sees, mean tokens = their mean over layers (the comparable budget); "
+            f"{meta['seconds']} s.")
     return out
 
 

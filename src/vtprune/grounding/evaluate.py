@@ -94,6 +94,27 @@ def evaluate_items(model: GroundingModel, items: Sequence[AnnotatedImage], mode:
     at each image's own resolution. Small objects: area below two patches' worth of pixels at
     the model's resolution.
     """
+    results, ref_ious, ref_small = _run(model, items, mode, batch_size, visual_fn)
+    out = {f"gcg_{k}": v for k, v in metrics.summarise(results).items()}
+    out["ref_miou"] = float(np.mean(ref_ious))
+    small = np.asarray(ref_small)
+    if small.any():
+        out["ref_miou_small"] = float(np.asarray(ref_ious)[small].mean())
+    out["n_images"] = float(len(items))
+    return out
+
+
+def gcg_results(model: GroundingModel, items: Sequence[AnnotatedImage], mode: str = "full",
+                batch_size: int = 16) -> list[metrics.ImageResult]:
+    """Per-image GCG outcomes in a validity ``mode`` (for bootstrapped errors)."""
+    return _run(model, items, mode, batch_size, None)[0]
+
+
+@torch.no_grad()
+def _run(model: GroundingModel, items: Sequence[AnnotatedImage], mode: str, batch_size: int,
+         visual_fn: VisualFn | None,
+         ) -> tuple[list[metrics.ImageResult], list[float], list[bool]]:
+    """GCG results per image, referring IoU per object and whether that object is small."""
     if not items:
         raise ValueError("nothing to evaluate: got an empty list of images")
     provide = visual_fn or mode_visual(mode)
@@ -129,13 +150,7 @@ def evaluate_items(model: GroundingModel, items: Sequence[AnnotatedImage], mode:
                 union = np.logical_or(pm, gm).sum()
                 ref_ious.append(float(np.logical_and(pm, gm).sum() / union) if union else 0.0)
                 ref_small.append(bool(gm.sum() < small_area))
-    out = {f"gcg_{k}": v for k, v in metrics.summarise(results).items()}
-    out["ref_miou"] = float(np.mean(ref_ious))
-    small = np.asarray(ref_small)
-    if small.any():
-        out["ref_miou_small"] = float(np.asarray(ref_ious)[small].mean())
-    out["n_images"] = float(len(items))
-    return out
+    return results, ref_ious, ref_small
 
 
 def split_items(split: str, limit: int | None, config: SceneConfig) -> list[AnnotatedImage]:
