@@ -465,6 +465,25 @@ def test_hidden_states_follow_the_pruned_layout(model, batch):
         assert gen.hidden_states[1][-1].shape[1] == 1  # one decode step
 
 
+def test_pyramiddrop_budget_is_routed_through_attach(model, batch):
+    """budget="average" (default) keeps keep as the mean over the pruned layers 1..3 of this
+    4-layer model; budget="first" keeps keep after layer 1, then halves; too much is refused."""
+    seen = {}
+    for budget in ("average", "first"):
+        with attach(model, "pyramiddrop", keep=0.1, budget=budget) as handle, torch.no_grad():
+            model(**batch)
+            seen[budget] = [(r.layer, r.counts.tolist()) for r in handle.records]
+    assert seen["average"] == [(1, [99] * 3), (2, [49] * 3), (3, [25] * 3)]  # mean 57.7 ~ 58
+    assert seen["first"] == [(1, [58] * 3), (2, [29] * 3), (3, [14] * 3)]
+    with pytest.raises(ContractError, match="at most 58.3%"):
+        attach(model, "pyramiddrop", keep=1.0)
+    with pytest.raises(ContractError, match="'average'.*'first'"):
+        attach(model, "altp_pdrop", keep=0.1, budget="both")
+    with attach(model, "pyramiddrop", keep=1.0, budget="first") as handle, torch.no_grad():
+        model(**batch)  # the old reading: keep=1.0 still halves at layers 2 and 3
+        assert [r.counts.tolist() for r in handle.records] == [[576] * 3, [288] * 3, [144] * 3]
+
+
 def test_detach_restores_the_model_exactly(model, batch):
     before = logits(model, batch)
     lm = model.model.language_model
