@@ -67,6 +67,15 @@ def test_unknown_parameter_lists_the_accepted_ones():
         registry.get_strategy("uniform", seed=1)
 
 
+@pytest.mark.parametrize("name", ["fastv", "random"])
+def test_budget_is_not_a_strategy_parameter(name):
+    registry = builtins()
+    with pytest.raises(ContractError, match=r"\['keep'\] cannot be a parameter.*attach\(model"):
+        registry.get_strategy(name, keep=0.2)
+    with pytest.raises(ContractError, match=r"\['num_layers'\] cannot be a parameter"):
+        registry.get_strategy(name, num_layers=4)
+
+
 def test_parameters_reach_the_stage_and_the_schedule_that_accept_them():
     registry = builtins()
     random3 = registry.get_strategy("random", seed=3)

@@ -286,6 +286,13 @@ class Registry:
         if schedule is not None:
             factories.append(schedule)
         routed: list[dict[str, Any]] = [{} for _ in factories]
+        reserved = sorted({"num_layers", "keep"} & set(params))
+        if reserved:
+            raise ContractError(
+                f"{reserved} cannot be a parameter of strategy {label!r}: the budget is given "
+                "where the strategy is applied, e.g. attach(model, name, keep=0.25) or "
+                "strategy.schedule(num_layers, keep)"
+            )
         for key, value in params.items():
             takers = [i for i, f in enumerate(factories) if _accepts(f, key)]
             if not takers:

@@ -154,9 +154,9 @@ def _combine_seeds(per_seed: list[dict[str, float]]) -> dict[str, float]:
 def layer_tokens(strategy: str, keep: float, layers: int, n: int) -> list[int]:
     """Visual tokens each decoder layer sees under ``strategy``'s own schedule at ``keep``.
 
-    A pre-LLM point (layer None) applies to every layer. For multi-stage schedules
-    (pyramiddrop, altp_pdrop) ``keep`` is the first stage's share: the mean over layers is
-    the comparable budget.
+    A pre-LLM point (layer None) applies to every layer; an in-LLM point to its layer and
+    those after it. Strategies spend different budgets at one ``keep`` (FastV prunes from
+    layer 2, PyramidDrop from its first boundary): the mean over layers is the comparable one.
     """
     from vtprune import get_strategy
     from vtprune.core import keep_count
