@@ -14,6 +14,7 @@ the spread over seeds is added (the reported error combines both).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -104,8 +105,11 @@ class _Cell:
     kept: float  # mean visual tokens reaching the LLM's first pruned layer (from records)
 
 
-def _evaluate(model: GroundingModel, items: Sequence[Any], batch_size: int,
-              tick: Callable[[int], None]) -> list[metrics.ImageResult]:
+def evaluate_gcg(model: GroundingModel, items: Sequence[Any], batch_size: int = 16,
+                 tick: Callable[[int], None] | None = None) -> list[metrics.ImageResult]:
+    """Per-image GCG outcomes of ``generate_grounded`` over scenes at the model's resolution,
+    with whatever is attached to ``model.llava`` (e.g. ``with attach(model.llava, ...):``).
+    ``tick(n)`` is called after each batch of n scenes."""
     side = model.cfg.scene.image_size
     patch = model.cfg.scene.patch_size
     results: list[metrics.ImageResult] = []
@@ -115,8 +119,19 @@ def _evaluate(model: GroundingModel, items: Sequence[Any], batch_size: int,
                               for it in chunk])
         words, probs = generate_grounded(model, images)
         results.extend(score_prediction(it, w, p, side, patch) for it, w, p in zip(chunk, words, probs))
-        tick(len(chunk))
+        if tick is not None:
+            tick(len(chunk))
     return results
+
+
+def model_fingerprint(model: GroundingModel) -> str:
+    """Short SHA-256 of the model's weights (names and float32 values): which weights a
+    recorded result came from."""
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def bootstrap(results: Sequence[metrics.ImageResult], n: int = BOOTSTRAP,
@@ -234,7 +249,7 @@ def run_grounding_bench(strategies: Iterable[str] | None = None,
     started = time.time()
 
     def run_cell() -> dict[str, list[metrics.ImageResult]]:
-        return {s: _evaluate(model, items[s], batch_size, bar.update) for s in splits}
+        return {s: evaluate_gcg(model, items[s], batch_size, bar.update) for s in splits}
 
     unpruned_res = run_cell()
     unpruned = {s: bootstrap(r) for s, r in unpruned_res.items()}
@@ -289,7 +304,7 @@ def run_grounding_bench(strategies: Iterable[str] | None = None,
             "scenes": {s: len(v) for s, v in items.items()}, "keeps": list(keeps),
             "strategies": names, "seeds": list(seeds), "positions": list(positions),
             "num_visual_tokens": model.cfg.num_visual_tokens,
-            "decoder_layers": model.cfg.text_layers,
+            "decoder_layers": model.cfg.text_layers, "weights": model_fingerprint(model),
             "bootstrap": BOOTSTRAP, "seconds": round(time.time() - started, 1),
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
             "torch_threads": torch.get_num_threads()}

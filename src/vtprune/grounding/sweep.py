@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench import METRICS, _evaluate, bootstrap
+from .bench import METRICS, bootstrap, evaluate_gcg
 from .evaluate import split_items
 from .model import GroundingModel
 
@@ -76,13 +76,13 @@ def run_param_sweep(strategy: str, grid: Mapping[str, Sequence[Any]],
     bar = tqdm(total=len(items) * (1 + len(combos) * len(keeps)), disable=not progress,
                unit="scene", desc=f"{strategy} sweep")
     started = time.time()
-    unpruned = bootstrap(_evaluate(model, items, batch_size, bar.update))
+    unpruned = bootstrap(evaluate_gcg(model, items, batch_size, bar.update))
     rows: list[dict[str, Any]] = []
     for params in combos:
         for keep in keeps:
             bar.set_postfix_str(f"{params} keep={keep}")
             with attach(model.llava, strategy, keep=keep, **params):
-                scores = bootstrap(_evaluate(model, items, batch_size, bar.update))
+                scores = bootstrap(evaluate_gcg(model, items, batch_size, bar.update))
             rows.append({"params": params, "keep": keep, "scores": scores})
     bar.close()
     means = [float(np.mean([r["scores"]["miou"] for r in rows if r["params"] == p]))
