@@ -58,6 +58,30 @@ def test_relabel_is_contiguous_in_raster_order_and_marks_invalid():
     assert relabel(regions, valid).tolist() == [0, 0, 1, 2, 1, -1]
 
 
+def test_relabel_matches_first_appearance_rule_on_random_ids():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        regions = torch.randint(0, 12, (50,), generator=gen) * 3
+        valid = torch.rand(50, generator=gen) > 0.3
+        out = relabel(regions, valid)
+        first: dict[int, int] = {}
+        for rid in regions[valid].tolist():
+            first.setdefault(rid, len(first))
+        expect = [first[int(r)] if bool(v) else -1 for r, v in zip(regions, valid)]
+        assert out.tolist() == expect and out.dtype == regions.dtype
+
+
+def test_normalise_image_channels_last_matches_reference():
+    img = torch.rand(3, 30, 42, generator=torch.Generator().manual_seed(1)) * 4 - 1
+    for factor in (1, 2, 3):
+        x = superpixels.downscale(img.numpy(), factor)
+        lo, hi = float(x.min()), float(x.max())
+        ref = np.clip((x - lo) * np.float32(255.0 / (hi - lo)) + np.float32(0.5), 0, 255).astype(np.uint8)
+        assert np.array_equal(superpixels.normalise_image(img, factor), ref.transpose(1, 2, 0))
+    grey = superpixels.normalise_image(img[:1], 2)
+    assert np.array_equal(grey[..., 0], grey[..., 1]) and np.array_equal(grey[..., 0], grey[..., 2])
+
+
 def test_normalise_image_any_range_and_channels():
     img = torch.tensor([[[-3.0, 1.0], [5.0, 1.0]]])  # one channel, odd range
     out = superpixels.normalise_image(img)

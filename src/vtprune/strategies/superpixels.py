@@ -57,7 +57,8 @@ def normalise_image(image: torch.Tensor, factor: int = 1) -> np.ndarray:
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = float(x.min()), float(x.max())
     out = np.empty((x.shape[1], x.shape[2], 3), dtype=np.float32)
-    out[...] = x.transpose(1, 2, 0)  # broadcasts one channel to three
+    for c in range(3):  # channels last; one channel is repeated (per-channel copies are fast)
+        out[:, :, c] = x[c % x.shape[0]]
     if hi > lo:
         out -= lo
         out *= 255.0 / (hi - lo)
@@ -234,19 +235,17 @@ def labels_to_grid(labels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 def relabel(regions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Region ids [N] -> contiguous ids 0..R-1 in order of first appearance on valid tokens,
-    -1 on invalid tokens. Returns a new tensor."""
-    out = torch.full_like(regions, -1)
-    if bool(valid.any()):
-        ids = regions[valid]
-        _, first_seen = torch.unique(ids, return_inverse=True)
+    -1 on invalid tokens. Returns a new tensor (numpy inside: cheaper on these tiny arrays)."""
+    mask = valid.detach().cpu().numpy().astype(bool)
+    ids = regions.detach().cpu().numpy()[mask]
+    out = np.full(mask.shape, -1, dtype=np.int64)
+    if ids.size:
+        _, first_pos, first_seen = np.unique(ids, return_index=True, return_inverse=True)
         # order ids by first appearance (raster order) so numbering is deterministic
-        n_ids = int(first_seen.max()) + 1
-        first_pos = torch.full((n_ids,), ids.numel(), dtype=torch.long)
-        first_pos.scatter_reduce_(0, first_seen, torch.arange(ids.numel()), reduce="amin")
-        rank = torch.empty(n_ids, dtype=torch.long)
-        rank[first_pos.argsort()] = torch.arange(n_ids)
-        out[valid] = rank[first_seen]
-    return out
+        rank = np.empty(first_pos.size, dtype=np.int64)
+        rank[first_pos.argsort()] = np.arange(first_pos.size)
+        out[mask] = rank[first_seen.reshape(-1)]
+    return torch.from_numpy(out).to(device=regions.device, dtype=regions.dtype)
 
 
 def token_regions(
