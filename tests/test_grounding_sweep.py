@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import pytest
 import torch
 
 from vtprune.grounding.bench import run_grounding_bench
 from vtprune.grounding.cli import _param
+from vtprune.grounding.metrics import ImageResult
 from vtprune.grounding.model import GroundingModel, load_pretrained
-from vtprune.grounding.sweep import combinations, format_sweep_markdown, run_param_sweep
+from vtprune.grounding.sweep import (
+    combinations,
+    format_sweep_markdown,
+    paired_delta,
+    run_param_sweep,
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +63,27 @@ def test_sweep_reproduces_the_benchmark_row(model: GroundingModel) -> None:
     table = format_sweep_markdown(sweep)
     assert table.count("\n|") == 3  # header rule + 2 rows
     assert f"**{best['params']['segment_ratio']}**" in table
+    worse = next(r for r in sweep["rows"] if r["params"] != best["params"])
+    assert worse["delta_vs_best"] <= 0.0 and worse["delta_se"] >= 0.0
+    assert f"{worse['delta_vs_best']:+.3f} ± {worse['delta_se']:.3f}" in table
+
+
+def _results(ious: list[list[float]]) -> list[ImageResult]:
+    return [ImageResult(np.array(v), np.zeros(0), np.zeros((0, len(v))), np.zeros(len(v), bool))
+            for v in ious]
+
+
+def test_paired_delta() -> None:
+    rng = np.random.default_rng(0)
+    base = [list(rng.random(int(k))) for k in rng.integers(1, 6, 40)]
+    better = [[min(1.0, v + 0.05) for v in img] for img in base]
+    a, b = [_results(better)] * 2, [_results(base)] * 2        # two keeps, same scenes
+    delta, se = paired_delta(a, b)
+    flat = np.concatenate([np.array(v) for v in better]) - np.concatenate([np.array(v) for v in base])
+    assert delta == pytest.approx(flat.mean())
+    assert 0.0 < se < 0.01                                    # pairing removes the scene spread
+    assert paired_delta(b, b) == (0.0, 0.0)
+    assert paired_delta(b, a)[0] == pytest.approx(-delta)
 
 
 def test_param_parsing() -> None:

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench import METRICS, bootstrap, evaluate_gcg
+from . import metrics
+from .bench import BOOTSTRAP, METRICS, bootstrap, evaluate_gcg
 from .evaluate import split_items
 from .model import GroundingModel
 
@@ -37,6 +38,29 @@ def combinations(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
         raise ValueError(f"parameters {empty} have no values to try; give at least one each")
     names = list(grid)
     return [dict(zip(names, values)) for values in itertools.product(*grid.values())]
+
+
+def paired_delta(a: Sequence[Sequence[metrics.ImageResult]],
+                 b: Sequence[Sequence[metrics.ImageResult]], n: int = BOOTSTRAP,
+                 seed: int = 0) -> tuple[float, float]:
+    """Mean-over-keeps mIoU of ``a`` minus that of ``b`` and its paired standard error.
+
+    ``a[k]``/``b[k]``: per-image results at keep k, on the same scenes in the same order. The
+    error comes from a scene bootstrap that resamples the same scenes for both (and for every
+    keep), so it is the error of the *difference*, smaller than the two rows' errors combined.
+    """
+    def sums(runs: Sequence[Sequence[metrics.ImageResult]]) -> np.ndarray:
+        return np.array([[r.matched_iou.sum() for r in run] for run in runs])   # [K, S]
+
+    counts = np.array([r.matched_iou.size for r in a[0]], dtype=np.float64)     # [S]
+    diff = sums(a) - sums(b)                                                    # [K, S]
+    point = float((diff.sum(1) / counts.sum()).mean())
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n):
+        pick = rng.integers(0, counts.size, counts.size)
+        draws.append(float((diff[:, pick].sum(1) / counts[pick].sum()).mean()))
+    return point, float(np.std(draws, ddof=1))
 
 
 def run_param_sweep(strategy: str, grid: Mapping[str, Sequence[Any]],
@@ -78,16 +102,23 @@ def run_param_sweep(strategy: str, grid: Mapping[str, Sequence[Any]],
     started = time.time()
     unpruned = bootstrap(evaluate_gcg(model, items, batch_size, bar.update))
     rows: list[dict[str, Any]] = []
+    runs: list[list[list[metrics.ImageResult]]] = []     # [combo][keep] -> per-image results
     for params in combos:
+        runs.append([])
         for keep in keeps:
             bar.set_postfix_str(f"{params} keep={keep}")
             with attach(model.llava, strategy, keep=keep, **params):
-                scores = bootstrap(evaluate_gcg(model, items, batch_size, bar.update))
-            rows.append({"params": params, "keep": keep, "scores": scores})
+                runs[-1].append(evaluate_gcg(model, items, batch_size, bar.update))
+            rows.append({"params": params, "keep": keep, "scores": bootstrap(runs[-1][-1])})
     bar.close()
     means = [float(np.mean([r["scores"]["miou"] for r in rows if r["params"] == p]))
              for p in combos]
     best = int(np.argmax(means))
+    for i, params in enumerate(combos):
+        delta, se = paired_delta(runs[i], runs[best])
+        for r in rows:
+            if r["params"] == params:
+                r["delta_vs_best"], r["delta_se"] = delta, se
     meta = {"strategy": strategy, "split": split, "scenes": len(items), "keeps": list(keeps),
             "grid": {k: list(v) for k, v in grid.items()},
             "seconds": round(time.time() - started, 1),
@@ -98,30 +129,35 @@ def run_param_sweep(strategy: str, grid: Mapping[str, Sequence[Any]],
 
 
 def format_sweep_markdown(result: dict[str, Any]) -> str:
-    """A table: one row per parameter combination, mIoU ± se per keep, mean; best in bold."""
+    """A table: one row per parameter combination, mIoU ± se per keep, mean, and the paired
+    difference to the best (± its paired standard error); best in bold."""
     meta = result["meta"]
     names = list(meta["grid"])
     keeps = meta["keeps"]
-    head = names + [f"mIoU keep {k:g}" for k in keeps] + ["mean mIoU"]
+    head = names + [f"mIoU keep {k:g}" for k in keeps] + ["mean mIoU", "vs best (paired)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    by_params: dict[str, dict[float, dict[str, float]]] = {}
+    by_params: dict[str, dict[float, dict[str, Any]]] = {}
     order: list[dict[str, Any]] = []
     for r in result["rows"]:
         key = repr(sorted(r["params"].items()))
         if key not in by_params:
             order.append(r["params"])
-        by_params.setdefault(key, {})[r["keep"]] = r["scores"]
+        by_params.setdefault(key, {})[r["keep"]] = r
     for params in order:
-        scores = by_params[repr(sorted(params.items()))]
+        cell = by_params[repr(sorted(params.items()))]
+        scores = {k: cell[k]["scores"] for k in keeps}
+        first = cell[keeps[0]]
         mean = float(np.mean([scores[k]["miou"] for k in keeps]))
         mark = "**" if params == result["best"]["params"] else ""
         cells = [f"{mark}{params[n]}{mark}" for n in names]
         cells += [f"{scores[k]['miou']:.3f} ± {scores[k]['miou_se']:.3f}" for k in keeps]
         cells.append(f"{mark}{mean:.3f}{mark}")
+        cells.append("-" if mark else f"{first['delta_vs_best']:+.3f} ± {first['delta_se']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     u = result["unpruned"]
-    metrics = ", ".join(f"{m} {u[m]:.3f}" for m in METRICS)
+    summary = ", ".join(f"{m} {u[m]:.3f}" for m in METRICS)
     return "\n".join(lines) + (
         f"\n\n{meta['strategy']} on the first {meta['scenes']} `{meta['split']}` scenes; "
-        f"unpruned: {metrics}; ± = scene-bootstrap standard error; best (bold) = highest mean "
-        f"mIoU over keeps; {meta['seconds']} s.")
+        f"unpruned: {summary}; ± = scene-bootstrap standard error; best (bold) = highest mean "
+        f"mIoU over keeps; vs best = paired difference of that mean (the same scenes "
+        f"resampled for both); {meta['seconds']} s.")
