@@ -187,6 +187,12 @@ def layer_tokens(strategy: str, keep: float, layers: int, n: int) -> list[int]:
     return out
 
 
+def check_keeps(keeps: Sequence[float]) -> None:
+    """Raise ``ValueError`` unless ``keeps`` is a non-empty list of ratios in (0, 1]."""
+    if not keeps or any(not 0.0 < k <= 1.0 for k in keeps):
+        raise ValueError(f"keep ratios must lie in (0, 1], got {list(keeps)}")
+
+
 def plan(strategies: Sequence[str], keeps: Sequence[float], seeds: Sequence[int],
          positions: Sequence[str]) -> list[dict[str, Any]]:
     """The cells to run: one per (strategy, keep, position mode, seed)."""
@@ -226,9 +232,7 @@ def run_grounding_bench(strategies: Iterable[str] | None = None,
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown strategies {unknown}; registered: {known}")
-    bad = [k for k in keeps if not 0.0 < k <= 1.0]
-    if bad or not keeps:
-        raise ValueError(f"keep ratios must lie in (0, 1], got {list(keeps)}")
+    check_keeps(keeps)
     bad_pos = [p for p in positions if p not in ("original", "compact")]
     if bad_pos:
         raise ValueError(f"positions must be 'original' or 'compact', got {bad_pos}")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import metrics
-from .bench import BOOTSTRAP, METRICS, bootstrap, evaluate_gcg
+from .bench import BOOTSTRAP, METRICS, bootstrap, check_keeps, evaluate_gcg
 from .evaluate import split_items
 from .model import GroundingModel
 
@@ -82,9 +82,7 @@ def run_param_sweep(strategy: str, grid: Mapping[str, Sequence[Any]],
                          "choosing defaults on test would tune to the test set")
     if strategy not in vtprune.list_strategies():
         raise ValueError(f"unknown strategy {strategy!r}; registered: {vtprune.list_strategies()}")
-    bad = [k for k in keeps if not 0.0 < k <= 1.0]
-    if bad or not keeps:
-        raise ValueError(f"keep ratios must lie in (0, 1], got {list(keeps)}")
+    check_keeps(keeps)
     combos = combinations(grid)
     for params in combos:  # fail fast on a bad value, before minutes of evaluation
         try:
