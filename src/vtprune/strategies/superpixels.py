@@ -272,6 +272,31 @@ def token_regions(
     return relabel(regions, mask)
 
 
+def token_regions_batch(
+    images: torch.Tensor,
+    grid: tuple[int, int],
+    n_segments: list[int],
+    valid: torch.Tensor,
+    compactness: float = 10.0,
+    backend: str = "auto",
+    patch_pixels: int | None = 7,
+) -> torch.Tensor:
+    """Superpixel region of every token of every image: [B, C, H, W] -> [B, N] long on
+    ``images``' device; per sample, ids are contiguous 0..R_b-1 over valid tokens (raster
+    order of first appearance) and -1 on invalid tokens (``valid`` [B, N] False).
+
+    ``n_segments`` [B] are host ints (derived from budgets known before the call). A sample's
+    regions never depend on its batch-mates. The CPU backends run one image at a time.
+    """
+    rows = [
+        token_regions(images[b], grid, int(n_segments[b]), valid[b], compactness, backend, patch_pixels)
+        for b in range(int(images.shape[0]))
+    ]
+    n = grid[0] * grid[1]
+    out = torch.stack(rows) if rows else torch.zeros(0, n, dtype=torch.long)
+    return out.to(images.device)
+
+
 __all__ = [
     "BACKENDS",
     "fast_slic_available",
@@ -283,4 +308,5 @@ __all__ = [
     "slic_factor",
     "slic_labels",
     "token_regions",
+    "token_regions_batch",
 ]
