@@ -22,6 +22,7 @@ from ..core.errors import ContractError
 from ..core.schedule import PrunePoint
 from ..core.types import PruneContext
 from .attention import query_attention
+from .compat import cache_kwarg, model_output
 from .records import PruneRecord
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class PrunedDecoder:
         self.n_visual = image_token_count
         self.grid = grid
         self.layers = list(lm.layers[: lm.config.num_hidden_layers])
+        self.cache_kwarg = cache_kwarg(self.layers[0]) if self.layers else "past_key_values"
         self.pending: Pending | None = None
 
     # -- masks and positions ------------------------------------------------------------------
@@ -133,10 +135,11 @@ class PrunedDecoder:
         past_key_values: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        cache: Any = None,
         **kwargs: Any,
     ) -> Any:
-        from transformers.modeling_outputs import BaseModelOutputWithPast
-
+        """``language_model.forward``'s signature; the KV cache comes as ``cache``
+        (transformers >= 5.24) or ``past_key_values`` (earlier 5.x)."""
         pending, self.pending = self.pending, None
         if kwargs.get("output_attentions"):
             raise ContractError(
@@ -158,7 +161,8 @@ class PrunedDecoder:
         use_cache = cfg.use_cache if use_cache is None else use_cache
         want_hidden = kwargs.get("output_hidden_states")
         want_hidden = bool(cfg.output_hidden_states if want_hidden is None else want_hidden)
-        cache = past_key_values
+        if cache is None:
+            cache = past_key_values
         if use_cache and cache is None:
             from transformers import DynamicCache
 
@@ -170,7 +174,7 @@ class PrunedDecoder:
             h, hidden = self._prefill(
                 inputs_embeds, attention_mask, position_ids, cache, use_cache, want_hidden, pending or Pending()
             )
-        return BaseModelOutputWithPast(last_hidden_state=h, past_key_values=cache, hidden_states=hidden)
+        return model_output(h, cache, hidden)
 
     # -- prefill --------------------------------------------------------------------------------
 
@@ -241,9 +245,9 @@ class PrunedDecoder:
                 h,
                 attention_mask=mask,
                 position_ids=layout.position_ids,
-                past_key_values=cache,
                 use_cache=use_cache,
                 position_embeddings=pe,
+                **{self.cache_kwarg: cache},
             )
             h = out[0] if isinstance(out, tuple) else out
         h = self.lm.norm(h)
@@ -408,9 +412,9 @@ class PrunedDecoder:
                 h,
                 attention_mask=mask,
                 position_ids=stage_pos,
-                past_key_values=cache,
                 use_cache=use_cache,
                 position_embeddings=pe,
+                **{self.cache_kwarg: cache},
             )
             h = out[0] if isinstance(out, tuple) else out
         h = self.lm.norm(h)

@@ -158,8 +158,12 @@ class LlavaAdapter(BackboneAdapter):
     # -- hooks ----------------------------------------------------------------------------------
 
     def _argument(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The call's value of ``name`` (None when not passed, or when this transformers
+        release has no such parameter: ``mm_encoder_outputs`` arrived in 5.18)."""
         if name in kwargs:
             return kwargs[name]
+        if name not in self._forward_params:
+            return None
         i = self._forward_params.index(name)
         return args[i] if i < len(args) else None
 

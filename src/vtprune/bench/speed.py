@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..backbones.compat import output_cache
 from ..core import get_strategy, list_strategies
 from ..measure import ModelDims, compare, describe_schedule
 from .images import sample_image
@@ -205,7 +206,7 @@ def measure_once(
                 out[f"generate_b{b}"] = time.perf_counter() - t0
             if peak.delta is not None:
                 out["peak_rss"] = float(peak.delta)
-            out["kv_bytes"] = float(cache_bytes(res.past_key_values))
+            out["kv_bytes"] = float(cache_bytes(output_cache(res)))
         else:
             t0 = time.perf_counter()
             model.generate(**inputs, **kwargs)
