@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck check clean
+.PHONY: venv demo test test-oldest test-newest test-versions lint typecheck check clean
 
 venv: $(STAMP)
 
@@ -33,7 +33,31 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
+# The ends of the dependency range pyproject.toml declares, each in its own venv with the
+# whole suite: declared = tested (docs/adapters.md, "Supported versions"). Everything not
+# pinned here is whatever the resolver picks for that pin today.
+PINS_oldest := torch==2.13.0 transformers==5.0.0
+PINS_newest := torch==2.14.1 transformers==5.24.0
+
+.venv-%/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install -q --upgrade pip setuptools wheel cython numpy
+	.venv-$*/bin/python -m pip install -q $(PINS_$*)
+	.venv-$*/bin/python -m pip install -q -e ".[test]" $(PINS_$*)
+	.venv-$*/bin/python -m pip install -q --no-build-isolation fast-slic==0.4.0 \
+	  || echo "warning: fast-slic did not build; vtprune will use scikit-image's SLIC"
+	.venv-$*/bin/python -c "import torch, transformers; print('versions:', torch.__version__, transformers.__version__)"
+	touch $@
+
+test-oldest: .venv-oldest/.installed
+	.venv-oldest/bin/python -m pytest -q -p no:cacheprovider
+
+test-newest: .venv-newest/.installed
+	.venv-newest/bin/python -m pytest -q -p no:cacheprovider
+
+test-versions: test-oldest test-newest
+
 check: test lint typecheck
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build src/*.egg-info
+	rm -rf $(VENV) .venv-oldest .venv-newest .pytest_cache .hypothesis build src/*.egg-info

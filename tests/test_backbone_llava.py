@@ -156,6 +156,21 @@ def test_keep_all_reproduces_unpruned_logits_and_tokens(model, batch, case):
         assert all(r.counts.tolist() == [576] * 3 for r in handle.records)
 
 
+def test_keep_one_is_unpruned_for_every_registered_strategy(model, batch):
+    """keep=1.0 through attach, with each strategy's own schedule, reproduces the unpruned
+    logits for every registered strategy; none is skipped."""
+    ref = logits(model, batch)
+    valid = batch["attention_mask"].bool()
+    names = vtprune.list_strategies()
+    assert {"altp", "fastv", "pyramiddrop", "altp_pdrop", "divprune", "pool"} <= set(names)
+    for name in names:
+        with attach(model, name, keep=1.0) as handle:
+            got = logits(model, batch)
+            assert handle.records, name
+            assert all(r.counts.tolist() == [576] * 3 for r in handle.records), name
+        torch.testing.assert_close(got[valid], ref[valid], atol=1e-5, rtol=1e-5, msg=name)
+
+
 # ---------------------------------------------------------------- pre-LLM pruning
 
 
@@ -476,12 +491,13 @@ def test_pyramiddrop_budget_is_routed_through_attach(model, batch):
     assert seen["average"] == [(1, [99] * 3), (2, [49] * 3), (3, [25] * 3)]  # mean 57.7 ~ 58
     assert seen["first"] == [(1, [58] * 3), (2, [29] * 3), (3, [14] * 3)]
     with pytest.raises(ContractError, match="at most 58.3%"):
-        attach(model, "pyramiddrop", keep=1.0)
+        attach(model, "pyramiddrop", keep=0.9)
     with pytest.raises(ContractError, match="'average'.*'first'"):
         attach(model, "altp_pdrop", keep=0.1, budget="both")
-    with attach(model, "pyramiddrop", keep=1.0, budget="first") as handle, torch.no_grad():
-        model(**batch)  # the old reading: keep=1.0 still halves at layers 2 and 3
-        assert [r.counts.tolist() for r in handle.records] == [[576] * 3, [288] * 3, [144] * 3]
+    for budget in ("average", "first"):  # keep=1.0 is the identity in both readings
+        with attach(model, "pyramiddrop", keep=1.0, budget=budget) as handle, torch.no_grad():
+            model(**batch)
+            assert [r.counts.tolist() for r in handle.records] == [[576] * 3] * 3
 
 
 def test_detach_restores_the_model_exactly(model, batch):

@@ -41,8 +41,10 @@ def test_budget_first_keep_is_the_first_stage_share_and_ratio_is_lambda():
     assert pdrop_schedule(32, 0.5, ratio=0.8, budget="first").counts(1000) == [500, 400, 320]
     assert pdrop_keeps(100, 3, 0.5) == [100, 50, 25]
     assert pdrop_schedule(32, 100, budget="first").counts(576) == [100, 50, 25]
-    # the old default, unchanged: keep=1.0 still halves at the later boundaries
-    assert pdrop_schedule(4, 1.0, budget="first").counts(144) == [144, 72, 36]
+    # keep=1.0 is the identity in both readings; just below it, "first" halves again
+    assert pdrop_schedule(4, 1.0, budget="first").counts(144) == [144, 144, 144]
+    assert pdrop_schedule(4, 1.0, budget="average").counts(144) == [144, 144, 144]
+    assert pdrop_schedule(4, 0.99, budget="first").counts(144) == [143, 71, 36]
     assert pdrop_schedule(4, 0.1, budget="first").counts(144) == [14, 7, 4]
 
 
@@ -163,7 +165,7 @@ def test_average_budget_refuses_an_infeasible_keep():
     pdrop_schedule(32, max_average_keep(32)).counts(576)  # the maximum itself is feasible
     assert pdrop_schedule(32, max_average_keep(32)).counts(576)[0] == 576
     with pytest.raises(ContractError) as err:
-        pdrop_schedule(4, 1.0)  # what budget="first" took to mean "first stage keeps all"
+        pdrop_schedule(4, 0.99)  # just below keep-all (keep=1.0 is the identity)
     message = str(err.value)
     assert "at most 58.3%" in message and "keep <= 0.5833" in message
     assert "lower keep" in message and "raise ratio" in message and "budget='first'" in message

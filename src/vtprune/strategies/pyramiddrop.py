@@ -191,7 +191,8 @@ def pdrop_schedule(
         budget: ``"average"`` (default): ``keep`` is the mean over the layers from the first
             boundary to the last, as for FastV (:func:`pdrop_average_keeps`); ``"first"``:
             ``keep`` is the share after the first boundary, the paper's reading
-            (:func:`pdrop_keeps`; the paper's setting is ``keep=0.5``).
+            (:func:`pdrop_keeps`; the paper's setting is ``keep=0.5``). In both readings
+            ``keep=1.0`` keeps every token at every boundary (keep-all is the identity).
 
     Raises:
         ContractError: unknown ``budget``, bad boundaries or ratio, or an average ``keep``
@@ -203,6 +204,11 @@ def pdrop_schedule(
             f"the default) or 'first' (keep = share after the first boundary), got {budget!r}"
         )
     bounds = _bounds(num_layers, layers)
+    _check(keep, ratio)
+    if isinstance(keep, float) and keep == 1.0:
+        # keep-all is the identity for every strategy (the contract's first invariant), in both
+        # readings: the boundaries stay (records show them) but no stage drops a token
+        return Schedule.at_layers([(b, 1.0) for b in bounds], attention="current")
     # PyramidDrop scores a boundary with layer K's own norm, q/k projections and RoPE applied
     # to its input (the reference's rank layer), not with layer K-1's attention as FastV does.
     if budget == "first":

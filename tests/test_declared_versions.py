@@ -1,0 +1,60 @@
+"""Declared = tested: the torch / transformers range in pyproject.toml has exactly the two ends
+that `make test-oldest` and `make test-newest` install, and CI runs both."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _requirements() -> dict[str, Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for r in project["dependencies"]]
+    return {r.name: r for r in reqs}
+
+
+def _pins(which: str) -> dict[str, Version]:
+    text = (ROOT / "Makefile").read_text()
+    match = re.search(rf"^PINS_{which}\s*:=\s*(.+)$", text, re.MULTILINE)
+    assert match, f"Makefile has no PINS_{which}"
+    return {name: Version(v) for name, v in (p.split("==") for p in match.group(1).split())}
+
+
+def _bounds(req: Requirement) -> tuple[Version, Version]:
+    lower = [Version(s.version) for s in req.specifier if s.operator == ">="]
+    upper = [Version(s.version) for s in req.specifier if s.operator == "<"]
+    assert len(lower) == 1 and len(upper) == 1, f"{req}: declare one >= and one < bound"
+    return lower[0], upper[0]
+
+
+@pytest.mark.parametrize("name", ["torch", "transformers"])
+def test_range_ends_are_the_tested_pins(name: str) -> None:
+    lower, upper = _bounds(_requirements()[name])
+    oldest, newest = _pins("oldest")[name], _pins("newest")[name]
+    assert oldest == lower, f"{name}: the oldest tested ({oldest}) must be the declared floor ({lower})"
+    assert newest in _requirements()[name].specifier, f"{name} {newest} is outside the declared range"
+    # the upper bound admits only the newest tested minor release (policy in docs/adapters.md)
+    assert upper == Version(f"{newest.major}.{newest.minor + 1}"), (
+        f"{name}: upper bound {upper} must be the minor release after the newest tested {newest}"
+    )
+
+
+def test_ci_runs_both_ends() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    make = (ROOT / "Makefile").read_text()
+    assert "make test\n" in ci and "make test-versions" in ci
+    assert re.search(r"^test-versions:\s*test-oldest test-newest", make, re.MULTILINE)
+
+
+def test_the_conformance_kit_needs_no_extra() -> None:
+    """hypothesis is a dependency, so `import vtprune.conformance_tests` works after a plain
+    `pip install vtprune` (it used to need the [test] extra and failed with a bare
+    ModuleNotFoundError)."""
+    assert "hypothesis" in _requirements()
