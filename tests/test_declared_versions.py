@@ -4,10 +4,10 @@ that `make test-oldest` and `make test-newest` install, and CI runs both."""
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 OLD_CACHE = "past_key_values"
 NEW_CACHE = "cache"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _accepts(cls: type, name: str) -> bool:
     """True when ``cls.forward`` declares a parameter called ``name``."""
     forward = getattr(cls, "forward", None)
@@ -33,7 +33,7 @@ def cache_kwarg(module: Any) -> str:
     return NEW_CACHE if _accepts(type(module), NEW_CACHE) else OLD_CACHE
 
 
-@lru_cache(maxsize=None)
+@cache
 def _output_cache_field() -> str:
     from transformers.modeling_outputs import BaseModelOutputWithPast
 
