@@ -30,7 +30,8 @@ def _accepts(cls: type, name: str) -> bool:
 def cache_kwarg(module: Any) -> str:
     """The keyword under which ``module.forward`` takes the KV cache: ``"cache"`` (5.24+) or
     ``"past_key_values"`` (earlier 5.x)."""
-    return NEW_CACHE if _accepts(type(module), NEW_CACHE) else OLD_CACHE
+    owner: type = type(module)
+    return NEW_CACHE if _accepts(owner, NEW_CACHE) else OLD_CACHE
 
 
 @cache
