@@ -23,6 +23,7 @@ from ..core.schedule import PrunePoint
 from ..core.types import PruneContext
 from .attention import query_attention
 from .compat import cache_kwarg, model_output
+from .decoder_features import sliding_window
 from .records import PruneRecord
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ class PrunedDecoder:
         self.grid = grid
         self.layers = list(lm.layers[: lm.config.num_hidden_layers])
         self.cache_kwarg = cache_kwarg(self.layers[0]) if self.layers else "past_key_values"
+        self.window = sliding_window(lm.config)  # None: every layer sees the whole sequence
         self.pending: Pending | None = None
 
     # -- masks and positions ------------------------------------------------------------------
@@ -120,6 +122,17 @@ class PrunedDecoder:
         allowed = (cols <= rows)[None] & key_valid[:, None, :]
         allowed = allowed | (cols == rows)[None]
         return _additive(allowed, dtype)
+
+    def _check_window(self, length: int) -> None:
+        """Refuse a sequence longer than the model's sliding window: the loop's masks and the
+        per-layer cache bookkeeping replay full causal attention only."""
+        if self.window is not None and length > self.window:
+            raise ContractError(
+                f"this language model attends within a sliding window of {self.window} tokens "
+                f"(config `sliding_window`) and the sequence has reached {length}; vtprune replays "
+                "full causal attention only, which equals the model's inside the window. Keep "
+                "prompt + generated tokens within the window, or detach to run unpruned"
+            )
 
     def _rope(self, h: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = self.lm.rotary_emb(h, position_ids=position_ids)
@@ -189,6 +202,7 @@ class PrunedDecoder:
         signals: Pending,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         b, t, _ = h.shape
+        self._check_window(t)
         visual = signals.visual
         dev = h.device
         valid = torch.ones(b, t, dtype=torch.bool, device=dev) if attention_mask is None else attention_mask.bool()
@@ -378,6 +392,7 @@ class PrunedDecoder:
             )
         b, q, _ = h.shape
         dev = h.device
+        self._check_window(state.seen + q)
         for i, s in enumerate(state.stage_of_layer):
             have, expect = cache.get_seq_length(i), state.key_valid[s].shape[1]
             if have != expect:

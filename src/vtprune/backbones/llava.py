@@ -23,6 +23,7 @@ from ..core.errors import ContractError
 from .attention import cls_attention
 from .base import BackboneAdapter, register_adapter
 from .decoder import Pending, PrunedDecoder
+from .decoder_features import unsupported_decoder_feature
 
 if TYPE_CHECKING:
     from .handle import PruneHandle
@@ -82,6 +83,9 @@ class LlavaAdapter(BackboneAdapter):
         missing += [p for p in _ATTN_PARTS if not hasattr(getattr(layer, "self_attn", None), p)]
         if missing:
             return f"decoder layer {type(layer).__name__} lacks {missing}; it is not Llama-like"
+        feature = unsupported_decoder_feature(lm)
+        if feature is not None:
+            return feature
         impl = getattr(lm.config, "_attn_implementation", None)
         if impl not in (None, "sdpa", "eager"):
             return (

@@ -18,8 +18,10 @@ LayerNorm so visual and text embeddings have comparable scale.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -237,10 +239,27 @@ class GroundingModel(nn.Module):
         cfg = GroundingConfig.from_dict(json.loads((d / "config.json").read_text()))
         model = cls(cfg)
         state = load_file(str(d / "model.safetensors"))
+        state = _match_vision_tower_layout(state, model.state_dict().keys())
         model.load_state_dict({k: v.float() if v.is_floating_point() else v
                                for k, v in state.items()})
         model.eval()
         return model
+
+
+def _match_vision_tower_layout(state: dict[str, Any], expected: Iterable[str]) -> dict[str, Any]:
+    """Rename vision-tower keys between the two layouts of transformers 5.x: older releases
+    nest the CLIP tower's weights under ``vision_tower.vision_model.``, newer ones (which
+    wrote the shipped weights) under ``vision_tower.`` directly. Other keys are unchanged."""
+    nested, flat = "vision_tower.vision_model.", "vision_tower."
+    want_nested = any(nested in k for k in expected)
+    out = {}
+    for key, value in state.items():
+        if want_nested and flat in key and nested not in key:
+            key = key.replace(flat, nested, 1)
+        elif not want_nested and nested in key:
+            key = key.replace(nested, flat, 1)
+        out[key] = value
+    return out
 
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
