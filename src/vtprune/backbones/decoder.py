@@ -86,6 +86,24 @@ def _take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.reshape(b * t, d).index_select(0, _flat(index, t)).view(b, index.shape[1], d)
 
 
+def _check_finite(
+    feats: torch.Tensor, valid: torch.Tensor, attention: torch.Tensor | None, layer: int | None
+) -> None:
+    """Refuse non-finite visual states or attention, naming the samples (one host sync).
+
+    feats [B, N, D], valid [B, N], attention [B, H, N] or None."""
+    ok = (torch.isfinite(feats).all(dim=-1) | ~valid).all(dim=1)  # [B]
+    if attention is not None:
+        ok &= torch.isfinite(attention).all(dim=-1).all(dim=-1)
+    if not bool(ok.all()):
+        bad = (~ok).nonzero().flatten().tolist()
+        where = "before the LLM" if layer is None else f"before layer {layer}"
+        raise ContractError(
+            f"sample(s) {bad} of the batch have NaN or inf visual token states {where} (usually "
+            "NaN/inf in their pixel_values); check those images — the other samples are fine"
+        )
+
+
 class PrunedDecoder:
     """Callable standing in for ``language_model.forward`` while a handle is attached."""
 
@@ -322,6 +340,7 @@ class PrunedDecoder:
             att_full.scatter_(
                 2, vranks[:, None, :].expand(b, heads, n_cur), attention.gather(2, vslots[:, None, :].expand(b, heads, n_cur))
             )
+        _check_finite(feats, valid, att_full, point.layer)
         budget = torch.full((b,), keep_count(point.keep, n), dtype=torch.long)
         ctx = PruneContext(
             features=feats,
@@ -398,7 +417,9 @@ class PrunedDecoder:
             if have != expect:
                 raise ContractError(
                     f"KV cache layer {i} holds {have} keys but vtprune expects {expect}; the cache "
-                    "was changed outside vtprune (crop / reorder / beam search are not supported)"
+                    "was changed outside vtprune: cropping it, or reusing it across generations, is not "
+                    "supported (beam search is: reordering keeps every layer's length). Start a new "
+                    "generation with a fresh cache"
                 )
         if attention_mask is not None:
             if attention_mask.shape[1] != state.seen + q:

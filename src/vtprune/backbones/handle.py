@@ -74,7 +74,19 @@ class PruneHandle:
             self.adapter.remove()
             self.attached = False
 
+    def reattach(self) -> None:
+        """Install the strategy again after :meth:`detach` (same adapter, schedule and
+        strategy; records start empty). Raises ``ContractError`` if another handle is attached
+        to the model now. No-op while attached."""
+        if not self.attached:
+            self.records = []
+            self.adapter.install(self)
+            self.attached = True
+
     def __enter__(self) -> PruneHandle:
+        """Entering the block (re-)attaches: ``with handle:`` on a detached handle prunes again
+        instead of silently running the model unpruned."""
+        self.reattach()
         return self
 
     def __exit__(self, *exc: object) -> None:

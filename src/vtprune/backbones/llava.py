@@ -189,7 +189,23 @@ class LlavaAdapter(BackboneAdapter):
                 # sample by sample; expand their signals the same way
                 pixels = pixels.repeat_interleave(copies, dim=0)
                 cls = None if cls is None else cls.repeat_interleave(copies, dim=0)
+        requested = self._argument("vision_feature_layer", args, kwargs)
+        configured = getattr(self.config, "vision_feature_layer", None)
+        needs_cls = "cls_attention" in self._decoder.handle.strategy.needs
+        if needs_cls and requested is not None and requested != configured:
+            raise ContractError(
+                f"this call passes vision_feature_layer={requested!r}, but vtprune reads the [CLS] "
+                f"attention of the configured layer ({configured!r}) that the strategy "
+                f"{self._decoder.handle.strategy.name!r} needs; set "
+                "model.config.vision_feature_layer before attach() instead of passing it per call"
+            )
         visual = None if input_ids is None else self.visual_spans(input_ids)
+        if visual is not None and pixels is None and image_out is None and bool(visual.any()):
+            raise ContractError(
+                f"input_ids hold {int(visual.sum(dim=1).max())} image placeholder tokens per sample "
+                "but no pixel_values were passed, so there is no image to prune; pass the "
+                "processor's pixel_values with the prompt (or remove the image tokens)"
+            )
         if visual is None and (pixels is not None or image_out is not None):
             raise ContractError(
                 "vtprune's LLaVA adapter locates image tokens through input_ids; pass input_ids "
@@ -201,6 +217,19 @@ class LlavaAdapter(BackboneAdapter):
                 "exactly one image per prompt"
             )
         self._decoder.pending = Pending(visual, pixels, cls)
+
+    @staticmethod
+    def _refuse_labels(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Pre-hook on the model: the model's own loss would pair logits of the pruned sequence
+        with labels of the unpruned one, so a call with ``labels`` is refused."""
+        if kwargs.get("labels") is not None:
+            raise ContractError(
+                "labels are not supported while vtprune pruning is attached: the logits cover "
+                "only the kept tokens, so the model's loss would pair them with the wrong labels. "
+                "Call the model without labels and compute the loss from the logits, realigning "
+                "labels with handle.records[-1].kept_positions (labels.gather(1, kept_positions)); "
+                "see docs/adapters.md"
+            )
 
     def _remember_pixels(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         """Vision-tower hook: tie the pixels to the encoder output that carries their features."""
@@ -237,6 +266,7 @@ class LlavaAdapter(BackboneAdapter):
         self._decoder = PrunedDecoder(self.lm, handle, self.num_visual_tokens, self.grid)
         self._hooks = [
             self.llava.register_forward_pre_hook(self._capture, with_kwargs=True),
+            self.model.register_forward_pre_hook(self._refuse_labels, with_kwargs=True),
             self.llava.register_forward_hook(self._release, with_kwargs=True, always_call=True),
             self.llava.vision_tower.register_forward_hook(self._remember_pixels, with_kwargs=True),
         ]

@@ -212,8 +212,11 @@ class Registry:
         table = self._collect()[kind] if kind in KINDS else None
         if table is None:
             raise UnknownNameError(f"unknown kind {kind!r}; choose from {list(KINDS)}")
+        if name not in table and isinstance(name, str) and name.lower() in table:
+            name = name.lower()  # registered names are lower-case; lookups ignore case
         if name not in table:
-            close = difflib.get_close_matches(str(name), table, n=3)
+            lowered = {n.lower(): n for n in table}
+            close = [lowered[c] for c in difflib.get_close_matches(str(name).lower(), lowered, n=3)]
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
             raise UnknownNameError(
                 f"no {kind} named {name!r}.{hint} Registered {kind} names: "
@@ -239,6 +242,7 @@ class Registry:
         a parameter nobody accepts is an error listing the accepted ones.
         """
         spec: StrategySpec = self.spec("strategy", name)
+        name = spec.name  # the registered spelling ("ALTP" finds "altp")
         merged = {**spec.params, **params}
         return self._build(name, (spec.scorer, spec.allocator, spec.selector), merged, spec.schedule)
 
