@@ -41,8 +41,15 @@ from ..core import (
     StrategySpec,
     hookimpl,
 )
-from .farthest import farthest_points, unit_rows
-from .superpixels import BACKENDS, normalise_image, resolve_backend, slic_factor, token_regions
+from .farthest import farthest_points, farthest_points_batched, unit_rows, unit_rows_batched
+from .quotas import allocate_quotas_batched
+from .superpixels import (
+    BACKENDS,
+    normalise_image,
+    resolve_backend,
+    slic_factor,
+    token_regions_batch,
+)
 
 DENSITIES = ("dispersion", "gradient", "score", "size")
 
@@ -55,15 +62,15 @@ def make_distinct() -> Scorer:
     valid token features, in [0, 2]. Signal-free; invalid tokens score 0."""
 
     def score(ctx: PruneContext) -> torch.Tensor:
-        valid = ctx.valid_mask()
-        out = torch.zeros(ctx.features.shape[:2], dtype=torch.float32, device=ctx.features.device)
-        for b in range(ctx.batch_size):  # per sample: rounding must not depend on the batch
-            x = ctx.features[b].float()  # [N, D]
-            norms = x.norm(dim=-1).clamp_min(1e-12)  # [N]
-            mean = (valid[b].float() / norms) @ x  # [D] sum of valid unit vectors
-            cos = (x @ mean) / (norms * mean.norm().clamp_min(1e-12))
-            out[b] = torch.where(valid[b], 1.0 - cos, 0.0)
-        return out
+        valid = ctx.valid_mask()  # [B, N]
+        x = ctx.features.detach().float()  # [B, N, D]
+        norms = x.norm(dim=-1).clamp_min(1e-12)  # [B, N]
+        # element-wise products and sums, not bmm: a batched matmul may round differently
+        # at different batch sizes, and a sample's scores must not depend on its batch-mates
+        mean = ((valid.float() / norms)[..., None] * x).sum(dim=1)  # [B, D] sum of valid unit vectors
+        cos = (x * mean[:, None, :]).sum(dim=-1)  # [B, N]
+        cos = cos / (norms * mean.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        return torch.where(valid, 1.0 - cos, 0.0)
 
     return score
 
@@ -194,7 +201,8 @@ def region_density(
     r: int,
     scores: torch.Tensor,
 ) -> np.ndarray:
-    """Density [r] >= 0 of each region of sample ``b``. ``regions`` [N] (-1 invalid)."""
+    """Density [r] >= 0 of each region of sample ``b`` (one-sample reference of
+    :func:`region_density_batched`). ``regions`` [N] (-1 invalid)."""
     reg = regions[valid]
     if kind == "size":
         return np.ones(r)
@@ -209,6 +217,59 @@ def region_density(
     else:
         raise ContractError(f"density must be one of {list(DENSITIES)}, got {kind!r}")
     return np.nan_to_num(d.numpy(), nan=0.0)
+
+
+def _region_sums(values: torch.Tensor, regions: torch.Tensor, r: int) -> torch.Tensor:
+    """Per-region sums of ``values`` [B, N] or [B, N, D] (-1 regions dropped) -> [B, r(, D)]."""
+    bucket = torch.where(regions >= 0, regions, r)  # [B, N]; bucket r collects invalid tokens
+    shape = (values.shape[0], r + 1, *values.shape[2:])
+    index = bucket if values.dim() == 2 else bucket[..., None].expand_as(values)
+    return torch.zeros(shape, dtype=values.dtype, device=values.device).scatter_add_(1, index, values)[:, :r]
+
+
+def token_gradient_energy_batched(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Mean squared gradient of each (min-max normalised, quantised, grey) image inside each
+    token patch: [B, C, H, W] -> [B, h * w] float64, on the images' device."""
+    x = torch.nan_to_num(images.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+    x = x[:, [c % x.shape[1] for c in range(3)]]  # one channel -> three
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    span = torch.where(hi > lo, hi - lo, 1.0)
+    q = torch.clamp((x - lo) * (255.0 / span) + 0.5, 0.0, 255.0).floor()  # the uint8 levels
+    q = torch.where(hi > lo, q, 0.0)
+    grey = q.mean(dim=1) / 255.0  # [B, H, W]
+    gy = torch.zeros_like(grey)
+    gx = torch.zeros_like(grey)
+    gy[:, :-1] = grey[:, 1:] - grey[:, :-1]
+    gx[:, :, :-1] = grey[:, :, 1:] - grey[:, :, :-1]
+    energy = (gy * gy + gx * gx)[:, None]
+    return F.adaptive_avg_pool2d(energy, grid).flatten(1).double()
+
+
+def region_density_batched(
+    kind: str, ctx: PruneContext, regions: torch.Tensor, r: int, scores: torch.Tensor
+) -> torch.Tensor:
+    """Density [B, r] >= 0 of every region of every sample; ``regions`` [B, N] (-1 = invalid
+    token, or padding region id of a shorter row). NaN densities count as 0."""
+    valid = regions >= 0
+    count = _region_sums(valid.double(), regions, r).clamp_min(1)  # [B, r]
+    if kind == "size":
+        return torch.ones_like(count)
+    if kind == "dispersion":
+        unit = F.normalize(ctx.features.detach().float(), dim=-1)
+        sums = _region_sums(unit, regions, r)  # [B, r, D]
+        d = (1.0 - sums.norm(dim=-1).double() / count).clamp_min(0.0)
+    elif kind == "gradient":
+        assert ctx.image is not None
+        energy = token_gradient_energy_batched(ctx.image, ctx.grid).to(regions.device)
+        d = _region_sums(torch.where(valid, energy, 0.0), regions, r) / count
+    elif kind == "score":
+        s = scores.detach().double().to(regions.device)
+        low = torch.where(valid, s, torch.inf).amin(dim=1, keepdim=True)
+        d = _region_sums(torch.where(valid, s - low, 0.0), regions, r) / count
+    else:
+        raise ContractError(f"density must be one of {list(DENSITIES)}, got {kind!r}")
+    return torch.nan_to_num(d, nan=0.0)
 
 
 # -- allocators ----------------------------------------------------------------------------------
@@ -260,34 +321,20 @@ def make_region_allocator(
             raise ContractError(
                 "the DDC/DDF allocators need ctx.image (the image the vision encoder saw)"
             )
-        bsz, n = ctx.batch_size, ctx.num_tokens
-        valid_all = ctx.valid_mask().detach().cpu()
-        budgets = ctx.budget.cpu().tolist()
-        rows: list[torch.Tensor] = []
-        quotas: list[np.ndarray] = []
-        for b in range(bsz):
-            valid = valid_all[b]
-            count = int(valid.sum())
-            k = int(budgets[b])
-            if k == 0 or k == count:  # nothing to choose: one region holding every valid token
-                reg = torch.where(valid, 0, -1).long()
-                rows.append(reg)
-                quotas.append(np.array([k], dtype=np.int64))
-                continue
-            segs = segments_for(k, count, n_segments, segment_ratio)
-            reg = token_regions(ctx.image[b], ctx.grid, segs, valid, compactness, backend, patch_pixels)
-            r = int(reg.max()) + 1
-            sizes = torch.bincount(reg[valid], minlength=r).numpy()
-            dens = region_density(density, ctx, b, reg, valid, r, scores)
-            quotas.append(allocate_quotas(sizes, dens, k, min_quota, proportional_to))
-            rows.append(reg)
-        width = max(1, max(len(q) for q in quotas))
-        q = torch.zeros(bsz, width, dtype=torch.long)
-        for b, qb in enumerate(quotas):
-            q[b, : len(qb)] = torch.from_numpy(qb)
         dev = ctx.features.device
-        regions = torch.stack(rows) if rows else torch.zeros(0, n, dtype=torch.long)
-        return Allocation(budget=ctx.budget.clone(), regions=regions.to(dev), quotas=q.to(dev))
+        valid = ctx.valid_mask().to(dev)  # [B, N]
+        budget = ctx.budget  # [B] long on the host (contract)
+        counts = ctx.valid_counts.cpu()
+        # rows with nothing to choose (keep 0 or keep all) get one region of every valid token
+        trivial = (budget == 0) | (budget == counts)
+        segs = [segments_for(int(k), int(c), n_segments, segment_ratio) for k, c in zip(budget.tolist(), counts.tolist())]
+        regions = token_regions_batch(ctx.image, ctx.grid, segs, valid, compactness, backend, patch_pixels).to(dev)
+        regions = torch.where(trivial.to(dev)[:, None], torch.where(valid, 0, -1), regions)  # [B, N]
+        r = max(1, int(regions.max()) + 1) if regions.numel() else 1  # host read: quota width
+        sizes = _region_sums(valid.long(), regions, r)  # [B, R]
+        dens = region_density_batched(density, ctx, regions, r, scores)
+        quotas = allocate_quotas_batched(sizes, dens, budget.to(dev), min_quota, proportional_to)
+        return Allocation(budget=budget.clone(), regions=regions, quotas=quotas)
 
     return allocate
 
@@ -416,16 +463,18 @@ def make_spread() -> Selector:
     region with quota = budget."""
 
     def select(ctx: PruneContext, scores: torch.Tensor, alloc: Allocation) -> Selection:
-        valid = ctx.valid_mask().detach().cpu()
+        dev = ctx.features.device
+        valid = ctx.valid_mask().to(dev)
         if alloc.regions is None or alloc.quotas is None:
             regions = torch.where(valid, 0, -1).long()
-            quotas = alloc.budget.detach().cpu().long()[:, None]
+            quotas = alloc.budget.to(dev).long()[:, None]
         else:
-            regions = alloc.regions.detach().cpu().long()
-            quotas = alloc.quotas.detach().cpu().long()
-        prio = torch.where(valid, scores.detach().cpu().float(), float("-inf"))
-        taken = farthest_point_groups(ctx.features, regions, quotas, prio)
-        return Selection.from_mask(taken.to(ctx.features.device))
+            regions = alloc.regions.to(dev).long()
+            quotas = alloc.quotas.to(dev).long()
+        prio = torch.nan_to_num(scores.detach().float().to(dev), nan=0.0, posinf=3.0e38, neginf=-3.0e38)
+        unit = unit_rows_batched(ctx.features)
+        taken = farthest_points_batched(unit, regions, quotas, prio)
+        return Selection.from_mask(taken)
 
     return select
 

@@ -25,7 +25,7 @@ from ..core import (
     StrategySpec,
     hookimpl,
 )
-from .farthest import farthest_points, unit_rows
+from .farthest import farthest_points, farthest_points_batched, unit_rows, unit_rows_batched
 
 
 def max_min_diverse(features: torch.Tensor, valid: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
@@ -58,6 +58,22 @@ def max_min_diverse(features: torch.Tensor, valid: torch.Tensor, budget: torch.T
     return taken.to(features.device)
 
 
+def max_min_diverse_batched(features: torch.Tensor, valid: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """:func:`max_min_diverse` (the one-sample reference) for a whole batch at once: one
+    region per sample, ties to the lower index, first pick = the valid row farthest (cosine)
+    from the normalised sum of the sample's valid unit rows. [B, N] bool on ``features``'
+    device; iterations = the largest budget."""
+    dev = features.device
+    valid = valid.to(dev)
+    unit = unit_rows_batched(features)  # [B, N, D]
+    mean = F.normalize((unit * valid[..., None]).sum(dim=1), dim=-1)  # [B, D]
+    far = torch.where(valid, 1.0 - (unit * mean[:, None, :]).sum(dim=-1), -torch.inf)  # [B, N]
+    first = far.argmax(dim=1, keepdim=True)  # first maximum: the lower index
+    regions = torch.where(valid, 0, -1)
+    quotas = budget.to(dev).long()[:, None]
+    return farthest_points_batched(unit, regions, quotas, torch.zeros_like(far), first=first)
+
+
 def make_divprune() -> Selector:
     """Selector ``divprune``: greedy max-min cosine diversity (ignores scores; no quotas)."""
 
@@ -71,7 +87,7 @@ def make_divprune() -> Selector:
         budget = alloc.budget.to(valid.device)
         keep_all = budget == valid.sum(dim=1)
         budget = torch.where(keep_all, 0, budget)
-        taken = max_min_diverse(ctx.features.detach(), valid, budget)
+        taken = max_min_diverse_batched(ctx.features.detach(), valid, budget)
         taken = torch.where(keep_all[:, None], valid, taken)
         return Selection.from_mask(taken)
 

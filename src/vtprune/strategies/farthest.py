@@ -78,4 +78,99 @@ def farthest_points(unit: torch.Tensor, quota: int, first: int) -> np.ndarray:
     return picks
 
 
-__all__ = ["GRAM_RATIO", "farthest_points", "unit_rows"]
+
+# -- batched ------------------------------------------------------------------------------------
+
+
+def unit_rows_batched(features: torch.Tensor) -> torch.Tensor:
+    """[B, N, D] -> new float32 unit rows on the same device; zero rows stay zero, non-finite
+    entries count as 0 and rows whose norm overflows are rescaled first (as :func:`unit_rows`)."""
+    x = features.detach().float().clone()
+    x = torch.nan_to_num_(x, nan=0.0, posinf=0.0, neginf=0.0)
+    big = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
+    scaled = x / big  # entries in [-1, 1]: the norm cannot overflow
+    norms = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True)
+    direct = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    safe = torch.isfinite(direct)
+    out = torch.where(safe, x / direct.clamp_min(1e-12), scaled / norms.clamp_min(1e-12))
+    return out.contiguous()
+
+
+def farthest_points_batched(
+    unit: torch.Tensor,
+    regions: torch.Tensor,
+    quotas: torch.Tensor,
+    priority: torch.Tensor,
+    first: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Greedy max-min picks inside every region of every sample, all at once.
+
+    Args:
+        unit: [B, N, D] float32 unit rows (:func:`unit_rows_batched`).
+        regions: [B, N] long region id 0..R-1, -1 = never pick.
+        quotas: [B, R] long picks per region (<= region size; checked by the caller).
+        priority: [B, N] float, finite; tie-break order inside a region is priority
+            descending, then lower token index.
+        first: [B, R] long token index of each region's first pick, or None = the region's
+            highest-priority token.
+
+    Returns [B, N] bool: exactly ``quotas[b, r]`` tokens of region r of sample b. Step i picks,
+    in every region still short, the token farthest (1 - dot) from its nearest pick (ties:
+    earlier in the tie-break order). Iterations = the largest quota (one host read of it).
+    """
+    b, n, _ = unit.shape
+    r = quotas.shape[1]
+    dev = unit.device
+    quotas = quotas.to(dev)
+    member = regions >= 0
+    reg = torch.where(member, regions, r)  # [B, N], r = no region
+    # tie-break order: by region, priority descending, index ascending (stable sorts)
+    by_prio = torch.sort(priority, dim=1, descending=True, stable=True).indices
+    order = by_prio.gather(1, torch.sort(reg.gather(1, by_prio), dim=1, stable=True).indices)  # [B, N]
+    reg_sorted = reg.gather(1, order)
+    counts = torch.zeros(b, r + 1, dtype=torch.long, device=dev).scatter_add_(1, reg, torch.ones_like(reg))
+    starts = torch.cumsum(counts, dim=1) - counts  # [B, R+1]
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=dev).expand(b, n) - starts.gather(1, reg_sorted))
+    q_tok = torch.cat([quotas, torch.zeros(b, 1, dtype=torch.long, device=dev)], 1).gather(1, reg)  # [B, N]
+    full_tok = member & (q_tok == counts.gather(1, reg))
+    taken = full_tok & (q_tok > 0)
+    if first is None:
+        first_tok = member & (rank == 0) & (q_tok > 0)
+    else:
+        first_tok = torch.zeros(b, n, dtype=torch.bool, device=dev)
+        has = quotas > 0
+        first_tok.scatter_(1, torch.where(has, first.to(dev), 0), has)
+        first_tok &= member
+    taken |= first_tok
+    choosing = member & (q_tok >= 2) & ~full_tok  # [B, N] tokens of regions still picking
+    max_q = int(torch.where(choosing, q_tok, 0).max()) if n else 0  # the one host read
+    if max_q < 2:
+        return taken
+    ninf = torch.tensor(-torch.inf, device=dev)
+    dims = unit.shape[-1]
+    pick = torch.where(first_tok, torch.arange(n, device=dev).expand(b, n), n)  # [B, N]
+    pick_of_region = torch.full((b, r + 1), n, dtype=torch.long, device=dev).scatter_reduce_(1, reg, pick, "amin")
+    padded = torch.cat([unit, torch.zeros(b, 1, dims, dtype=unit.dtype, device=dev)], 1)  # row n = 0
+    mind = torch.full((b, n), torch.inf, device=dev)
+    big_rank = n + 1
+    for step in range(1, max_q):
+        # distance of each token to the newest pick of its region
+        p_tok = pick_of_region.gather(1, reg)  # [B, N]
+        rows = padded.gather(1, p_tok[..., None].expand(b, n, dims))
+        mind = torch.minimum(mind, 1.0 - (unit * rows).sum(dim=-1))
+        live = choosing & (q_tok > step) & ~taken
+        score = torch.where(live, mind, ninf)
+        best = torch.full((b, r + 1), -torch.inf, device=dev).scatter_reduce_(1, reg, score, "amax")
+        winner = live & (score == best.gather(1, reg))
+        first_rank = torch.full((b, r + 1), big_rank, dtype=torch.long, device=dev).scatter_reduce_(
+            1, reg, torch.where(winner, rank, big_rank), "amin"
+        )
+        chosen = winner & (rank == first_rank.gather(1, reg))  # one per region still picking
+        taken |= chosen
+        pick_of_region = torch.full((b, r + 1), n, dtype=torch.long, device=dev).scatter_reduce_(
+            1, reg, torch.where(chosen, torch.arange(n, device=dev).expand(b, n), n), "amin"
+        )
+    return taken
+
+
+__all__ = ["GRAM_RATIO", "farthest_points", "farthest_points_batched", "unit_rows", "unit_rows_batched"]

@@ -1,0 +1,62 @@
+"""Batched farthest-point selection (ALTP's spread, DivPrune) picks what the per-sample
+numpy references pick, on tie-free inputs."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from vtprune.strategies.altp import farthest_point_groups
+from vtprune.strategies.divprune import max_min_diverse, max_min_diverse_batched
+from vtprune.strategies.farthest import farthest_points_batched, unit_rows_batched
+
+
+@st.composite
+def grouped(draw):
+    b, n, d = draw(st.integers(1, 4)), draw(st.integers(1, 40)), draw(st.integers(2, 12))
+    r = draw(st.integers(1, 6))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(b, n, d, generator=g) * draw(st.sampled_from([1.0, 300.0]))
+    regions = torch.randint(-1, r, (b, n), generator=g)
+    sizes = torch.stack([(regions == i).sum(dim=1) for i in range(r)], dim=1)  # [B, R]
+    quotas = (torch.rand(b, r, generator=g) * (sizes + 1)).floor().long().clamp(max=sizes)
+    prio = torch.randn(b, n, generator=g)  # distinct almost surely: no priority ties
+    return feats, regions, quotas, prio
+
+
+@settings(max_examples=150, deadline=None)
+@given(grouped())
+def test_spread_picks_equal_the_reference(case):
+    feats, regions, quotas, prio = case
+    want = farthest_point_groups(feats, regions, quotas, prio)
+    got = farthest_points_batched(unit_rows_batched(feats), regions, quotas, prio)
+    assert torch.equal(got, want)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 50), st.integers(2, 16), st.integers(0, 2**31 - 1))
+def test_divprune_picks_equal_the_reference(b, n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(b, n, d, generator=g)
+    valid = torch.rand(b, n, generator=g) > 0.2
+    budget = (torch.rand(b, generator=g) * (valid.sum(dim=1) + 1)).floor().long().clamp(max=valid.sum(dim=1))
+    # two valid tokens are equally far from their mean direction: a true tie, either is right
+    unit = unit_rows_batched(feats)
+    mean = torch.nn.functional.normalize((unit * valid[..., None]).sum(dim=1), dim=-1)
+    far = torch.where(valid, 1 - (unit * mean[:, None]).sum(-1), -1.0).sort(dim=1, descending=True).values
+    assume(bool(((far[:, 0] - far[:, 1]).abs() > 1e-5)[valid.sum(dim=1) >= 2].all()) if n > 1 else True)
+    assert torch.equal(max_min_diverse_batched(feats, valid, budget), max_min_diverse(feats, valid, budget))
+
+
+def test_a_sample_picks_the_same_alone_and_in_a_batch():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(3, 30, 8, generator=g)
+    regions = torch.randint(0, 4, (3, 30), generator=g)
+    quotas = torch.tensor([[2, 3, 1, 2], [5, 0, 0, 1], [1, 1, 1, 1]])
+    prio = torch.randn(3, 30, generator=g)
+    batch = farthest_points_batched(unit_rows_batched(feats), regions, quotas, prio)
+    for i in range(3):
+        alone = farthest_points_batched(unit_rows_batched(feats[i : i + 1]), regions[i : i + 1], quotas[i : i + 1], prio[i : i + 1])
+        assert torch.equal(alone[0], batch[i])
