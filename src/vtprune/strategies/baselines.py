@@ -12,6 +12,7 @@ from functools import lru_cache
 import torch
 
 from ..core import (
+    PAD_INDEX,
     Allocation,
     ContractError,
     PruneContext,
@@ -68,6 +69,26 @@ def lattice(h: int, w: int, k: int) -> torch.Tensor:
     return points.sort().values
 
 
+def evenly_spaced_valid(valid: torch.Tensor, budget: torch.Tensor, width: int) -> torch.Tensor:
+    """Per sample, ``budget[b]`` of its valid tokens at evenly spaced ranks
+    ``round(j * (m - 1) / (k - 1))`` (half to even, as ``torch.linspace(...).round()``), in
+    raster order; [B, width] long, -1 past the budget. ``valid`` [B, N], ``budget`` [B]."""
+    b, n = valid.shape
+    dev = valid.device
+    order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices  # valid tokens first
+    m = valid.sum(dim=1, keepdim=True)  # [B, 1]
+    k = budget.to(dev)[:, None]
+    j = torch.arange(width, device=dev)[None, :]
+    den = (k - 1).clamp_min(1)
+    num = j * (m - 1)
+    q = torch.div(num, den, rounding_mode="floor")
+    twice_rem = 2 * (num - q * den)
+    q = q + ((twice_rem > den) | ((twice_rem == den) & (q % 2 == 1))).long()
+    q = torch.where(k > 1, q, 0).clamp(0, max(n - 1, 0))
+    picked = order.gather(1, q) if n else q
+    return torch.where(j < k, picked, PAD_INDEX)
+
+
 def make_uniform_grid() -> Selector:
     """Selector ``uniform_grid``: an even lattice of ``budget`` tokens over the grid.
 
@@ -82,17 +103,22 @@ def make_uniform_grid() -> Selector:
                 "selector 'uniform_grid' does not support region quotas; compose it with the "
                 "'global' allocator, or use 'topk' with a region allocator"
             )
-        h, w = ctx.grid
         valid = ctx.valid_mask()
-        kept = []
-        for b, k in enumerate(alloc.budget.tolist()):
-            if bool(valid[b].all()):
-                kept.append(lattice(h, w, int(k)).to(valid.device))
-            else:
-                idx = valid[b].nonzero().squeeze(1)
-                pos = torch.linspace(0, len(idx) - 1, int(k)).round().long() if k else idx[:0]
-                kept.append(idx[pos.to(idx.device)])
-        return Selection.from_lists(kept, device=valid.device) if kept else Selection.from_mask(valid)
+        budget = alloc.budget.cpu()  # [B] host
+        width = int(budget.max()) if budget.numel() else 0
+        dev = valid.device
+        slot = torch.arange(width)[None, :] < budget[:, None]  # [B, K] host
+        # full samples: the lattice of their budget (host cache, one row per distinct budget)
+        rows = {k: lattice(*ctx.grid, k) for k in set(budget.tolist())}
+        grid_idx = torch.full((len(budget), width), PAD_INDEX, dtype=torch.long)
+        for k, points in rows.items():
+            grid_idx[budget == k, :k] = points
+        # ragged samples: evenly spaced among the valid tokens (raster order)
+        ragged_idx = evenly_spaced_valid(valid, budget.to(dev), width)
+        full = valid.all(dim=1, keepdim=True)
+        indices = torch.where(full, grid_idx.to(dev), ragged_idx)
+        indices = torch.where(slot.to(dev), indices, PAD_INDEX)
+        return Selection(indices=indices, counts=budget.clone())
 
     return select
 

@@ -20,6 +20,7 @@ from functools import lru_cache
 import torch
 
 from ..core import (
+    PAD_INDEX,
     Allocation,
     Capabilities,
     ContractError,
@@ -80,6 +81,27 @@ def _representatives(cells: torch.Tensor, grid: tuple[int, int], k: int) -> torc
     )
 
 
+def _representatives_batched(cells: torch.Tensor, grid: tuple[int, int], k: int) -> torch.Tensor:
+    """:func:`_representatives` for a batch: cells [B, N] (-1 = no cell) -> [B, k] token index
+    of each cell's member nearest the cell's mean (row, col), ties to the lower index; N for a
+    cell without members."""
+    h, w = grid
+    b, n = cells.shape
+    dev = cells.device
+    slot = torch.where(cells >= 0, cells, k)
+    pos = torch.arange(n, device=dev)
+    rows, cols = (pos // w).double().expand(b, n), (pos % w).double().expand(b, n)
+    cnt = torch.zeros(b, k + 1, dtype=torch.float64, device=dev).scatter_add_(1, slot, torch.ones(b, n, dtype=torch.float64, device=dev))
+    my = torch.zeros(b, k + 1, dtype=torch.float64, device=dev).scatter_add_(1, slot, rows) / cnt.clamp_min(1)
+    mx = torch.zeros(b, k + 1, dtype=torch.float64, device=dev).scatter_add_(1, slot, cols) / cnt.clamp_min(1)
+    dist = (rows - my.gather(1, slot)) ** 2 + (cols - mx.gather(1, slot)) ** 2
+    dist = torch.where(cells >= 0, dist, torch.inf)
+    best = torch.full((b, k + 1), torch.inf, dtype=torch.float64, device=dev).scatter_reduce(1, slot, dist, reduce="amin")
+    cand = (dist == best.gather(1, slot)) & (cells >= 0)
+    idx = torch.where(cand, pos.expand(b, n), n)
+    return torch.full((b, k + 1), n, dtype=torch.long, device=dev).scatter_reduce(1, slot, idx, reduce="amin")[:, :k]
+
+
 def make_pool() -> Selector:
     """Selector ``pool``: average-pool the grid into ``budget`` cells (merging).
 
@@ -93,28 +115,38 @@ def make_pool() -> Selector:
                 "selector 'pool' does not support region quotas; compose it with the 'global' "
                 "allocator"
             )
-        valid = ctx.valid_mask().detach().cpu()
-        feats = ctx.features
-        kept: list[torch.Tensor] = []
-        merged: list[torch.Tensor] = []
-        for b, k in enumerate(alloc.budget.cpu().tolist()):
-            k = int(k)
-            if k == 0:
-                kept.append(torch.zeros(0, dtype=torch.long))
-                merged.append(feats.new_zeros(0, feats.shape[2]))
-                continue
-            if bool(valid[b].all()):
-                cells = grid_cells(*ctx.grid, k)
-            else:
-                cells = run_cells(valid[b], k)
-            members = cells >= 0
-            cid = cells[members].to(feats.device)
-            sums = torch.zeros(k, feats.shape[2], dtype=torch.float32, device=feats.device)
-            sums.index_add_(0, cid, feats[b][members.to(feats.device)].float())
-            counts = torch.bincount(cid, minlength=k).clamp_min(1).to(sums.dtype)
-            merged.append((sums / counts[:, None]).to(feats.dtype))
-            kept.append(_representatives(cells, ctx.grid, k).to(feats.device))
-        return Selection.from_lists(kept, merged, device=feats.device)
+        feats = ctx.features  # [B, N, D]
+        dev = feats.device
+        valid = ctx.valid_mask().to(dev)
+        budget = alloc.budget.cpu()  # [B] host
+        b, n, d = feats.shape
+        width = int(budget.max()) if b else 0
+        # cells [B, N]: the grid's even cells for full samples (host cache, one per budget),
+        # runs of the valid tokens in raster order for ragged ones
+        grid_rows = torch.full((b, n), -1, dtype=torch.long)
+        for k in set(budget.tolist()):
+            if k:
+                grid_rows[budget == k] = grid_cells(*ctx.grid, k)
+        k_dev = budget.to(dev)[:, None]
+        rank = valid.long().cumsum(dim=1) - 1
+        m = valid.sum(dim=1, keepdim=True).clamp_min(1)
+        runs = torch.where(valid & (k_dev > 0), rank * k_dev // m, -1)
+        cells = torch.where(valid.all(dim=1, keepdim=True), grid_rows.to(dev), runs)  # [B, N]
+        slot = torch.where(cells >= 0, cells, width)  # bucket `width` collects non-members
+        sums = torch.zeros(b, width + 1, d, dtype=torch.float32, device=dev)
+        sums.scatter_add_(1, slot[..., None].expand(b, n, d), feats.detach().float())
+        count = torch.zeros(b, width + 1, dtype=torch.float32, device=dev).scatter_add_(
+            1, slot, torch.ones(b, n, device=dev)
+        )
+        merged = (sums / count.clamp_min(1)[..., None])[:, :width].to(feats.dtype)  # [B, K, D]
+        reps = _representatives_batched(cells, ctx.grid, width)  # [B, K], n = empty cell
+        real = torch.arange(width, device=dev)[None, :] < k_dev
+        reps = torch.where(real, reps, n)
+        reps, order = torch.sort(reps, dim=1)  # ascending token index; padding (n) last
+        merged = merged.gather(1, order[..., None].expand(b, width, d))
+        merged = merged * real[..., None].to(merged.dtype)
+        indices = torch.where(real, reps, PAD_INDEX)
+        return Selection(indices=indices, counts=budget.clone(), features=merged)
 
     return select
 

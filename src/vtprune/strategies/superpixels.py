@@ -42,16 +42,19 @@ def downscale(x: np.ndarray, factor: int) -> np.ndarray:
     return out
 
 
-def normalise_image(image: torch.Tensor, factor: int = 1) -> np.ndarray:
+def normalise_image(image: torch.Tensor | np.ndarray, factor: int = 1) -> np.ndarray:
     """One image [C, H, W] (C = 1 or 3, any range, any float/int dtype) -> uint8 [H', W', 3].
 
     Block-mean downscaled by the integer ``factor`` (H' = H // factor), then min-max
     normalised per image (a constant image becomes all zeros); one channel is repeated to
     three. Never modifies ``image``.
     """
-    if image.dim() != 3 or image.shape[0] not in (1, 3):
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ContractError(f"expected one image [3, H, W] (or [1, H, W]), got {tuple(image.shape)}")
-    x = image.detach().to("cpu", torch.float32).numpy()  # numpy: ~30x faster than torch here
+    if isinstance(image, torch.Tensor):
+        x = image.detach().to("cpu", torch.float32).numpy()  # numpy: ~30x faster than torch here
+    else:
+        x = np.asarray(image, dtype=np.float32)
     x = downscale(x, factor)
     if not np.isfinite(x).all():
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
@@ -146,7 +149,7 @@ _SLIC: dict[str, Callable[[np.ndarray, int, float], np.ndarray]] = {
 
 
 def slic_labels(
-    image: torch.Tensor,
+    image: torch.Tensor | np.ndarray,
     n_segments: int,
     compactness: float = 10.0,
     backend: str = "auto",
@@ -236,8 +239,13 @@ def labels_to_grid(labels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 def relabel(regions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Region ids [N] -> contiguous ids 0..R-1 in order of first appearance on valid tokens,
     -1 on invalid tokens. Returns a new tensor (numpy inside: cheaper on these tiny arrays)."""
-    mask = valid.detach().cpu().numpy().astype(bool)
-    ids = regions.detach().cpu().numpy()[mask]
+    out = relabel_numpy(regions.detach().cpu().numpy(), valid.detach().cpu().numpy().astype(bool))
+    return torch.from_numpy(out).to(device=regions.device, dtype=regions.dtype)
+
+
+def relabel_numpy(regions: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """:func:`relabel` on numpy arrays: regions [N] int, mask [N] bool -> int64 [N]."""
+    ids = regions[mask]
     out = np.full(mask.shape, -1, dtype=np.int64)
     if ids.size:
         _, first_pos, first_seen = np.unique(ids, return_index=True, return_inverse=True)
@@ -245,7 +253,7 @@ def relabel(regions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         rank = np.empty(first_pos.size, dtype=np.int64)
         rank[first_pos.argsort()] = np.arange(first_pos.size)
         out[mask] = rank[first_seen.reshape(-1)]
-    return torch.from_numpy(out).to(device=regions.device, dtype=regions.dtype)
+    return out
 
 
 def token_regions(
@@ -288,13 +296,20 @@ def token_regions_batch(
     ``n_segments`` [B] are host ints (derived from budgets known before the call). A sample's
     regions never depend on its batch-mates. The CPU backends run one image at a time.
     """
+    # one device-to-host copy for the whole batch; the CPU backends then run image by image
+    host_images = images.detach().to("cpu", torch.float32).numpy()  # [B, C, H, W]
+    host_valid = valid.detach().to("cpu", torch.bool).numpy()  # [B, N]
+    factor = slic_factor((int(images.shape[-2]), int(images.shape[-1])), grid, patch_pixels)
     rows = [
-        token_regions(images[b], grid, int(n_segments[b]), valid[b], compactness, backend, patch_pixels)
-        for b in range(int(images.shape[0]))
+        relabel_numpy(
+            labels_to_grid(slic_labels(host_images[b], int(n_segments[b]), compactness, backend, factor), grid),
+            host_valid[b],
+        )
+        for b in range(host_images.shape[0])
     ]
     n = grid[0] * grid[1]
-    out = torch.stack(rows) if rows else torch.zeros(0, n, dtype=torch.long)
-    return out.to(images.device)
+    out = np.stack(rows) if rows else np.zeros((0, n), dtype=np.int64)
+    return torch.from_numpy(out).to(images.device)
 
 
 __all__ = [
