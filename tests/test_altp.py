@@ -322,7 +322,7 @@ def test_overhead_benchmark_rows_time_both_slic_backends():
     assert ("altp", "fast_slic") in backends or not HAS_FAST_SLIC
     assert all(r["tokens"] == 576 and r["kept"] == 58 and r["median_ms"] > 0 for r in rows)
     table = format_table(rows)
-    assert table.count("\n") == len(rows) + 1 and "| altp | 576 |" in table
+    assert table.count("\n") == len(rows) + 1 and "| altp | 1 | 576 |" in table
 
 
 # -- the shared farthest-point kernel (farthest.py) -------------------------------------------------

@@ -22,3 +22,16 @@ def test_bench_overhead_quick_writes_table_and_json(tmp_path, capsys):
 def test_bench_needs_a_subcommand():
     with pytest.raises(SystemExit):
         main(["bench"])
+
+
+def test_bench_overhead_batches_report_per_sample_cost_ratio_and_syncs(tmp_path):
+    rc = main(["bench", "overhead", "--quick", "--strategies", "uniform,altp", "--repeats", "1",
+               "--dim", "16", "--batch", "1,3", "--out", str(tmp_path)])
+    assert rc == 0
+    rows = json.loads((tmp_path / "overhead.json").read_text())
+    assert {(r["strategy"], r["batch"]) for r in rows} >= {("uniform", 1), ("uniform", 3), ("altp", 3)}
+    for r in rows:
+        assert r["cpu_ms_per_sample"] == pytest.approx(r["cpu_median_ms"] / r["batch"], abs=1e-3)
+        assert r["x_fastv"] > 0 and r["host_syncs"] >= 1
+    with pytest.raises(SystemExit):
+        main(["bench", "overhead", "--batch", "0"])

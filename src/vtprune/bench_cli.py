@@ -26,6 +26,16 @@ def _ratios(text: str) -> list[float]:
     return values
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive ints like 1,4,16, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {values}")
+    return values
+
+
 def _ratio(text: str) -> float:
     values = _ratios(text)
     if len(values) != 1:
@@ -51,7 +61,7 @@ def cmd_bench_overhead(args: argparse.Namespace) -> int:
     from .bench.overhead import format_table, run_overhead
 
     rows = run_overhead(args.strategies, keep=args.keep, repeats=args.repeats, dim=args.dim,
-                        threads=args.threads, quick=args.quick)
+                        threads=args.threads, quick=args.quick, batches=args.batch)
     table = format_table(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,6 +106,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed calls per row (default 30)")
     p.add_argument("--dim", type=int, default=1024, help="feature width (default 1024, CLIP ViT-L)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--batch", type=_ints, default=[1], help="comma-separated batch sizes (default 1), e.g. 1,4,16")
     p.set_defaults(func=cmd_bench_overhead)
 
     from .grounding.cli import add_bench_command  # vtprune bench grounding

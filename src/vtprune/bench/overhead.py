@@ -1,8 +1,10 @@
 """Selection overhead: how long each registered strategy takes to decide what to keep.
 
 Times ``strategy(ctx)`` alone — scoring, allocation (SLIC included) and selection, with the
-contract checks on, as a backbone adapter calls it — on one image at two sizes: 336 x 336 with
-a 24 x 24 grid (576 tokens, LLaVA-1.5) and 672 x 672 with 48 x 48 (2304 tokens). Strategies
+contract checks on, as a backbone adapter calls it — on batches of the bundled images at two
+sizes: 336 x 336 with a 24 x 24 grid (576 tokens, LLaVA-1.5) and 672 x 672 with 48 x 48 (2304
+tokens); every strategy of a row group runs once per round, interleaved, and each row reports
+its per-sample cost as a multiple of FastV's in the same run, plus host syncs per call. Strategies
 with a SLIC backend (ALTP and its hybrids) are timed with fast-slic and with scikit-image.
 Features are random [1, N, dim] (default dim 1024, CLIP ViT-L/14's width); attention is the
 pixel stand-in of :mod:`vtprune.viz`. One torch thread by default.
@@ -48,13 +50,19 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def _context(image: torch.Tensor, side: int, grid: int, keep: Keep, dim: int, seed: int) -> PruneContext:
+def _context(
+    images: Sequence[torch.Tensor], side: int, grid: int, keep: Keep, dim: int, seed: int, batch: int
+) -> PruneContext:
+    """A batch of ``batch`` samples cycling through ``images`` (resized to side x side)."""
     from ..viz import standin_attention
 
-    img = F.interpolate(image[None], size=(side, side), mode="bilinear", align_corners=False)[0]
-    feats = torch.randn(1, grid * grid, dim, generator=torch.Generator().manual_seed(seed))
-    att = standin_attention(img, (grid, grid))[None]
-    return PruneContext.create(feats, grid=(grid, grid), keep=keep, image=img[None], attention=att)
+    imgs = torch.stack([
+        F.interpolate(images[i % len(images)][None], size=(side, side), mode="bilinear", align_corners=False)[0]
+        for i in range(batch)
+    ])
+    feats = torch.randn(batch, grid * grid, dim, generator=torch.Generator().manual_seed(seed))
+    att = torch.stack([standin_attention(img, (grid, grid)) for img in imgs])
+    return PruneContext.create(feats, grid=(grid, grid), keep=keep, image=imgs, attention=att)
 
 
 def time_strategy(
@@ -77,6 +85,24 @@ def time_strategy(
     return wall, cpu
 
 
+def _interleaved(
+    configs: Sequence[tuple[str, str, Any]], ctx: PruneContext, repeats: int, warmup: int
+) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
+    """Time every (name, backend, strategy) once per round, ``repeats`` rounds: drift and
+    load on a shared machine hit all rows alike, so their ratios stay fair."""
+    for _, _, strategy in configs:
+        for _ in range(warmup):
+            strategy(ctx)
+    times: dict[tuple[str, str], tuple[list[float], list[float]]] = {(n, b): ([], []) for n, b, _ in configs}
+    for _ in range(repeats):
+        for name, backend, strategy in configs:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            strategy(ctx)
+            times[(name, backend)][1].append((time.process_time() - start_cpu) * 1000.0)
+            times[(name, backend)][0].append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
 def run_overhead(
     strategies: Sequence[str] | None = None,
     keep: Keep = 0.1,
@@ -84,51 +110,75 @@ def run_overhead(
     repeats: int | None = None,
     warmup: int = 3,
     dim: int = 1024,
-    image: str = "astronaut",
+    image: str | None = None,
     threads: int | None = 1,
     quick: bool = False,
+    batches: Sequence[int] = (1,),
 ) -> list[dict[str, Any]]:
-    """One row per (strategy, token count, SLIC backend): wall-clock median, p10 and p90
-    milliseconds, and the median process CPU time.
+    """One row per (batch size, token count, strategy, SLIC backend): wall-clock median, p10
+    and p90 milliseconds per call, the median process CPU time, milliseconds per sample, the
+    ratio of that to FastV's in the same interleaved run, and host synchronisations per call.
 
     Args:
-        strategies: names (default: every registered strategy).
+        strategies: names (default: every registered strategy; FastV is always timed too, as
+            the reference of ``x_fastv``).
         keep: budget for every strategy (default 0.1).
         sizes: (image side, grid side) pairs (default 336/24 and 672/48).
-        repeats: timed calls per row (default 30; 5 with ``quick``).
-        warmup: untimed calls first. dim: feature width. image: bundled name or path.
+        repeats: timed rounds per batch size and token count (default 30; 5 with ``quick``).
+        warmup: untimed calls first. dim: feature width. image: one bundled name or path
+            (default: the three bundled images, cycled over the batch).
         threads: torch threads while timing (None = leave as is).
         quick: only the first size and 5 repeats.
+        batches: batch sizes (default 1).
     """
-    from ..viz import load_image
+    from ..viz import BUNDLED, load_image
+    from .syncs import HostSyncCounter
 
     names = list(strategies) if strategies else list_strategies()
     reps = repeats if repeats is not None else (5 if quick else 30)
     if reps < 1:
         raise ContractError(f"repeats must be >= 1, got {reps}")
+    if not batches or any(not isinstance(b, int) or b < 1 for b in batches):
+        raise ContractError(f"batch sizes must be positive ints, got {list(batches)}")
     grid_sizes = list(sizes)[:1] if quick else list(sizes)
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        base = load_image(image, size=max(s for s, _ in grid_sizes))
+        side_max = max(s for s, _ in grid_sizes)
+        images = [load_image(name, size=side_max) for name in ([image] if image else BUNDLED)]
+        configs = [
+            (name, backend, get_strategy(name, **({} if backend == "-" else {"backend": backend})))
+            for name in dict.fromkeys([*names, "fastv"])
+            for backend in _backends(name)
+        ]
         rows = []
-        for side, grid in grid_sizes:
-            ctx = _context(base, side, grid, keep, dim, seed=side)
-            for name in names:
-                for backend in _backends(name):
-                    params = {} if backend == "-" else {"backend": backend}
-                    times, cpu = time_strategy(name, ctx, reps, warmup, **params)
+        for batch in batches:
+            for side, grid in grid_sizes:
+                ctx = _context(images, side, grid, keep, dim, seed=side, batch=batch)
+                times = _interleaved(configs, ctx, reps, warmup)
+                fastv = statistics.median(times[("fastv", "-")][1]) / batch
+                for name, backend, strategy in configs:
+                    if name not in names:
+                        continue
+                    wall, cpu = times[(name, backend)]
+                    with HostSyncCounter() as syncs:
+                        strategy(ctx)
+                    per_sample = statistics.median(cpu) / batch
                     rows.append({
                         "strategy": name,
+                        "batch": batch,
                         "tokens": grid * grid,
                         "image": f"{side}x{side}",
                         "backend": backend,
                         "kept": int(ctx.budget[0]),
-                        "median_ms": round(statistics.median(times), 3),
-                        "p10_ms": round(_percentile(times, 0.1), 3),
-                        "p90_ms": round(_percentile(times, 0.9), 3),
+                        "median_ms": round(statistics.median(wall), 3),
+                        "p10_ms": round(_percentile(wall, 0.1), 3),
+                        "p90_ms": round(_percentile(wall, 0.9), 3),
                         "cpu_median_ms": round(statistics.median(cpu), 3),
+                        "cpu_ms_per_sample": round(per_sample, 4),
+                        "x_fastv": round(per_sample / fastv, 2) if fastv > 0 else None,
+                        "host_syncs": syncs.count,
                         "repeats": reps,
                         "dim": dim,
                         "threads": torch.get_num_threads(),
@@ -141,14 +191,19 @@ def run_overhead(
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of :func:`run_overhead` rows."""
-    head = "| strategy | tokens | image | SLIC backend | kept | median ms | p10 ms | p90 ms | CPU median ms |"
-    lines = [head, "|---|---:|---|---|---:|---:|---:|---:|---:|"]
+    head = (
+        "| strategy | batch | tokens | image | SLIC backend | kept | median ms | p10 ms | p90 ms | "
+        "CPU median ms | CPU ms / sample | x FastV / sample | host syncs |"
+    )
+    lines = [head, "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         cpu = r.get("cpu_median_ms")
+        ratio = r.get("x_fastv")
         lines.append(
-            f"| {r['strategy']} | {r['tokens']} | {r['image']} | {r['backend']} | {r['kept']} | "
-            f"{r['median_ms']:.2f} | {r['p10_ms']:.2f} | {r['p90_ms']:.2f} | "
-            f"{'-' if cpu is None else f'{cpu:.2f}'} |"
+            f"| {r['strategy']} | {r.get('batch', 1)} | {r['tokens']} | {r['image']} | {r['backend']} | "
+            f"{r['kept']} | {r['median_ms']:.2f} | {r['p10_ms']:.2f} | {r['p90_ms']:.2f} | "
+            f"{'-' if cpu is None else f'{cpu:.2f}'} | {r.get('cpu_ms_per_sample', float('nan')):.3f} | "
+            f"{'-' if ratio is None else f'{ratio:.1f}'} | {r.get('host_syncs', '-')} |"
         )
     return "\n".join(lines)
 

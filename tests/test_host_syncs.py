@@ -1,0 +1,55 @@
+"""Host synchronisations per strategy call do not grow with the batch (issue #16)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vtprune
+from vtprune.bench.syncs import HostSyncCounter
+
+BUILT_INS = sorted(s for s in vtprune.list_strategies() if vtprune.core.registry.default_registry().source("strategy", s).startswith("vtprune"))
+LIMIT = 14
+"""Today's worst case (ALTP: contract checks, budgets, the SLIC batch to the host, the region
+count and the largest quota); see docs/benchmarks.md, "Host synchronisations"."""
+
+
+def context(batch: int, ragged: bool = False) -> vtprune.PruneContext:
+    g = torch.Generator().manual_seed(batch)
+    valid = torch.rand(batch, 144, generator=g) > 0.2 if ragged else None
+    return vtprune.PruneContext.create(
+        torch.randn(batch, 144, 32, generator=g), keep=0.25, valid=valid,
+        image=torch.rand(batch, 3, 168, 168, generator=g), attention=torch.rand(batch, 144, generator=g),
+    )
+
+
+def syncs(name: str, ctx: vtprune.PruneContext) -> int:
+    strategy = vtprune.get_strategy(name)
+    strategy(ctx)  # warm caches (lattices, grid cells)
+    with HostSyncCounter() as counter:
+        strategy(ctx)
+    return counter.count
+
+
+def test_every_built_in_is_covered():
+    assert {"altp", "altp_ddc", "divprune", "pool", "uniform", "random", "fastv", "pyramiddrop"} <= set(BUILT_INS)
+
+
+@pytest.mark.parametrize("name", BUILT_INS)
+@pytest.mark.parametrize("ragged", [False, True])
+def test_host_syncs_do_not_grow_with_the_batch(name, ragged):
+    counts = {b: syncs(name, context(b, ragged)) for b in (4, 16)}
+    assert counts[4] == counts[16], counts
+    assert counts[16] <= LIMIT, counts
+
+
+def test_the_counter_sees_a_per_sample_loop():
+    def looping(ctx):
+        return [int(v) for v in ctx.features[:, 0, 0]]  # one scalar read per sample
+
+    four, sixteen = context(4), context(16)
+    with HostSyncCounter() as small:
+        looping(four)
+    with HostSyncCounter() as big:
+        looping(sixteen)
+    assert (small.count, big.count) == (4, 16)
