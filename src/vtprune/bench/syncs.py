@@ -1,11 +1,11 @@
 """Count host synchronisations: the reads that make the host wait for the device.
 
 Counted: every ``aten._local_scalar_dense`` dispatch (``.item()``, ``int(t)``, ``bool(t)``,
-``float(t)``) plus every ``Tensor.item`` / ``tolist`` / ``numpy`` / ``cpu`` call on a tensor
-that is not already on the host side of the call (``tolist`` and ``numpy`` count even on
-CPU tensors: on an accelerator they would each be a device-to-host copy). Used by the tests
-that hold every built-in strategy to a constant number per call, and by ``vtprune bench
-overhead``.
+``float(t)``), on any device — a strategy that reads one scalar per sample is caught even on
+a CPU-only machine — plus ``Tensor.tolist`` / ``numpy`` / ``cpu`` calls on tensors that live
+on an accelerator (the same calls on a CPU tensor read host memory: no device waits). Used by
+the tests that hold every built-in strategy to a constant number per call, and by ``vtprune
+bench overhead``.
 
     with HostSyncCounter() as syncs:
         strategy(ctx)
@@ -20,8 +20,6 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-
-_METHODS = {"item", "tolist", "numpy"}
 
 
 class _Dispatch(TorchDispatchMode):
@@ -42,8 +40,9 @@ class _Function(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         name = getattr(func, "__name__", "")
-        if name in ("tolist", "numpy"):
-            self.owner.events[name] += 1
+        if name in ("tolist", "numpy", "cpu") and args and isinstance(args[0], torch.Tensor):
+            if args[0].device.type not in ("cpu", "meta"):
+                self.owner.events[name] += 1
         return func(*args, **(kwargs or {}))
 
 

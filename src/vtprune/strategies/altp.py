@@ -67,9 +67,12 @@ def make_distinct() -> Scorer:
         norms = x.norm(dim=-1).clamp_min(1e-12)  # [B, N]
         # element-wise products and sums, not bmm: a batched matmul may round differently
         # at different batch sizes, and a sample's scores must not depend on its batch-mates
-        mean = ((valid.float() / norms)[..., None] * x).sum(dim=1)  # [B, D] sum of valid unit vectors
-        cos = (x * mean[:, None, :]).sum(dim=-1)  # [B, N]
-        cos = cos / (norms * mean.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        # one matrix-vector product per sample, the same call alone or in a batch: a batched
+        # matmul may round differently at different batch sizes (no host reads involved)
+        weights = valid.float() / norms  # [B, N]
+        mean = [weights[b] @ x[b] for b in range(x.shape[0])]  # [D] each: sum of valid unit vectors
+        cos = torch.stack([x[b] @ m / m.norm().clamp_min(1e-12) for b, m in enumerate(mean)]) if mean else norms
+        cos = cos / norms
         return torch.where(valid, 1.0 - cos, 0.0)
 
     return score
@@ -472,8 +475,10 @@ def make_spread() -> Selector:
             regions = alloc.regions.to(dev).long()
             quotas = alloc.quotas.to(dev).long()
         prio = torch.nan_to_num(scores.detach().float().to(dev), nan=0.0, posinf=3.0e38, neginf=-3.0e38)
-        unit = unit_rows_batched(ctx.features)
-        taken = farthest_points_batched(unit, regions, quotas, prio)
+        if dev.type == "cpu":  # per-region BLAS products on cache-resident rows: fastest here
+            taken = farthest_point_groups(ctx.features, regions, quotas, torch.where(valid, prio, -3.0e38))
+        else:  # accelerators: every sample and region in one program, no host loop
+            taken = farthest_points_batched(unit_rows_batched(ctx.features), regions, quotas, prio)
         return Selection.from_mask(taken)
 
     return select

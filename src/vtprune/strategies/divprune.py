@@ -87,7 +87,10 @@ def make_divprune() -> Selector:
         budget = alloc.budget.to(valid.device)
         keep_all = budget == valid.sum(dim=1)
         budget = torch.where(keep_all, 0, budget)
-        taken = max_min_diverse_batched(ctx.features.detach(), valid, budget)
+        if valid.device.type == "cpu":  # per-sample BLAS products on cache-resident rows
+            taken = max_min_diverse(ctx.features.detach(), valid, budget)
+        else:  # accelerators: the whole batch in one program
+            taken = max_min_diverse_batched(ctx.features.detach(), valid, budget)
         taken = torch.where(keep_all[:, None], valid, taken)
         return Selection.from_mask(taken)
 

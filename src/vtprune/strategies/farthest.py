@@ -32,8 +32,8 @@ def unit_rows(features: torch.Tensor, rows: torch.Tensor | None = None) -> torch
     x = x.to("cpu", torch.float32)
     if x.data_ptr() == src.data_ptr():  # no copy was made: do not normalise the caller's tensor
         x = x.clone()
-    norms = torch.linalg.vector_norm(x, dim=-1)  # [M]
-    if not bool(torch.isfinite(norms).all()):  # rare: only then pay for a full pass
+    norms = torch.linalg.vector_norm(x, dim=-1)  # [M] (host memory: checked with numpy)
+    if not np.isfinite(norms.numpy()).all():  # rare: only then pay for a full pass
         x = torch.nan_to_num_(x, nan=0.0, posinf=0.0, neginf=0.0)
         norms = torch.linalg.vector_norm(x, dim=-1)
         big = ~torch.isfinite(norms)  # finite entries whose norm overflows: rescale those rows
@@ -84,16 +84,23 @@ def farthest_points(unit: torch.Tensor, quota: int, first: int) -> np.ndarray:
 
 def unit_rows_batched(features: torch.Tensor) -> torch.Tensor:
     """[B, N, D] -> new float32 unit rows on the same device; zero rows stay zero, non-finite
-    entries count as 0 and rows whose norm overflows are rescaled first (as :func:`unit_rows`)."""
-    x = features.detach().float().clone()
-    x = torch.nan_to_num_(x, nan=0.0, posinf=0.0, neginf=0.0)
-    big = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
-    scaled = x / big  # entries in [-1, 1]: the norm cannot overflow
-    norms = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True)
-    direct = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    safe = torch.isfinite(direct)
-    out = torch.where(safe, x / direct.clamp_min(1e-12), scaled / norms.clamp_min(1e-12))
-    return out.contiguous()
+    entries count as 0 and rows whose norm overflows are rescaled first (as :func:`unit_rows`).
+    One host read (is every norm finite?) decides whether the rare repair pass runs."""
+    x = features.detach().float()
+    norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # [B, N, 1]
+    if not bool(torch.isfinite(norms).all()):
+        x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        big = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
+        direct = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        x = torch.where(torch.isfinite(direct), x, x / big)  # rescale rows whose norm overflows
+        norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return x / norms.clamp_min(1e-12)
+
+
+CPU_CHUNK_BYTES = 8 * 2**20
+"""On the CPU, samples are processed in chunks whose unit rows fit in about this many bytes,
+so each step's products stay in cache (measured: 3-4x faster than one 37 MB batch at
+576 x 1024 x 16); on an accelerator the whole batch is one chunk."""
 
 
 def farthest_points_batched(
@@ -116,9 +123,32 @@ def farthest_points_batched(
 
     Returns [B, N] bool: exactly ``quotas[b, r]`` tokens of region r of sample b. Step i picks,
     in every region still short, the token farthest (1 - dot) from its nearest pick (ties:
-    earlier in the tie-break order). Iterations = the largest quota (one host read of it).
+    earlier in the tie-break order). Steps = the largest quota; each step multiplies the rows
+    by the newest picks of the regions still picking (one batched matmul). The quotas are read
+    to the host once, to size those products.
     """
-    b, n, _ = unit.shape
+    b, n, d = unit.shape
+    if unit.device.type == "cpu" and b > 1:
+        step = max(1, CPU_CHUNK_BYTES // max(1, n * d * unit.element_size()))
+        if step < b:
+            parts = [
+                _farthest(unit[i : i + step], regions[i : i + step], quotas[i : i + step], priority[i : i + step],
+                          None if first is None else first[i : i + step])
+                for i in range(0, b, step)
+            ]
+            return torch.cat(parts)
+    return _farthest(unit, regions, quotas, priority, first)
+
+
+def _farthest(
+    unit: torch.Tensor,
+    regions: torch.Tensor,
+    quotas: torch.Tensor,
+    priority: torch.Tensor,
+    first: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`farthest_points_batched` on one chunk of samples."""
+    b, n, dims = unit.shape
     r = quotas.shape[1]
     dev = unit.device
     quotas = quotas.to(dev)
@@ -130,8 +160,10 @@ def farthest_points_batched(
     reg_sorted = reg.gather(1, order)
     counts = torch.zeros(b, r + 1, dtype=torch.long, device=dev).scatter_add_(1, reg, torch.ones_like(reg))
     starts = torch.cumsum(counts, dim=1) - counts  # [B, R+1]
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=dev).expand(b, n) - starts.gather(1, reg_sorted))
-    q_tok = torch.cat([quotas, torch.zeros(b, 1, dtype=torch.long, device=dev)], 1).gather(1, reg)  # [B, N]
+    positions = torch.arange(n, device=dev).expand(b, n)
+    rank = torch.empty_like(order).scatter_(1, order, positions - starts.gather(1, reg_sorted))
+    q_all = torch.cat([quotas, torch.zeros(b, 1, dtype=torch.long, device=dev)], 1)  # [B, R+1]
+    q_tok = q_all.gather(1, reg)  # [B, N]
     full_tok = member & (q_tok == counts.gather(1, reg))
     taken = full_tok & (q_tok > 0)
     if first is None:
@@ -142,24 +174,37 @@ def farthest_points_batched(
         first_tok.scatter_(1, torch.where(has, first.to(dev), 0), has)
         first_tok &= member
     taken |= first_tok
-    choosing = member & (q_tok >= 2) & ~full_tok  # [B, N] tokens of regions still picking
-    max_q = int(torch.where(choosing, q_tok, 0).max()) if n else 0  # the one host read
+    # regions that choose: quota >= 2 and not kept whole; read once to the host
+    choosing = (q_all >= 2) & (q_all < counts)
+    choosing[:, r] = False
+    q_host = torch.where(choosing, q_all, 0).cpu()  # [B, R+1]: the one host read
+    max_q = int(q_host.max()) if q_host.numel() else 0
     if max_q < 2:
         return taken
-    ninf = torch.tensor(-torch.inf, device=dev)
-    dims = unit.shape[-1]
-    pick = torch.where(first_tok, torch.arange(n, device=dev).expand(b, n), n)  # [B, N]
-    pick_of_region = torch.full((b, r + 1), n, dtype=torch.long, device=dev).scatter_reduce_(1, reg, pick, "amin")
-    padded = torch.cat([unit, torch.zeros(b, 1, dims, dtype=unit.dtype, device=dev)], 1)  # row n = 0
+    pick_of_region = torch.full((b, r + 1), n, dtype=torch.long, device=dev).scatter_reduce_(
+        1, reg, torch.where(first_tok, positions, n), "amin"
+    )
+    flat = torch.cat([unit, torch.zeros(b, 1, dims, dtype=unit.dtype, device=dev)], 1).reshape(b * (n + 1), dims)
+    row0 = (torch.arange(b, device=dev) * (n + 1))[:, None]
+    live_tokens = counts.cpu()  # tokens per region, read once with the quotas' sync point
     mind = torch.full((b, n), torch.inf, device=dev)
     big_rank = n + 1
     for step in range(1, max_q):
-        # distance of each token to the newest pick of its region
-        p_tok = pick_of_region.gather(1, reg)  # [B, N]
-        rows = padded.gather(1, p_tok[..., None].expand(b, n, dims))
-        mind = torch.minimum(mind, 1.0 - (unit * rows).sum(dim=-1))
-        live = choosing & (q_tok > step) & ~taken
-        score = torch.where(live, mind, ninf)
+        # tokens of the regions still picking, compacted per sample (sizes known on the host)
+        live_host = q_host > step  # [B, R+1]
+        width = int(torch.where(live_host, live_tokens, 0).sum(dim=1).max())
+        live_tok = torch.zeros(b, r + 1, dtype=torch.bool, device=dev)
+        live_tok = live_tok.copy_(live_host.to(dev)).gather(1, reg) & member  # [B, N]
+        ids = torch.sort(live_tok.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :width]
+        ok = live_tok.gather(1, ids)  # [B, W]
+        newest = pick_of_region.gather(1, reg.gather(1, ids))  # [B, W] newest pick of each token's region
+        rows = flat.index_select(0, (ids + row0).reshape(-1)).view(b, width, dims)
+        picks = flat.index_select(0, (newest + row0).reshape(-1)).view(b, width, dims)
+        dot = torch.linalg.vecdot(rows, picks)  # [B, W]; row-wise: no dependence on batch-mates
+        upd = torch.where(ok, torch.minimum(mind.gather(1, ids), 1.0 - dot), mind.gather(1, ids))
+        mind = mind.scatter(1, ids, upd)
+        live = live_tok & ~taken
+        score = torch.where(live, mind, -torch.inf)
         best = torch.full((b, r + 1), -torch.inf, device=dev).scatter_reduce_(1, reg, score, "amax")
         winner = live & (score == best.gather(1, reg))
         first_rank = torch.full((b, r + 1), big_rank, dtype=torch.long, device=dev).scatter_reduce_(
@@ -168,7 +213,7 @@ def farthest_points_batched(
         chosen = winner & (rank == first_rank.gather(1, reg))  # one per region still picking
         taken |= chosen
         pick_of_region = torch.full((b, r + 1), n, dtype=torch.long, device=dev).scatter_reduce_(
-            1, reg, torch.where(chosen, torch.arange(n, device=dev).expand(b, n), n), "amin"
+            1, reg, torch.where(chosen, positions, n), "amin"
         )
     return taken
 
