@@ -4,9 +4,12 @@ Used by ALTP's DDC/DDF allocators (``altp.py``) and by ``vtprune show``. One job
 [3, H, W] -> region id per token [N] (raster order), invalid tokens -1, ids contiguous.
 
 Backends: ``"fast_slic"`` (the ``fast-slic`` package; its AVX2 kernel when the CPU has it),
-``"skimage"`` (``skimage.segmentation.slic``), or ``"auto"`` = fast-slic when importable, else
-scikit-image. Both run SLIC in CIELAB with the same ``compactness`` (default 10), though the
-two implementations weigh it slightly differently and never give identical labels.
+``"skimage"`` (``skimage.segmentation.slic``), ``"torch"`` (``slic_torch``: batched over the
+images of a batch, on their device, no host synchronisation), or ``"auto"`` (see
+:func:`choose_backend`: torch on an accelerator or for batches of 4 and more, else fast-slic
+when importable, else scikit-image). All run SLIC in CIELAB with the same ``compactness``
+(default 10), though the implementations weigh it slightly differently and never give
+identical labels.
 """
 
 from __future__ import annotations
@@ -19,8 +22,12 @@ import numpy as np
 import torch
 
 from ..core import ContractError
+from .slic_torch import token_regions_torch
 
-BACKENDS = ("auto", "fast_slic", "skimage")
+BACKENDS = ("auto", "fast_slic", "skimage", "torch")
+
+# ``"auto"`` uses the torch backend from this batch size on, on CPU (measured: docs/altp.md).
+AUTO_TORCH_MIN_BATCH = 4
 
 # fast-slic divides by its grid step int(sqrt(H * W / n)); a step of 0 kills the process with
 # SIGFPE (seen on a 1x1 image). Images smaller than this are upscaled (nearest) before SLIC.
@@ -96,7 +103,8 @@ def fast_slic_kernel() -> str | None:
 
 
 def resolve_backend(backend: str) -> str:
-    """``"auto"`` -> ``"fast_slic"`` when installed, else ``"skimage"``; checks named ones."""
+    """``"auto"`` -> the CPU backend for single images: ``"fast_slic"`` when installed, else
+    ``"skimage"``; checks named ones (``"torch"`` is always available)."""
     if backend not in BACKENDS:
         raise ContractError(f"SLIC backend must be one of {list(BACKENDS)}, got {backend!r}")
     if backend == "auto":
@@ -113,6 +121,14 @@ def resolve_backend(backend: str) -> str:
             "`pip install scikit-image`, or pass backend='fast_slic'"
         )
     return backend
+
+
+def choose_backend(backend: str, device: torch.device, batch_size: int) -> str:
+    """The backend that runs: a named one as is (checked); ``"auto"`` -> ``"torch"`` on an
+    accelerator or when ``batch_size >= AUTO_TORCH_MIN_BATCH``, else :func:`resolve_backend`."""
+    if backend == "auto" and (device.type != "cpu" or batch_size >= AUTO_TORCH_MIN_BATCH):
+        return "torch"
+    return resolve_backend(backend)
 
 
 def _slic_fast(rgb: np.ndarray, n_segments: int, compactness: float) -> np.ndarray:
@@ -158,8 +174,14 @@ def slic_labels(
         raise ContractError(f"n_segments must be a positive int, got {n_segments!r}")
     if not compactness > 0:
         raise ContractError(f"compactness must be > 0, got {compactness!r}")
+    name = resolve_backend(backend)
+    if name == "torch":
+        from .slic_torch import normalise_batch, rgb255_to_lab, slic_batch
+
+        lab = rgb255_to_lab(normalise_batch(image.unsqueeze(0), factor))
+        return slic_batch(lab, [n_segments], float(compactness))[0].cpu().numpy()
     rgb = normalise_image(image, factor)
-    return _SLIC[resolve_backend(backend)](rgb, n_segments, float(compactness))
+    return _SLIC[name](rgb, n_segments, float(compactness))
 
 
 def slic_factor(image_hw: tuple[int, int], grid: tuple[int, int], patch_pixels: int | None) -> int:
@@ -265,6 +287,11 @@ def token_regions(
     False) get -1.
     """
     h, w = grid
+    if backend == "torch":
+        mask1 = torch.ones(1, h * w, dtype=torch.bool) if valid is None else valid.reshape(1, -1)
+        return token_regions_batch(
+            image.unsqueeze(0), grid, [n_segments], mask1, compactness, backend, patch_pixels
+        )[0].cpu()
     factor = slic_factor((int(image.shape[-2]), int(image.shape[-1])), grid, patch_pixels)
     labels = slic_labels(image, n_segments, compactness, backend, factor)
     regions = torch.from_numpy(labels_to_grid(labels, (h, w)))
@@ -286,19 +313,41 @@ def token_regions_batch(
     order of first appearance) and -1 on invalid tokens (``valid`` [B, N] False).
 
     ``n_segments`` [B] are host ints (derived from budgets known before the call). A sample's
-    regions never depend on its batch-mates. The CPU backends run one image at a time.
+    regions never depend on its batch-mates. ``backend`` is resolved by
+    :func:`choose_backend`: ``"torch"`` runs the whole batch as one tensor program on the
+    images' device with no host synchronisation; the CPU backends copy the batch to the host
+    once and run one image at a time.
     """
+    if images.dim() != 4:
+        raise ContractError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
+    bsz, n = int(images.shape[0]), grid[0] * grid[1]
+    if len(n_segments) != bsz:
+        raise ContractError(f"n_segments must have one host int per image ({bsz}), got {len(n_segments)}")
+    for k in n_segments:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ContractError(f"n_segments must be positive ints, got {list(n_segments)!r}")
+    if tuple(valid.shape) != (bsz, n):
+        raise ContractError(f"valid must be [B, N] = {(bsz, n)} for grid {grid}, got {tuple(valid.shape)}")
+    if not compactness > 0:
+        raise ContractError(f"compactness must be > 0, got {compactness!r}")
+    name = choose_backend(backend, images.device, bsz)
+    if bsz == 0:
+        return torch.zeros(0, n, dtype=torch.long, device=images.device)
+    factor = slic_factor((int(images.shape[-2]), int(images.shape[-1])), grid, patch_pixels)
+    if name == "torch":
+        return token_regions_torch(images, grid, list(n_segments), valid, float(compactness), factor)
+    host, host_valid = images.detach().cpu(), valid.detach().cpu()  # one copy, not one per sample
     rows = [
-        token_regions(images[b], grid, int(n_segments[b]), valid[b], compactness, backend, patch_pixels)
-        for b in range(int(images.shape[0]))
+        token_regions(host[b], grid, int(n_segments[b]), host_valid[b], compactness, name, patch_pixels)
+        for b in range(bsz)
     ]
-    n = grid[0] * grid[1]
-    out = torch.stack(rows) if rows else torch.zeros(0, n, dtype=torch.long)
-    return out.to(images.device)
+    return torch.stack(rows).to(images.device)
 
 
 __all__ = [
+    "AUTO_TORCH_MIN_BATCH",
     "BACKENDS",
+    "choose_backend",
     "fast_slic_available",
     "fast_slic_kernel",
     "labels_to_grid",
