@@ -70,10 +70,15 @@ def normalise_batch(images: torch.Tensor, factor: int = 1) -> torch.Tensor:
     return x
 
 
+def _srgb_lut(device: torch.device) -> torch.Tensor:
+    """Linear intensity of each sRGB level 0..255 [256] float64 (the sRGB transfer curve)."""
+    c = torch.arange(256, dtype=torch.float64, device=device) / 255.0
+    return torch.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+
+
 def rgb255_to_lab(rgb: torch.Tensor) -> torch.Tensor:
-    """[B, 3, H, W] sRGB in 0..255 -> CIELAB [B, 3, H, W] float32 (L in 0..100)."""
-    c = rgb.to(torch.float64) / 255.0
-    lin = torch.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    """[B, 3, H, W] sRGB, integer values 0..255 -> CIELAB [B, 3, H, W] float32 (L in 0..100)."""
+    lin = _srgb_lut(rgb.device)[rgb.long()]  # [B, 3, H, W] float64, rgb is integer-valued
     r, g, b = lin[:, 0], lin[:, 1], lin[:, 2]
     xyz = [(m[0] * r + m[1] * g + m[2] * b) / wt for m, wt in zip(_RGB_TO_XYZ, _WHITE)]
     fx, fy, fz = (
@@ -139,27 +144,28 @@ def slic_batch(
     centres = pix.gather(2, at.unsqueeze(1).expand(-1, 5, -1))  # [B, 5, K]
 
     # the 9 candidate centres of each pixel: [9, B, P] index and validity
-    cand, ok = [], []
+    cand: list[torch.Tensor] = []
+    ok: list[torch.Tensor] = []
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             ny_, nx_ = cy + dy, cx + dx
             inside = (ny_ >= 0) & (ny_ < nys) & (nx_ >= 0) & (nx_ < nxs)
             cand.append((ny_.clamp(0, ny_max - 1) * nx_max + nx_.clamp(0, nx_max - 1)).reshape(bsz, npix))
             ok.append(inside.reshape(bsz, npix))
-    cand_t, ok_t = torch.stack(cand), torch.stack(ok)  # [9, B, P]
-    inf = torch.tensor(float("inf"), device=dev)
+    cand_t = torch.stack(cand)  # [9, B, P]
+    # +inf on candidates outside the sample's own centre grid (borders, padding)
+    penalty = torch.where(torch.stack(ok), 0.0, float("inf")).to(torch.float32)  # [9, B, P]
     ones = torch.ones(bsz, npix, device=dev, dtype=torch.float32)
 
     labels = cand_t[4]
     for _ in range(iterations):  # fixed count: not data dependent
         best = torch.full((bsz, npix), float("inf"), device=dev)
-        labels = cand_t[4].clone()
+        labels = cand_t[4]
         for j in range(9):
             c = centres.gather(2, cand_t[j].unsqueeze(1).expand(-1, 5, -1))  # [B, 5, P]
             d = (pix - c).square_()
-            dist = (d[:, 0] + d[:, 1] + d[:, 2]) + wxy * (d[:, 3] + d[:, 4])  # [B, P]
-            dist = torch.where(ok_t[j], dist, inf)
-            better = dist < best  # strict: ties keep the earlier candidate
+            dist = (d[:, 0] + d[:, 1] + d[:, 2]).add_(wxy * (d[:, 3] + d[:, 4])).add_(penalty[j])  # [B, P]
+            better = dist < best  # strict: ties keep the earlier candidate, whatever the padding
             best = torch.where(better, dist, best)
             labels = torch.where(better, cand_t[j], labels)
         sums = torch.zeros(bsz, 5, k_max, device=dev).scatter_add_(
