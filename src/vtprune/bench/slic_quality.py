@@ -65,7 +65,10 @@ def segmentation_scores(sp: np.ndarray, gt: np.ndarray, tolerance: int = TOLERAN
     BR = share of ground-truth boundary pixels within ``tolerance`` px (square window) of a
     superpixel boundary (1 when there is no ground-truth boundary); UE = (1/N) sum over
     ground-truth segments g and superpixels s meeting g of min(|s & g|, |s - g|); ASA = (1/N)
-    sum over superpixels of their largest overlap with one ground-truth segment.
+    sum over superpixels of their largest overlap with one ground-truth segment. Also
+    ``components`` (4-connected pieces of all superpixels; = ``segments`` when each is
+    connected) and ``edge_share`` (share of pixels on a superpixel boundary): boundary recall
+    rewards ragged, fragmented boundaries, these two show how much of it is that.
     """
     if sp.shape != gt.shape:
         raise ValueError(f"superpixels {sp.shape} and ground truth {gt.shape} must have the same shape")
@@ -81,7 +84,10 @@ def segmentation_scores(sp: np.ndarray, gt: np.ndarray, tolerance: int = TOLERAN
     gt_edges = _edges(gt)
     near = ndimage.binary_dilation(_edges(sp), np.ones((2 * tolerance + 1,) * 2, dtype=bool))
     br = float((gt_edges & near).sum() / gt_edges.sum()) if gt_edges.any() else 1.0
-    return {"br": br, "ue": ue, "asa": asa, "segments": float(ns)}
+    sp_edges = _edges(sp)
+    parts = sum(int(ndimage.label(sp == v)[1]) for v in np.unique(sp))  # 4-connected pieces
+    return {"br": br, "ue": ue, "asa": asa, "segments": float(ns), "components": float(parts),
+            "edge_share": float(sp_edges.mean())}
 
 
 def ground_truth(masks: np.ndarray) -> np.ndarray:
@@ -133,7 +139,7 @@ def run_quality(split: str = "test", limit: int | None = None, keeps: Sequence[f
     for (name, keep, level), vals in acc.items():
         row: dict[str, Any] = {"backend": name, "keep": keep, "level": level,
                                "n_segments": segments_for(int(round(keep * n_tok)), n_tok, None, 0.5)}
-        for m in ("br", "ue", "asa", "segments"):
+        for m in ("br", "ue", "asa", "segments", "components", "edge_share"):
             x = np.array([v[m] for v in vals])
             row[m] = float(x.mean())
             row[m + "_se"] = float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else 0.0
@@ -147,11 +153,13 @@ def run_quality(split: str = "test", limit: int | None = None, keeps: Sequence[f
 
 def format_quality(result: dict[str, Any]) -> str:
     """Markdown table of :func:`run_quality`."""
-    head = "| level | keep | segments asked | backend | segments got | BR ↑ | UE ↓ | ASA ↑ |"
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    head = ("| level | keep | segments asked | backend | segments got | pieces | edge share "
+            "| BR ↑ | UE ↓ | ASA ↑ |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(result["rows"], key=lambda r: (r["level"], -r["keep"], r["backend"])):
         lines.append(
             f"| {r['level']} | {r['keep']} | {r['n_segments']} | {r['backend']} | {r['segments']:.1f} "
+            f"| {r['components']:.1f} | {r['edge_share']:.3f} "
             f"| {r['br']:.3f} ± {r['br_se']:.3f} | {r['ue']:.3f} ± {r['ue_se']:.3f} "
             f"| {r['asa']:.3f} ± {r['asa_se']:.3f} |")
     m = result["meta"]
