@@ -6,8 +6,8 @@ Used by ALTP's DDC/DDF allocators (``altp.py``) and by ``vtprune show``. One job
 Backends: ``"fast_slic"`` (the ``fast-slic`` package; its AVX2 kernel when the CPU has it),
 ``"skimage"`` (``skimage.segmentation.slic``), ``"torch"`` (``slic_torch``: batched over the
 images of a batch, on their device, no host synchronisation), or ``"auto"`` (see
-:func:`choose_backend`: torch on an accelerator or for batches of 4 and more, else fast-slic
-when importable, else scikit-image). All run SLIC in CIELAB with the same ``compactness``
+:func:`choose_backend`: torch on an accelerator; on CPU fast-slic when importable, else
+scikit-image: both beat the torch backend on CPU at every batch size measured, docs/altp.md). All run SLIC in CIELAB with the same ``compactness``
 (default 10), though the implementations weigh it slightly differently and never give
 identical labels.
 """
@@ -25,9 +25,6 @@ from ..core import ContractError
 from .slic_torch import token_regions_torch
 
 BACKENDS = ("auto", "fast_slic", "skimage", "torch")
-
-# ``"auto"`` uses the torch backend from this batch size on, on CPU (measured: docs/altp.md).
-AUTO_TORCH_MIN_BATCH = 4
 
 # fast-slic divides by its grid step int(sqrt(H * W / n)); a step of 0 kills the process with
 # SIGFPE (seen on a 1x1 image). Images smaller than this are upscaled (nearest) before SLIC.
@@ -124,9 +121,16 @@ def resolve_backend(backend: str) -> str:
 
 
 def choose_backend(backend: str, device: torch.device, batch_size: int) -> str:
-    """The backend that runs: a named one as is (checked); ``"auto"`` -> ``"torch"`` on an
-    accelerator or when ``batch_size >= AUTO_TORCH_MIN_BATCH``, else :func:`resolve_backend`."""
-    if backend == "auto" and (device.type != "cpu" or batch_size >= AUTO_TORCH_MIN_BATCH):
+    """The backend that runs for ``batch_size`` images on ``device``: a named one as is
+    (checked); ``"auto"`` -> ``"torch"`` on any non-CPU device (no copy to the host, no
+    synchronisation), else :func:`resolve_backend` (fast-slic, else scikit-image).
+
+    The rule is measured (docs/altp.md, ``bench_slic_quality.py speed``): on this 2-core CPU
+    at 336 px / 24x24, per image, torch 52-63 ms, scikit-image 26-29 ms, fast-slic ~3 ms at
+    batch 1, 4 and 16 alike, so ``batch_size`` does not change the CPU choice today; it is a
+    parameter so that a faster torch kernel can claim large CPU batches without an API change.
+    """
+    if backend == "auto" and device.type != "cpu":
         return "torch"
     return resolve_backend(backend)
 
@@ -345,7 +349,6 @@ def token_regions_batch(
 
 
 __all__ = [
-    "AUTO_TORCH_MIN_BATCH",
     "BACKENDS",
     "choose_backend",
     "fast_slic_available",
