@@ -153,6 +153,16 @@ def test_counters_do_catch_a_sync():
     assert syncs.count == 1 and calls.count == 1
 
 
+def test_cpu_backends_copy_to_the_host_once_per_call_not_per_sample():
+    counts = []
+    for bsz in (1, 4):
+        imgs, valid = _scene_batch(bsz), torch.ones(bsz, 144, dtype=torch.bool)
+        with _CountHostCalls() as calls, _CountSyncs() as syncs:
+            token_regions_batch(imgs, (12, 12), [18] * bsz, valid, backend="skimage")
+        counts.append(calls.count + syncs.count)
+    assert counts[0] == counts[1] <= 2, f"host calls at batch 1 and 4: {counts}"
+
+
 def test_cpu_backends_agree_with_per_sample_token_regions():
     imgs = _scene_batch(2)
     valid = torch.ones(2, 144, dtype=torch.bool)

@@ -56,6 +56,11 @@ def normalise_image(image: torch.Tensor, factor: int = 1) -> np.ndarray:
     if image.dim() != 3 or image.shape[0] not in (1, 3):
         raise ContractError(f"expected one image [3, H, W] (or [1, H, W]), got {tuple(image.shape)}")
     x = image.detach().to("cpu", torch.float32).numpy()  # numpy: ~30x faster than torch here
+    return _normalise_array(x, factor)
+
+
+def _normalise_array(x: np.ndarray, factor: int) -> np.ndarray:
+    """:func:`normalise_image` on a float32 array [C, H, W] already on the host."""
     x = downscale(x, factor)
     if not np.isfinite(x).all():
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
@@ -263,7 +268,13 @@ def relabel(regions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Region ids [N] -> contiguous ids 0..R-1 in order of first appearance on valid tokens,
     -1 on invalid tokens. Returns a new tensor (numpy inside: cheaper on these tiny arrays)."""
     mask = valid.detach().cpu().numpy().astype(bool)
-    ids = regions.detach().cpu().numpy()[mask]
+    out = _relabel_array(regions.detach().cpu().numpy(), mask)
+    return torch.from_numpy(out).to(device=regions.device, dtype=regions.dtype)
+
+
+def _relabel_array(regions: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """:func:`relabel` on host arrays: regions [N] int, mask [N] bool -> [N] int64."""
+    ids = regions[mask]
     out = np.full(mask.shape, -1, dtype=np.int64)
     if ids.size:
         _, first_pos, first_seen = np.unique(ids, return_index=True, return_inverse=True)
@@ -271,7 +282,7 @@ def relabel(regions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         rank = np.empty(first_pos.size, dtype=np.int64)
         rank[first_pos.argsort()] = np.arange(first_pos.size)
         out[mask] = rank[first_seen.reshape(-1)]
-    return torch.from_numpy(out).to(device=regions.device, dtype=regions.dtype)
+    return out
 
 
 def token_regions(
@@ -340,12 +351,19 @@ def token_regions_batch(
     factor = slic_factor((int(images.shape[-2]), int(images.shape[-1])), grid, patch_pixels)
     if name == "torch":
         return token_regions_torch(images, grid, list(n_segments), valid, float(compactness), factor)
-    host, host_valid = images.detach().cpu(), valid.detach().cpu()  # one copy, not one per sample
+    if images.shape[1] not in (1, 3):
+        raise ContractError(f"expected images [B, 3, H, W] (or [B, 1, H, W]), got {tuple(images.shape)}")
+    # one copy to the host and one .numpy() each for the whole batch, not one per sample
+    host = images.detach().to("cpu", torch.float32).numpy()  # [B, C, H, W]
+    host_valid = valid.detach().to("cpu", torch.bool).numpy()  # [B, N]
     rows = [
-        token_regions(host[b], grid, int(n_segments[b]), host_valid[b], compactness, name, patch_pixels)
+        _relabel_array(
+            labels_to_grid(_SLIC[name](_normalise_array(host[b], factor), int(n_segments[b]), float(compactness)), grid),
+            host_valid[b],
+        )
         for b in range(bsz)
     ]
-    return torch.stack(rows).to(images.device)
+    return torch.from_numpy(np.stack(rows)).to(images.device)
 
 
 __all__ = [
