@@ -234,3 +234,17 @@ def test_altp_torch_backend_keeps_the_budget():
     ctx = vtprune.PruneContext.create(torch.randn(2, 144, 8), keep=0.25, image=_scene_batch(2))
     sel = vtprune.get_strategy("altp", backend="torch")(ctx)
     assert sel.counts.tolist() == [36, 36]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_on_cuda_is_torch_and_never_synchronises():
+    imgs = _scene_batch(4).cuda()
+    valid = torch.ones(4, 144, dtype=torch.bool, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = token_regions_batch(imgs, (12, 12), [36, 7, 18, 50], valid, backend="auto")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert out.device.type == "cuda"
+    assert torch.equal(out.cpu(), token_regions_batch(imgs.cpu(), (12, 12), [36, 7, 18, 50], valid.cpu(),
+                                                      backend="torch"))
