@@ -4,9 +4,12 @@ Used by ALTP's DDC/DDF allocators (``altp.py``) and by ``vtprune show``. One job
 [3, H, W] -> region id per token [N] (raster order), invalid tokens -1, ids contiguous.
 
 Backends: ``"fast_slic"`` (the ``fast-slic`` package; its AVX2 kernel when the CPU has it),
-``"skimage"`` (``skimage.segmentation.slic``), or ``"auto"`` = fast-slic when importable, else
-scikit-image. Both run SLIC in CIELAB with the same ``compactness`` (default 10), though the
-two implementations weigh it slightly differently and never give identical labels.
+``"skimage"`` (``skimage.segmentation.slic``), ``"torch"`` (``slic_torch``: batched over the
+images of a batch, on their device, no host synchronisation), or ``"auto"`` (see
+:func:`choose_backend`: torch on an accelerator; on CPU fast-slic when importable, else
+scikit-image: both beat the torch backend on CPU at every batch size measured, docs/altp.md). All run SLIC in CIELAB with the same ``compactness``
+(default 10), though the implementations weigh it slightly differently and never give
+identical labels.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import numpy as np
 import torch
 
 from ..core import ContractError
+from .slic_torch import token_regions_torch
 
-BACKENDS = ("auto", "fast_slic", "skimage")
+BACKENDS = ("auto", "fast_slic", "skimage", "torch")
 
 # fast-slic divides by its grid step int(sqrt(H * W / n)); a step of 0 kills the process with
 # SIGFPE (seen on a 1x1 image). Images smaller than this are upscaled (nearest) before SLIC.
@@ -42,19 +46,21 @@ def downscale(x: np.ndarray, factor: int) -> np.ndarray:
     return out
 
 
-def normalise_image(image: torch.Tensor | np.ndarray, factor: int = 1) -> np.ndarray:
+def normalise_image(image: torch.Tensor, factor: int = 1) -> np.ndarray:
     """One image [C, H, W] (C = 1 or 3, any range, any float/int dtype) -> uint8 [H', W', 3].
 
     Block-mean downscaled by the integer ``factor`` (H' = H // factor), then min-max
     normalised per image (a constant image becomes all zeros); one channel is repeated to
     three. Never modifies ``image``.
     """
-    if image.ndim != 3 or image.shape[0] not in (1, 3):
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
         raise ContractError(f"expected one image [3, H, W] (or [1, H, W]), got {tuple(image.shape)}")
-    if isinstance(image, torch.Tensor):
-        x = image.detach().to("cpu", torch.float32).numpy()  # numpy: ~30x faster than torch here
-    else:
-        x = np.asarray(image, dtype=np.float32)
+    x = image.detach().to("cpu", torch.float32).numpy()  # numpy: ~30x faster than torch here
+    return _normalise_array(x, factor)
+
+
+def _normalise_array(x: np.ndarray, factor: int) -> np.ndarray:
+    """:func:`normalise_image` on a float32 array [C, H, W] already on the host."""
     x = downscale(x, factor)
     if not np.isfinite(x).all():
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
@@ -99,7 +105,8 @@ def fast_slic_kernel() -> str | None:
 
 
 def resolve_backend(backend: str) -> str:
-    """``"auto"`` -> ``"fast_slic"`` when installed, else ``"skimage"``; checks named ones."""
+    """``"auto"`` -> the CPU backend for single images: ``"fast_slic"`` when installed, else
+    ``"skimage"``; checks named ones (``"torch"`` is always available)."""
     if backend not in BACKENDS:
         raise ContractError(f"SLIC backend must be one of {list(BACKENDS)}, got {backend!r}")
     if backend == "auto":
@@ -116,6 +123,21 @@ def resolve_backend(backend: str) -> str:
             "`pip install scikit-image`, or pass backend='fast_slic'"
         )
     return backend
+
+
+def choose_backend(backend: str, device: torch.device, batch_size: int) -> str:
+    """The backend that runs for ``batch_size`` images on ``device``: a named one as is
+    (checked); ``"auto"`` -> ``"torch"`` on any non-CPU device (no copy to the host, no
+    synchronisation), else :func:`resolve_backend` (fast-slic, else scikit-image).
+
+    The rule is measured (docs/altp.md, ``bench_slic_quality.py speed``): on this 2-core CPU
+    at 336 px / 24x24, per image, torch 52-63 ms, scikit-image 26-29 ms, fast-slic ~3 ms at
+    batch 1, 4 and 16 alike, so ``batch_size`` does not change the CPU choice today; it is a
+    parameter so that a faster torch kernel can claim large CPU batches without an API change.
+    """
+    if backend == "auto" and device.type != "cpu":
+        return "torch"
+    return resolve_backend(backend)
 
 
 def _slic_fast(rgb: np.ndarray, n_segments: int, compactness: float) -> np.ndarray:
@@ -149,7 +171,7 @@ _SLIC: dict[str, Callable[[np.ndarray, int, float], np.ndarray]] = {
 
 
 def slic_labels(
-    image: torch.Tensor | np.ndarray,
+    image: torch.Tensor,
     n_segments: int,
     compactness: float = 10.0,
     backend: str = "auto",
@@ -161,8 +183,14 @@ def slic_labels(
         raise ContractError(f"n_segments must be a positive int, got {n_segments!r}")
     if not compactness > 0:
         raise ContractError(f"compactness must be > 0, got {compactness!r}")
+    name = resolve_backend(backend)
+    if name == "torch":
+        from .slic_torch import normalise_batch, rgb255_to_lab, slic_batch
+
+        lab = rgb255_to_lab(normalise_batch(image.unsqueeze(0), factor))
+        return slic_batch(lab, [n_segments], float(compactness))[0].cpu().numpy()
     rgb = normalise_image(image, factor)
-    return _SLIC[resolve_backend(backend)](rgb, n_segments, float(compactness))
+    return _SLIC[name](rgb, n_segments, float(compactness))
 
 
 def slic_factor(image_hw: tuple[int, int], grid: tuple[int, int], patch_pixels: int | None) -> int:
@@ -239,12 +267,13 @@ def labels_to_grid(labels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 def relabel(regions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Region ids [N] -> contiguous ids 0..R-1 in order of first appearance on valid tokens,
     -1 on invalid tokens. Returns a new tensor (numpy inside: cheaper on these tiny arrays)."""
-    out = relabel_numpy(regions.detach().cpu().numpy(), valid.detach().cpu().numpy().astype(bool))
+    mask = valid.detach().cpu().numpy().astype(bool)
+    out = _relabel_array(regions.detach().cpu().numpy(), mask)
     return torch.from_numpy(out).to(device=regions.device, dtype=regions.dtype)
 
 
-def relabel_numpy(regions: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """:func:`relabel` on numpy arrays: regions [N] int, mask [N] bool -> int64 [N]."""
+def _relabel_array(regions: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """:func:`relabel` on host arrays: regions [N] int, mask [N] bool -> [N] int64."""
     ids = regions[mask]
     out = np.full(mask.shape, -1, dtype=np.int64)
     if ids.size:
@@ -273,6 +302,11 @@ def token_regions(
     False) get -1.
     """
     h, w = grid
+    if backend == "torch":
+        mask1 = torch.ones(1, h * w, dtype=torch.bool) if valid is None else valid.reshape(1, -1)
+        return token_regions_batch(
+            image.unsqueeze(0), grid, [n_segments], mask1, compactness, backend, patch_pixels
+        )[0].cpu()
     factor = slic_factor((int(image.shape[-2]), int(image.shape[-1])), grid, patch_pixels)
     labels = slic_labels(image, n_segments, compactness, backend, factor)
     regions = torch.from_numpy(labels_to_grid(labels, (h, w)))
@@ -294,26 +328,47 @@ def token_regions_batch(
     order of first appearance) and -1 on invalid tokens (``valid`` [B, N] False).
 
     ``n_segments`` [B] are host ints (derived from budgets known before the call). A sample's
-    regions never depend on its batch-mates. The CPU backends run one image at a time.
+    regions never depend on its batch-mates. ``backend`` is resolved by
+    :func:`choose_backend`: ``"torch"`` runs the whole batch as one tensor program on the
+    images' device with no host synchronisation; the CPU backends copy the batch to the host
+    once and run one image at a time.
     """
-    # one device-to-host copy for the whole batch; the CPU backends then run image by image
-    host_images = images.detach().to("cpu", torch.float32).numpy()  # [B, C, H, W]
-    host_valid = valid.detach().to("cpu", torch.bool).numpy()  # [B, N]
+    if images.dim() != 4:
+        raise ContractError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
+    bsz, n = int(images.shape[0]), grid[0] * grid[1]
+    if len(n_segments) != bsz:
+        raise ContractError(f"n_segments must have one host int per image ({bsz}), got {len(n_segments)}")
+    for k in n_segments:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ContractError(f"n_segments must be positive ints, got {list(n_segments)!r}")
+    if tuple(valid.shape) != (bsz, n):
+        raise ContractError(f"valid must be [B, N] = {(bsz, n)} for grid {grid}, got {tuple(valid.shape)}")
+    if not compactness > 0:
+        raise ContractError(f"compactness must be > 0, got {compactness!r}")
+    name = choose_backend(backend, images.device, bsz)
+    if bsz == 0:
+        return torch.zeros(0, n, dtype=torch.long, device=images.device)
     factor = slic_factor((int(images.shape[-2]), int(images.shape[-1])), grid, patch_pixels)
+    if name == "torch":
+        return token_regions_torch(images, grid, list(n_segments), valid, float(compactness), factor)
+    if images.shape[1] not in (1, 3):
+        raise ContractError(f"expected images [B, 3, H, W] (or [B, 1, H, W]), got {tuple(images.shape)}")
+    # one copy to the host and one .numpy() each for the whole batch, not one per sample
+    host = images.detach().to("cpu", torch.float32).numpy()  # [B, C, H, W]
+    host_valid = valid.detach().to("cpu", torch.bool).numpy()  # [B, N]
     rows = [
-        relabel_numpy(
-            labels_to_grid(slic_labels(host_images[b], int(n_segments[b]), compactness, backend, factor), grid),
+        _relabel_array(
+            labels_to_grid(_SLIC[name](_normalise_array(host[b], factor), int(n_segments[b]), float(compactness)), grid),
             host_valid[b],
         )
-        for b in range(host_images.shape[0])
+        for b in range(bsz)
     ]
-    n = grid[0] * grid[1]
-    out = np.stack(rows) if rows else np.zeros((0, n), dtype=np.int64)
-    return torch.from_numpy(out).to(images.device)
+    return torch.from_numpy(np.stack(rows)).to(images.device)
 
 
 __all__ = [
     "BACKENDS",
+    "choose_backend",
     "fast_slic_available",
     "fast_slic_kernel",
     "labels_to_grid",
