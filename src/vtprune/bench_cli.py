@@ -57,6 +57,12 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_slic_quality(args: argparse.Namespace) -> int:
+    from .bench.slic_quality import main as slic_quality
+
+    return slic_quality(list(args.rest))
+
+
 def cmd_bench_overhead(args: argparse.Namespace) -> int:
     from .bench.overhead import format_table, run_overhead
 
@@ -108,6 +114,11 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--batch", type=_ints, default=[1], help="comma-separated batch sizes (default 1), e.g. 1,4,16")
     p.set_defaults(func=cmd_bench_overhead)
+
+    p = sub.add_parser("slic-quality", help="SLIC backends: quality on scene masks, speed, ALTP grounding rows",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of vtprune.bench.slic_quality (try --help)")
+    p.set_defaults(func=cmd_bench_slic_quality)
 
     from .grounding.cli import add_bench_command  # vtprune bench grounding
 
