@@ -60,7 +60,7 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
 def cmd_bench_slic_quality(args: argparse.Namespace) -> int:
     from .bench.slic_quality import main as slic_quality
 
-    return slic_quality(list(args.rest))
+    return slic_quality([args.report, *args.rest])
 
 
 def cmd_bench_overhead(args: argparse.Namespace) -> int:
@@ -116,8 +116,10 @@ def add_commands(subparsers: Any) -> None:
     p.set_defaults(func=cmd_bench_overhead)
 
     p = sub.add_parser("slic-quality", help="SLIC backends: quality on scene masks, speed, ALTP grounding rows",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of vtprune.bench.slic_quality (try --help)")
+                       epilog="example: vtprune bench slic-quality quality --split test --limit 64; "
+                              "options of each report: vtprune bench slic-quality quality --help")
+    p.add_argument("report", choices=("quality", "speed", "grounding"), help="which report")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the report (--split, --limit, --backends, ...)")
     p.set_defaults(func=cmd_bench_slic_quality)
 
     from .grounding.cli import add_bench_command  # vtprune bench grounding
