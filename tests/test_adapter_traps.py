@@ -103,3 +103,17 @@ def test_cache_error_does_not_blame_beam_search(model, batch):
             model(**step, **{key: cache})
     message = str(err.value)
     assert "beam search is" in message and "beam search are not supported" not in message
+
+
+def test_a_generated_image_token_id_in_a_decode_step_is_text(model, batch):
+    """A decode step may feed back a generated token that happens to be the image id: that is
+    not a prompt without pixels (seen on transformers 5.0, where greedy output hit id 3)."""
+    from vtprune.models import IMAGE_ID
+
+    with attach(model, "fastv", keep=0.5), torch.no_grad():
+        out = model(**batch, use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        key = "cache" if "cache" in type(model).forward.__code__.co_varnames else "past_key_values"
+        mask = torch.cat([batch["attention_mask"], torch.ones(3, 1, dtype=torch.long)], 1)
+        step = model(input_ids=torch.full((3, 1), IMAGE_ID), attention_mask=mask, use_cache=True, **{key: cache})
+    assert step.logits.shape[1] == 1

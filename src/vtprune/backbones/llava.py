@@ -200,7 +200,10 @@ class LlavaAdapter(BackboneAdapter):
                 "model.config.vision_feature_layer before attach() instead of passing it per call"
             )
         visual = None if input_ids is None else self.visual_spans(input_ids)
-        if visual is not None and pixels is None and image_out is None and bool(visual.any()):
+        cache = self._argument("cache", args, kwargs) or self._argument("past_key_values", args, kwargs)
+        prefill = cache is None or not hasattr(cache, "get_seq_length") or cache.get_seq_length() == 0
+        # (a decode step may feed back a generated image-token id: that is text, not an image)
+        if prefill and visual is not None and pixels is None and image_out is None and bool(visual.any()):
             raise ContractError(
                 f"input_ids hold {int(visual.sum(dim=1).max())} image placeholder tokens per sample "
                 "but no pixel_values were passed, so there is no image to prune; pass the "

@@ -126,9 +126,12 @@ def evaluate_gcg(model: GroundingModel, items: Sequence[Any], batch_size: int = 
 
 def model_fingerprint(model: GroundingModel) -> str:
     """Short SHA-256 of the model's weights (names and float32 values): which weights a
-    recorded result came from."""
+    recorded result came from. Names use the flat vision-tower layout of newer transformers
+    (older 5.x nest it under ``vision_tower.vision_model.``), so the same weights give the
+    same fingerprint on every supported release."""
     h = hashlib.sha256()
-    for name, value in sorted(model.state_dict().items()):
+    state = {k.replace("vision_tower.vision_model.", "vision_tower.", 1): v for k, v in model.state_dict().items()}
+    for name, value in sorted(state.items()):
         h.update(name.encode())
         h.update(value.detach().float().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
