@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from ..core import SIGNALS, Capabilities, ContractError, PruneContext, keep_count
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FEATURE_KINDS = ("randn", "ties", "zeros")
 """``randn``: i.i.d. normal; ``ties``: every token copies one of <= 3 vectors (many equal
 scores); ``zeros``: all zero (every score-from-features ties)."""
@@ -39,7 +39,7 @@ class ContextSpec:
 
     Attributes:
         batch: B samples. grid: (h, w), N = h * w. dim: D feature channels.
-        dtype: ``"float32"`` or ``"bfloat16"`` (features and text features).
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (features and text features).
         valid_counts: valid tokens per sample [B] (None: all N valid).
         padding: where invalid tokens sit (see :data:`PADDING_KINDS`).
         budgets: tokens kept per sample [B], each in [0, valid count].
@@ -211,7 +211,7 @@ def context_specs(
     max_batch: int = 4,
     max_side: int = 12,
     max_dim: int = 16,
-    dtypes: tuple[str, ...] = ("float32", "bfloat16"),
+    dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16"),
     ragged: bool = True,
     budget: str = "any",
 ) -> ContextSpec:
