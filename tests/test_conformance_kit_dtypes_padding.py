@@ -61,3 +61,23 @@ def test_controls_pass() -> None:
         return norm.masked_fill(~ctx.valid_mask(), float("-inf"))
 
     assert _failed(_strategy("inf_padding", inf_padding)) == set()
+
+
+def same_width_text_scorer(ctx: PruneContext) -> torch.Tensor:
+    """Text relevance as features @ text^T: silently assumes D_text == D (item 8)."""
+    assert ctx.text_features is not None
+    f = ctx.features.float()  # [B, N, D]
+    t = ctx.text_features.float()  # [B, T, D_text]
+    rel = (f @ t.transpose(1, 2)).amax(dim=-1)  # [B, N]; needs D_text == D
+    return rel.masked_fill(~ctx.valid_mask(), 0.0)
+
+
+def test_kit_catches_a_scorer_that_assumes_text_width_equals_feature_width() -> None:
+    strategy = Strategy(
+        name="same_width_text",
+        scorer=same_width_text_scorer,
+        allocator=stages.make_global(),
+        selector=stages.make_topk(),
+        capabilities=Capabilities(needs=frozenset({"text_features"})),
+    )
+    assert _failed(strategy), "no check drew a text width different from D"
