@@ -377,7 +377,7 @@ def test_generated_contexts_are_valid_and_carry_the_needed_signals(spec):
     b, n, d = ctx.features.shape
     h, w = ctx.grid
     assert 1 <= b <= 4 and 1 <= h <= 12 and 1 <= w <= 12 and 1 <= d <= 16 and h * w == n
-    assert ctx.features.dtype in (torch.float32, torch.bfloat16)
+    assert ctx.features.dtype in (torch.float32, torch.bfloat16, torch.float16)
     counts = ctx.valid_counts
     assert bool(((ctx.budget >= 0) & (ctx.budget <= counts)).all())
     assert ctx.image is not None and tuple(ctx.image.shape) == (b, 3, 14 * h, 14 * w)
@@ -406,7 +406,7 @@ def test_build_context_rejects_unknown_choices():
     with pytest.raises(vtprune.ContractError, match=r"ContextSpec.features must be one of \['randn', 'ties', 'zeros'\], got 'noise'"):
         build_context(ContextSpec(features="noise"))
     with pytest.raises(vtprune.ContractError, match="ContextSpec.dtype must be one of"):
-        build_context(ContextSpec(dtype="float16"))
+        build_context(ContextSpec(dtype="float64"))
     with pytest.raises(vtprune.ContractError, match=r"unknown signals \['pixels'\]"):
         build_context(ContextSpec(signals=("pixels",)))
     with pytest.raises(vtprune.ContractError, match="budget must have size 1"):

@@ -81,9 +81,16 @@ def _fresh(ctx: PruneContext) -> PruneContext:
 
 
 def check_scores_contract(strategy: Strategy, ctx: PruneContext) -> None:
-    """The scorer returns a floating [B, N] tensor on the features' device, finite on valid tokens."""
+    """The scorer returns a floating [B, N] tensor on the features' device, finite on valid tokens
+    and not NaN on padding tokens (padding may hold any non-NaN value, -inf included: a NaN there
+    poisons sorts and comparisons downstream)."""
     scores = _stage("scorer", strategy.scorer, ctx)
     _contract("scorer output", check_scores, scores, ctx)
+    if ctx.valid is not None and bool(torch.isnan(scores[~ctx.valid]).any()):
+        raise ConformanceError(
+            "scores hold NaN on padding tokens (ctx.valid == False); fill padding with a "
+            "number (e.g. 0 or -inf), never NaN"
+        )
     if scores.device != ctx.features.device:
         raise ConformanceError(f"scores are on {scores.device}, features on {ctx.features.device}")
 

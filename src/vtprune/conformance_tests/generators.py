@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from ..core import SIGNALS, Capabilities, ContractError, PruneContext, keep_count
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FEATURE_KINDS = ("randn", "ties", "zeros")
 """``randn``: i.i.d. normal; ``ties``: every token copies one of <= 3 vectors (many equal
 scores); ``zeros``: all zero (every score-from-features ties)."""
@@ -39,7 +39,7 @@ class ContextSpec:
 
     Attributes:
         batch: B samples. grid: (h, w), N = h * w. dim: D feature channels.
-        dtype: ``"float32"`` or ``"bfloat16"`` (features and text features).
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (features and text features).
         valid_counts: valid tokens per sample [B] (None: all N valid).
         padding: where invalid tokens sit (see :data:`PADDING_KINDS`).
         budgets: tokens kept per sample [B], each in [0, valid count].
@@ -48,7 +48,8 @@ class ContextSpec:
         seed: seeds every random tensor and ``ctx.generator``.
         signals: optional signals to supply (subset of ``vtprune.core.SIGNALS``).
         heads: attention heads; 0 gives ``attention`` / ``cls_attention`` of shape [B, N].
-        text_tokens: T for ``text_features`` [B, T, D].
+        text_tokens: T for ``text_features`` [B, T, D_text].
+        text_dim: D_text, the text width (None: D); the contract does not tie it to D.
         px_per_cell: image pixels per grid cell side (image is [B, 3, h*px, w*px]).
     """
 
@@ -65,6 +66,7 @@ class ContextSpec:
     signals: tuple[str, ...] = ()
     heads: int = 0
     text_tokens: int = 2
+    text_dim: int | None = None
     px_per_cell: int = 14
 
     def __repr__(self) -> str:  # only the fields that differ from the defaults: short, exact
@@ -172,7 +174,8 @@ def build_context(spec: ContextSpec, device: str | torch.device = "cpu") -> Prun
         if name in spec.signals:
             signals[name] = _attention(spec, gen, valid)
     if "text_features" in spec.signals:
-        text = torch.randn(spec.batch, spec.text_tokens, spec.dim, generator=gen)
+        text_dim = spec.dim if spec.text_dim is None else spec.text_dim
+        text = torch.randn(spec.batch, spec.text_tokens, text_dim, generator=gen)
         signals["text_features"] = text.to(DTYPES[spec.dtype])
     features = _features(spec, gen)
     dev = torch.device(device)
@@ -211,7 +214,7 @@ def context_specs(
     max_batch: int = 4,
     max_side: int = 12,
     max_dim: int = 16,
-    dtypes: tuple[str, ...] = ("float32", "bfloat16"),
+    dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16"),
     ragged: bool = True,
     budget: str = "any",
 ) -> ContextSpec:
@@ -261,6 +264,7 @@ def context_specs(
         signals=signals,
         heads=draw(st.integers(0, 3)) if {"attention", "cls_attention"} & set(signals) else 0,
         text_tokens=draw(st.integers(1, 4)) if "text_features" in signals else 2,
+        text_dim=draw(st.integers(1, max_dim)) if "text_features" in signals else None,
     )
 
 
