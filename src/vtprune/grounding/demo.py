@@ -165,7 +165,8 @@ def draw(items: Sequence[Any], which: Sequence[int], views: dict[str, dict[str, 
          grid: int, keep: float, path: Path) -> Path:
     """Rows = scenes (``which``: their indices in the demo); columns = ground truth, unpruned,
     then each strategy: the image with pruned tokens dimmed (after the last prune point), the
-    predicted masks filled with their phrases, and the scene's mIoU in the title."""
+    predicted masks filled with their phrases, and the scene's mIoU in the title. The ground
+    truth is outlined only, so the objects keep their own colours."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,9 +179,9 @@ def draw(items: Sequence[Any], which: Sequence[int], views: dict[str, dict[str, 
                              squeeze=False)
 
     def paint(ax: Any, img: np.ndarray, masks: Sequence[np.ndarray], phrases: Sequence[str],
-              title: str) -> None:
+              title: str, fill: bool = True) -> None:
         out = img.copy()
-        for k, m in enumerate(masks):
+        for k, m in enumerate(masks if fill else ()):
             rgb = np.asarray(colours(k % 10)[:3], dtype=np.float32)
             out[m] = 0.45 * out[m] + 0.55 * rgb
         ax.imshow(np.clip(out, 0, 1))
@@ -198,7 +199,7 @@ def draw(items: Sequence[Any], which: Sequence[int], views: dict[str, dict[str, 
         s = img.shape[0]
         cell = s // grid
         paint(axes[i, 0], img, [m.astype(bool) for m in it.masks], it.phrases,
-              f"scene {scene}: ground truth")
+              f"scene {scene}: ground truth", fill=False)
         for j, name in enumerate(names, start=1):
             v = views[name]
             shown = img
