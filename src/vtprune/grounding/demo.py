@@ -215,8 +215,8 @@ def draw(items: Sequence[Any], which: Sequence[int], views: dict[str, dict[str, 
             phrases = text.phrases_from_words(list(v["words"][scene]))
             paint(axes[i, j], shown, masks, phrases,
                   f"{name}{kept}\nmIoU {v['iou'][scene]:.2f}")
-    fig.suptitle(f"vtprune demo, keep {keep:g}: tokens kept (dimmed = pruned) and the masks "
-                 "each [SEG] produced, with its phrase", fontsize=10)
+    fig.suptitle(f"vtprune demo, keep {keep:g}: tokens kept after the last prune point "
+                 "(dimmed = pruned), and the mask each [SEG] produced with its phrase", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
