@@ -29,7 +29,7 @@ def small_registry(monkeypatch: pytest.MonkeyPatch) -> Registry:
     registry = Registry()
     for module, name in ((stages, "stages"), (baselines, "baselines"), (fastv, "fastv")):
         registry.register(module, name=name, distribution="vtprune", version="0.1.0")
-    monkeypatch.setattr(cli, "default_registry", lambda: registry)
+    monkeypatch.setattr(cli.registry, "default_registry", lambda: registry)
     return registry
 
 

@@ -1,4 +1,5 @@
-"""``vtprune demo`` end to end on the tiny model (CI-sized: a few seconds)."""
+"""``vtprune demo --model tiny`` end to end (CI-sized: a few seconds); the default
+(grounding) demo is tested in test_grounding_demo.py."""
 
 import json
 
@@ -48,7 +49,7 @@ def test_keep_all_agrees_exactly_with_the_unpruned_model(tmp_path):
 
 
 def test_cli_demo_prints_where_files_went(tmp_path, capsys):
-    assert main(["demo", "--strategies", "random", "--out", str(tmp_path), "--new-tokens", "1",
+    assert main(["demo", "--model", "tiny", "--strategies", "random", "--out", str(tmp_path), "--new-tokens", "1",
                  "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert str(tmp_path / "demo.md") in out and "Random weights" in out

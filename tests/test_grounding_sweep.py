@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from vtprune.cli.args import key_values as _param
 from vtprune.grounding.bench import run_grounding_bench
-from vtprune.grounding.cli import _param
 from vtprune.grounding.metrics import ImageResult
 from vtprune.grounding.model import GroundingModel, load_pretrained
 from vtprune.grounding.sweep import (

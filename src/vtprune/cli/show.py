@@ -5,42 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .core import VtpruneError
-
-
-def _keep(text: str) -> int | float:
-    """``0.1`` -> ratio, ``58`` -> token count."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--keep must be a ratio like 0.1 or a count like 58, got {text!r}") from None
-
-
-def _param(text: str) -> tuple[str, Any]:
-    """``key=value`` with value parsed as int, float, None, true/false, or kept as a string."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--param must look like key=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    value: Any = raw
-    for cast in (int, float):
-        try:
-            value = cast(raw)
-            break
-        except ValueError:
-            continue
-    if raw in ("None", "none"):
-        value = None
-    elif raw.lower() in ("true", "false"):
-        value = raw.lower() == "true"
-    return key.strip(), value
+from ..core import VtpruneError
+from .args import add_command, keep_or_count, key_value
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .viz import compare
+    from ..viz import compare
 
     names = [n.strip() for n in (args.compare or args.strategy or "altp").split(",") if n.strip()]
     try:
@@ -56,10 +26,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers: Any) -> None:
-    """Add ``show`` to the ``vtprune`` command line."""
-    p = subparsers.add_parser(
-        "show",
-        help="draw the tokens strategies keep on an image (no model needed)",
+    """Register ``show``."""
+    p = add_command(
+        subparsers, "show", "draw the tokens strategies keep on an image (no model needed)",
+        "vtprune show astronaut --compare altp,fastv,uniform --keep 0.1 -o show.png",
         description=(
             "Draw the image with its token grid, the regions a strategy uses and the kept "
             "tokens, one panel per strategy. Without a model, token features and attention "
@@ -69,12 +39,12 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("image", help="an image file, or a bundled sample: astronaut, coffee, chelsea")
     p.add_argument("--strategy", "-s", help="one strategy name (default altp)")
     p.add_argument("--compare", "-c", help="comma-separated strategy names, e.g. altp,fastv,uniform")
-    p.add_argument("--keep", "-k", type=_keep, default=0.1, help="keep ratio (0.1) or token count (58)")
+    p.add_argument("--keep", "-k", type=keep_or_count, default=0.1, help="keep ratio (0.1) or token count (58)")
     p.add_argument("--output", "-o", default="show.png", help="output PNG (default show.png)")
     p.add_argument("--grid", type=int, default=24, help="tokens per side (default 24)")
     p.add_argument("--size", type=int, default=336, help="image side the encoder sees (default 336)")
     p.add_argument(
-        "--param", "-p", type=_param, action="append",
+        "--param", "-p", type=key_value, action="append",
         help="strategy parameter key=value (repeatable), passed to strategies that accept it",
     )
     p.set_defaults(func=cmd_show)

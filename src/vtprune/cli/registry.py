@@ -1,16 +1,15 @@
-"""The ``vtprune`` command line."""
+"""``vtprune strategies`` and ``vtprune plugins``: what is registered, and from where."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import sys
-from collections.abc import Sequence
 from typing import Any
 
-from .core import Registry, VtpruneError, default_registry
+from ..core import Registry, VtpruneError, default_registry
+from .args import add_command
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -113,30 +112,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-# Modules that add their own sub-commands: each defines ``add_commands(subparsers)`` and sets
-# ``func`` on its parsers. Imported lazily so that ``vtprune strategies`` stays fast.
-COMMAND_MODULES: list[str] = ["vtprune.bench_cli", "vtprune.show_cli", "vtprune.grounding.cli"]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vtprune", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("strategies", help="list registered strategies")
+def add_commands(sub: Any) -> None:
+    """Register ``strategies`` and ``plugins``."""
+    p = add_command(sub, "strategies", "list registered strategies (and, with --stages, stages)",
+                    "vtprune strategies --stages")
     p.add_argument("--stages", action="store_true", help="also list every registered stage")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_strategies)
-    p = sub.add_parser("plugins", help="list plugins: name, distribution, version, what each provides")
+    p = add_command(sub, "plugins", "list plugins: name, distribution, version, what each provides",
+                    "vtprune plugins --json")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_plugins)
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).add_commands(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
