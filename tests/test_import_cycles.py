@@ -15,9 +15,7 @@ import vtprune
 
 ROOT = Path(vtprune.__file__).parent
 
-# The reliab branch removes this circle (backbones/base.py <-> backbones/handle.py); the lead
-# drops this exception when merging it.
-KNOWN = {frozenset({"vtprune.backbones.base", "vtprune.backbones.handle"})}
+KNOWN: set[frozenset[str]] = set()  # no exceptions: every import circle is a failure
 
 
 def module_name(path: Path) -> str:

@@ -9,15 +9,12 @@ point — and installs / removes its hooks. Adapters are registered by class and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from ..core.errors import VtpruneError
 from ..core.schedule import AttentionSource
-
-if TYPE_CHECKING:
-    from .handle import PruneHandle
 
 
 class UnsupportedModelError(VtpruneError, TypeError):
@@ -83,8 +80,10 @@ class BackboneAdapter(ABC):
         (None = before the LLM)."""
 
     @abstractmethod
-    def install(self, handle: PruneHandle) -> None:
-        """Hook the model so its forward passes and ``generate`` prune as ``handle`` says."""
+    def install(self, handle: Any) -> None:
+        """Hook the model so its forward passes and ``generate`` prune as ``handle`` (a
+        :class:`~vtprune.backbones.handle.PruneHandle`, which imports this module: hence
+        ``Any`` here, not an import cycle) says."""
 
     @abstractmethod
     def remove(self) -> None:
