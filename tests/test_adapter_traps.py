@@ -9,6 +9,7 @@ import torch
 import vtprune
 from vtprune import ContractError
 from vtprune.backbones import attach
+from vtprune.backbones.compat import cache_kwarg
 from vtprune.core import Capabilities, Strategy
 from vtprune.models import build_tiny_llava, make_inputs
 
@@ -98,7 +99,7 @@ def test_cache_error_does_not_blame_beam_search(model, batch):
         cache.crop(-2)
         step = {"input_ids": batch["input_ids"][:, -1:], "use_cache": True,
                 "attention_mask": torch.cat([batch["attention_mask"], torch.ones(3, 1, dtype=torch.long)], 1)}
-        key = "cache" if "cache" in type(model).forward.__code__.co_varnames else "past_key_values"
+        key = cache_kwarg(model)
         with pytest.raises(ContractError) as err:
             model(**step, **{key: cache})
     message = str(err.value)
@@ -113,7 +114,7 @@ def test_a_generated_image_token_id_in_a_decode_step_is_text(model, batch):
     with attach(model, "fastv", keep=0.5), torch.no_grad():
         out = model(**batch, use_cache=True)
         cache = getattr(out, "cache", None) or out.past_key_values
-        key = "cache" if "cache" in type(model).forward.__code__.co_varnames else "past_key_values"
+        key = cache_kwarg(model)
         mask = torch.cat([batch["attention_mask"], torch.ones(3, 1, dtype=torch.long)], 1)
         step = model(input_ids=torch.full((3, 1), IMAGE_ID), attention_mask=mask, use_cache=True, **{key: cache})
     assert step.logits.shape[1] == 1

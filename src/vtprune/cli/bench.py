@@ -17,8 +17,12 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     config = with_overrides(QUICK if args.quick else SIZES[args.size], keeps=args.keeps, repeats=args.repeats,
                             threads=args.threads, new_tokens=args.new_tokens)
     result = run_speed(config, strategies=args.strategies, progress=not args.no_progress, log=print)
-    paths = write_outputs(result, args.out)
-    print(format_markdown(result))
+    return _print_outputs(format_markdown(result), write_outputs(result, args.out))
+
+
+def _print_outputs(markdown: str, paths: dict[str, Any]) -> int:
+    """Print a benchmark's Markdown table, then where each output file went."""
+    print(markdown)
     for kind, path in paths.items():
         print(f"{kind:>9}: {path}")
     return 0
@@ -54,11 +58,7 @@ def cmd_bench_grounding(args: argparse.Namespace) -> int:
     result = run_grounding_bench(args.strategies, keeps=args.keeps, split=args.split,
                                  limit=args.limit, seeds=args.seeds, positions=args.positions,
                                  progress=not args.no_progress)
-    paths = write_outputs(result, args.out)
-    print(format_markdown(result))
-    for kind, path in paths.items():
-        print(f"{kind:>9}: {path}")
-    return 0
+    return _print_outputs(format_markdown(result), write_outputs(result, args.out))
 
 
 def cmd_bench_grounding_sweep(args: argparse.Namespace) -> int:
