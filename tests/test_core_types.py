@@ -147,9 +147,12 @@ def test_allocation_accepts_valid_quotas_and_reports_region_sizes():
     ],
 )
 def test_allocation_quota_errors(budget, regions, quotas, message):
+    """Shapes and dtypes are refused at construction, values where the allocation is handed
+    on (check_allocation, one host read when all is well)."""
     q = quotas if quotas is None or isinstance(quotas, torch.Tensor) else torch.tensor(quotas)
+    ctx = PruneContext.create(torch.randn(1, 6, 2), grid=(2, 3), keep=3, valid=REGIONS >= 0)
     with pytest.raises(ContractError, match=message):
-        Allocation(torch.tensor(budget), regions, q)
+        check_allocation(Allocation(torch.tensor(budget), regions, q), ctx)
 
 
 def test_check_allocation_compares_budget_and_padding_regions():
@@ -243,3 +246,14 @@ def test_check_selection_checks_padding_and_quotas():
     wrong_dtype = Selection(good.indices, good.counts, torch.zeros(2, 2, 2, dtype=torch.float64))
     with pytest.raises(ContractError, match="selection.features must be"):
         check_selection(wrong_dtype, ctx)
+
+
+def test_context_to_moves_every_signal_and_keeps_the_budget_on_the_host():
+    ctx = PruneContext.create(
+        torch.randn(2, 4, 3), grid=(2, 2), keep=2,
+        image=torch.rand(2, 3, 8, 8), text_features=torch.randn(2, 5, 7),
+    )
+    moved = ctx.to("meta")
+    assert {t.device.type for t in (moved.features, moved.image, moved.text_features)} == {"meta"}
+    assert moved.budget.device.type == "cpu" and moved.cls_attention is None
+    assert ctx.features.device.type == "cpu"  # the original is untouched

@@ -12,7 +12,16 @@ from .budget import Keep
 from .errors import ContractError, MissingSignalError
 from .schedule import Schedule, ScheduleFactory, pre_llm_schedule
 from .specs import Allocator, Capabilities, Scorer, Selector
-from .types import PruneContext, Selection, check_allocation, check_scores, check_selection
+from .types import (
+    PruneContext,
+    Selection,
+    allocation_verdict,
+    check_allocation,
+    check_scores,
+    check_selection,
+    scores_verdict,
+    selection_verdict,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,10 +54,34 @@ class Strategy:
         scores = self.scorer(ctx)
         if not self.validate:
             return self.selector(ctx, scores, self.allocator(ctx, scores))
-        scores = _staged("scorer", self.stage_names[0], check_scores, scores, ctx)
-        alloc = _staged("allocator", self.stage_names[1], check_allocation, self.allocator(ctx, scores), ctx)
-        sel = self.selector(ctx, scores, alloc)
-        return _staged("selector", self.stage_names[2], check_selection, sel, ctx, alloc)
+        # Each stage's structural checks run at once; the value invariants of all three are
+        # read from the device once, at the end. Only on failure (or when a later stage
+        # raises) are the stages re-checked one by one, to name the first that broke.
+        scorer, allocator, selector = self.stage_names
+        verdicts = [_staged("scorer", scorer, scores_verdict, scores, ctx)]
+        alloc: Any = None
+        sel: Any = None
+        try:
+            alloc = self.allocator(ctx, scores)
+            verdicts.append(_staged("allocator", allocator, allocation_verdict, alloc, ctx))
+            sel = self.selector(ctx, scores, alloc)
+            verdicts.append(_staged("selector", selector, selection_verdict, sel, ctx, alloc))
+        except Exception:
+            self._explain(ctx, scores, alloc, sel)  # a broken earlier output is the likelier cause
+            raise
+        dev = ctx.features.device
+        if not bool(torch.stack([v.to(dev) for v in verdicts]).all()):  # the one host read
+            self._explain(ctx, scores, alloc, sel)
+        return sel
+
+    def _explain(self, ctx: PruneContext, scores: Any, alloc: Any = None, sel: Any = None) -> None:
+        """Run the full checks of the stage outputs given, in order; raise the first failure."""
+        scorer, allocator, selector = self.stage_names
+        _staged("scorer", scorer, check_scores, scores, ctx)
+        if alloc is not None:
+            _staged("allocator", allocator, check_allocation, alloc, ctx)
+        if sel is not None:
+            _staged("selector", selector, check_selection, sel, ctx, alloc)
 
     def scores(self, ctx: PruneContext) -> torch.Tensor:
         """Only the scoring stage (used by pictures and diagnostics)."""

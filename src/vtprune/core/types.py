@@ -204,19 +204,41 @@ class PruneContext:
         """The same context with a new budget."""
         return replace(self, budget=budgets(keep, self.valid_counts))
 
+    def to(self, device: torch.device | str) -> PruneContext:
+        """A copy with every tensor signal on ``device``; the budget stays on the host."""
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return replace(
+            self,
+            features=self.features.to(device),
+            valid=move(self.valid),
+            image=move(self.image),
+            attention=move(self.attention),
+            cls_attention=move(self.cls_attention),
+            text_features=move(self.text_features),
+        )
+
+
+def scores_verdict(scores: Any, ctx: PruneContext) -> torch.Tensor:
+    """The structural checks of :func:`check_scores` (raised at once, no host read) and its
+    value invariant (finite on valid tokens) as a 0-d bool tensor for the caller to read."""
+    _check_tensor("scores", scores, 2, (ctx.batch_size, ctx.num_tokens))
+    _expect(scores.is_floating_point(), f"scores must be floating point, got {scores.dtype}")
+    return (torch.isfinite(scores) | ~ctx.valid_mask().to(scores.device)).all()
+
 
 def check_scores(scores: Any, ctx: PruneContext) -> torch.Tensor:
     """Check a scorer's output: a finite floating [B, N] tensor on the features' device."""
-    _check_tensor("scores", scores, 2, (ctx.batch_size, ctx.num_tokens))
-    _expect(scores.is_floating_point(), f"scores must be floating point, got {scores.dtype}")
-    finite = torch.isfinite(scores) | ~ctx.valid_mask()
-    if not bool(finite.all()):
-        b, j = (int(v) for v in (~finite).nonzero()[0])
-        raise ContractError(
-            f"scores must be finite on valid tokens; sample {b}, token {j} is "
-            f"{float(scores[b, j])}. Replace NaN/inf (e.g. torch.nan_to_num) in the scorer."
-        )
-    return scores
+    if bool(scores_verdict(scores, ctx)):  # one host read when the scores are right
+        return scores
+    finite = torch.isfinite(scores) | ~ctx.valid_mask().to(scores.device)
+    b, j = (int(v) for v in (~finite).nonzero()[0])
+    raise ContractError(
+        f"scores must be finite on valid tokens; sample {b}, token {j} is "
+        f"{float(scores[b, j])}. Replace NaN/inf (e.g. torch.nan_to_num) in the scorer."
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -228,6 +250,9 @@ class Allocation:
         regions: [B, N] long region id per token in 0..R-1, -1 for invalid tokens; or None.
         quotas: [B, R] long tokens kept per region (0 for ids a sample does not use).
             Quotas are >= 0, never exceed the region's size, and sum to the sample's budget.
+
+    Construction checks shapes and dtypes only (no host read); the value invariants are
+    checked where a stage hands the allocation on, by :func:`check_allocation`.
     """
 
     budget: torch.Tensor
@@ -248,9 +273,14 @@ class Allocation:
         _check_tensor("allocation.quotas", self.quotas, 2, (b,))
         _expect(self.regions.dtype == torch.long, "allocation.regions must be a long tensor")
         _expect(self.quotas.dtype == torch.long, "allocation.quotas must be a long tensor")
-        r = self.quotas.shape[1]
-        if bool(self._all_fine(r)):  # one host read when the allocation is right
+
+    def explain(self) -> None:
+        """Raise :class:`ContractError` naming the first broken value invariant (region ids
+        in range, quotas >= 0, within their region's size, summing to the budget); return
+        when all hold. Host reads: call it on the failure path (see :func:`check_allocation`)."""
+        if self.regions is None or self.quotas is None:
             return
+        r = self.quotas.shape[1]
         _expect(
             bool(((self.regions >= -1) & (self.regions < r)).all()),
             f"region ids must lie in [-1, {r - 1}] for quotas with R={r} columns",
@@ -274,8 +304,7 @@ class Allocation:
             )
 
     def _all_fine(self, r: int) -> torch.Tensor:
-        """Every invariant of ``__post_init__`` as one 0-d bool tensor (details on failure come
-        from the individual checks)."""
+        """Every value invariant of :meth:`explain` as one 0-d bool tensor."""
         assert self.regions is not None and self.quotas is not None
         in_range = (self.regions >= -1) & (self.regions < r)
         regions = torch.where(in_range, self.regions, -1)
@@ -385,12 +414,10 @@ class Selection:
         return mask[:, :num_tokens]
 
 
-def check_selection(sel: Any, ctx: PruneContext, alloc: Allocation | None = None) -> Selection:
-    """Check a selector's output against the context (and the allocation's quotas).
-
-    Raises :class:`ContractError` naming the first broken invariant: count equals budget,
-    indices in range, valid, unique, sorted ascending, padding is -1, quotas respected.
-    """
+def selection_verdict(sel: Any, ctx: PruneContext, alloc: Allocation | None = None) -> torch.Tensor:
+    """The structural checks of :func:`check_selection` (raised at once: type, rows, counts
+    equal to the budget, width, merged features) and its index invariants as one 0-d bool
+    tensor for the caller to read."""
     _expect(isinstance(sel, Selection), f"a selector must return a Selection, got {type(sel).__name__}")
     b = ctx.batch_size
     _expect(sel.indices.shape[0] == b, f"selection has {sel.indices.shape[0]} rows for B={b} samples")
@@ -406,11 +433,22 @@ def check_selection(sel: Any, ctx: PruneContext, alloc: Allocation | None = None
         sel.indices.shape[1] == width,
         f"selection.indices must be [B, max budget]=[{b}, {width}], got {tuple(sel.indices.shape)}",
     )
-    n = ctx.num_tokens
+    _check_merged(sel, ctx)
+    return _selection_fine(sel, ctx, alloc, sel.kept_mask)
+
+
+def check_selection(sel: Any, ctx: PruneContext, alloc: Allocation | None = None) -> Selection:
+    """Check a selector's output against the context (and the allocation's quotas).
+
+    Raises :class:`ContractError` naming the first broken invariant: count equals budget,
+    indices in range, valid, unique, sorted ascending, padding is -1, quotas respected.
+    """
+    if bool(selection_verdict(sel, ctx, alloc)):  # one host read when the selection is right
+        return sel
+    b, n = ctx.batch_size, ctx.num_tokens
+    counts = sel.counts.cpu()
     real = sel.kept_mask
     idx = sel.indices
-    if bool(_selection_fine(sel, ctx, alloc, real)):  # one host read when the selection is right
-        return _check_merged(sel, ctx)
     _expect(bool((idx[~real] == PAD_INDEX).all()), "padding past a sample's count must be -1")
     _expect(
         bool(((idx[real] >= 0) & (idx[real] < n)).all()),
@@ -456,7 +494,9 @@ def _selection_fine(sel: Selection, ctx: PruneContext, alloc: Allocation | None,
     if alloc is not None and alloc.regions is not None and alloc.quotas is not None:
         r = alloc.quotas.shape[1]
         got = torch.zeros(idx.shape[0], r + 1, dtype=torch.long, device=kept.device)
-        got = got.scatter_add_(1, alloc.regions.to(kept.device) + 1, kept.long())[:, 1:]
+        regions = alloc.regions.to(kept.device)
+        regions = torch.where((regions >= -1) & (regions < r), regions, -1)  # broken ids: caught by the allocation check
+        got = got.scatter_add_(1, regions + 1, kept.long())[:, 1:]
         ok &= (got == alloc.quotas.to(kept.device)).all()
     return ok
 
@@ -472,24 +512,32 @@ def _check_merged(sel: Selection, ctx: PruneContext) -> Selection:
     return sel
 
 
-def check_allocation(alloc: Any, ctx: PruneContext) -> Allocation:
-    """Check an allocator's output: an :class:`Allocation` whose budget equals the context's."""
+def allocation_verdict(alloc: Any, ctx: PruneContext) -> torch.Tensor:
+    """The structural checks of :func:`check_allocation` (raised at once) and its value
+    invariants as one 0-d bool tensor for the caller to read."""
     _expect(isinstance(alloc, Allocation), f"an allocator must return an Allocation, got {type(alloc).__name__}")
     _expect(
         torch.equal(alloc.budget.cpu(), ctx.budget.cpu()),
         f"allocation budget {alloc.budget.tolist()} differs from the context budget {ctx.budget.tolist()}",
     )
-    if alloc.regions is not None:
-        _expect(
-            tuple(alloc.regions.shape) == (ctx.batch_size, ctx.num_tokens),
-            f"allocation.regions must be [B, N]=[{ctx.batch_size}, {ctx.num_tokens}]",
-        )
-        invalid = ~ctx.valid_mask().to(alloc.regions.device)
-        _expect(
-            bool(torch.where(invalid, alloc.regions == -1, alloc.regions >= 0).all()),
-            "allocation.regions must be -1 exactly on invalid tokens and >= 0 on valid ones",
-        )
-    return alloc
+    if alloc.regions is None or alloc.quotas is None:
+        return torch.ones((), dtype=torch.bool)
+    _expect(
+        tuple(alloc.regions.shape) == (ctx.batch_size, ctx.num_tokens),
+        f"allocation.regions must be [B, N]=[{ctx.batch_size}, {ctx.num_tokens}]",
+    )
+    valid = ctx.valid_mask().to(alloc.regions.device)
+    on_valid = torch.where(valid, alloc.regions >= 0, alloc.regions == -1).all()
+    return alloc._all_fine(alloc.quotas.shape[1]) & on_valid.to(alloc.quotas.device)
+
+
+def check_allocation(alloc: Any, ctx: PruneContext) -> Allocation:
+    """Check an allocator's output: an :class:`Allocation` whose budget equals the context's,
+    whose regions are -1 exactly on invalid tokens and whose quotas hold (:meth:`Allocation.explain`)."""
+    if bool(allocation_verdict(alloc, ctx)):  # one host read when the allocation is right
+        return alloc
+    alloc.explain()
+    raise ContractError("allocation.regions must be -1 exactly on invalid tokens and >= 0 on valid ones")
 
 
 __all__ = [
@@ -500,5 +548,8 @@ __all__ = [
     "Selection",
     "check_scores",
     "check_allocation",
+    "allocation_verdict",
+    "scores_verdict",
+    "selection_verdict",
     "check_selection",
 ]

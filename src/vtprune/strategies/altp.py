@@ -48,7 +48,7 @@ from .superpixels import (
     normalise_image,
     resolve_backend,
     slic_factor,
-    token_regions_batch,
+    token_regions_counted,
 )
 
 DENSITIES = ("dispersion", "gradient", "score", "size")
@@ -331,9 +331,9 @@ def make_region_allocator(
         # rows with nothing to choose (keep 0 or keep all) get one region of every valid token
         trivial = (budget == 0) | (budget == counts)
         segs = [segments_for(int(k), int(c), n_segments, segment_ratio) for k, c in zip(budget.tolist(), counts.tolist())]
-        regions = token_regions_batch(ctx.image, ctx.grid, segs, valid, compactness, backend, patch_pixels).to(dev)
-        regions = torch.where(trivial.to(dev)[:, None], torch.where(valid, 0, -1), regions)  # [B, N]
-        r = max(1, int(regions.max()) + 1) if regions.numel() else 1  # host read: quota width
+        found, width = token_regions_counted(ctx.image, ctx.grid, segs, valid, compactness, backend, patch_pixels)
+        regions = torch.where(trivial.to(dev)[:, None], torch.where(valid, 0, -1), found.to(dev))  # [B, N]
+        r = max(1, width)  # quota width, known on the host: unused ids get size and quota 0
         sizes = _region_sums(valid.long(), regions, r)  # [B, R]
         dens = region_density_batched(density, ctx, regions, r, scores)
         quotas = allocate_quotas_batched(sizes, dens, budget.to(dev), min_quota, proportional_to)

@@ -177,7 +177,8 @@ def _farthest(
     # regions that choose: quota >= 2 and not kept whole; read once to the host
     choosing = (q_all >= 2) & (q_all < counts)
     choosing[:, r] = False
-    q_host = torch.where(choosing, q_all, 0).cpu()  # [B, R+1]: the one host read
+    # the one host read: quotas of the choosing regions and tokens per region, [2, B, R+1]
+    q_host, live_tokens = torch.stack([torch.where(choosing, q_all, 0), counts]).cpu()
     max_q = int(q_host.max()) if q_host.numel() else 0
     if max_q < 2:
         return taken
@@ -186,7 +187,6 @@ def _farthest(
     )
     flat = torch.cat([unit, torch.zeros(b, 1, dims, dtype=unit.dtype, device=dev)], 1).reshape(b * (n + 1), dims)
     row0 = (torch.arange(b, device=dev) * (n + 1))[:, None]
-    live_tokens = counts.cpu()  # tokens per region, read once with the quotas' sync point
     mind = torch.full((b, n), torch.inf, device=dev)
     big_rank = n + 1
     for step in range(1, max_q):

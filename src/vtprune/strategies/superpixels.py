@@ -15,6 +15,7 @@ identical labels.
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from ..core import ContractError
-from .slic_torch import token_regions_torch
+from .slic_torch import centre_grid, token_regions_torch
 
 BACKENDS = ("auto", "fast_slic", "skimage", "torch")
 
@@ -323,7 +324,24 @@ def token_regions_batch(
     backend: str = "auto",
     patch_pixels: int | None = 7,
 ) -> torch.Tensor:
-    """Superpixel region of every token of every image: [B, C, H, W] -> [B, N] long on
+    """Superpixel region of every token of every image (:func:`token_regions_counted`
+    without the count)."""
+    return token_regions_counted(images, grid, n_segments, valid, compactness, backend, patch_pixels)[0]
+
+
+def token_regions_counted(
+    images: torch.Tensor,
+    grid: tuple[int, int],
+    n_segments: list[int],
+    valid: torch.Tensor,
+    compactness: float = 10.0,
+    backend: str = "auto",
+    patch_pixels: int | None = 7,
+) -> tuple[torch.Tensor, int]:
+    """(regions, width): width is a host int >= every sample's region count, known without
+    reading the device (exact for the CPU backends; the SLIC centre grid for ``"torch"``).
+
+    Superpixel region of every token of every image: [B, C, H, W] -> [B, N] long on
     ``images``' device; per sample, ids are contiguous 0..R_b-1 over valid tokens (raster
     order of first appearance) and -1 on invalid tokens (``valid`` [B, N] False).
 
@@ -347,10 +365,13 @@ def token_regions_batch(
         raise ContractError(f"compactness must be > 0, got {compactness!r}")
     name = choose_backend(backend, images.device, bsz)
     if bsz == 0:
-        return torch.zeros(0, n, dtype=torch.long, device=images.device)
+        return torch.zeros(0, n, dtype=torch.long, device=images.device), 0
     factor = slic_factor((int(images.shape[-2]), int(images.shape[-1])), grid, patch_pixels)
     if name == "torch":
-        return token_regions_torch(images, grid, list(n_segments), valid, float(compactness), factor)
+        regions = token_regions_torch(images, grid, list(n_segments), valid, float(compactness), factor)
+        height, width = int(images.shape[-2]) // factor, int(images.shape[-1]) // factor
+        centres = max(math.prod(centre_grid(height, width, k)) for k in n_segments)
+        return regions, min(n, centres)
     if images.shape[1] not in (1, 3):
         raise ContractError(f"expected images [B, 3, H, W] (or [B, 1, H, W]), got {tuple(images.shape)}")
     # one copy to the host and one .numpy() each for the whole batch, not one per sample
@@ -363,7 +384,8 @@ def token_regions_batch(
         )
         for b in range(bsz)
     ]
-    return torch.from_numpy(np.stack(rows)).to(images.device)
+    found = max((int(row.max()) + 1 for row in rows), default=0)  # host arrays: no device read
+    return torch.from_numpy(np.stack(rows)).to(images.device), found
 
 
 __all__ = [
@@ -379,4 +401,5 @@ __all__ = [
     "slic_labels",
     "token_regions",
     "token_regions_batch",
+    "token_regions_counted",
 ]
