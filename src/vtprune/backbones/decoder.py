@@ -104,6 +104,22 @@ def _check_finite(
         )
 
 
+def instruction_states(
+    h: torch.Tensor, layout: Layout, is_vis: torch.Tensor, n_visual: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's instruction — its real text tokens after its last visual token — as
+    states ``h`` [B, T, D] at the prune point: a new tensor [B, W, D], W = T - ``n_visual``
+    (the visual tokens every row holds), real rows first in sequence order, padding rows
+    zero; and their mask [B, W] bool. No host read."""
+    b, t, _ = h.shape
+    pos = torch.arange(t, device=h.device).expand(b, t)
+    last_visual = torch.where(is_vis, pos, -1).amax(dim=1, keepdim=True)  # [B, 1]
+    instruction = layout.valid & ~is_vis & (pos > last_visual)  # [B, T]
+    order = torch.where(instruction, pos, pos + t).argsort(dim=1)[:, : t - n_visual]  # real rows first
+    real = instruction.gather(1, order)
+    return _take_rows(h, order) * real[..., None].to(h.dtype), real
+
+
 class PrunedDecoder:
     """Callable standing in for ``language_model.forward`` while a handle is attached."""
 
@@ -341,6 +357,9 @@ class PrunedDecoder:
                 2, vranks[:, None, :].expand(b, heads, n_cur), attention.gather(2, vslots[:, None, :].expand(b, heads, n_cur))
             )
         _check_finite(feats, valid, att_full, point.layer)
+        text, text_valid = None, None
+        if "text_features" in self.handle.strategy.needs:
+            text, text_valid = instruction_states(h, layout, is_vis, n_cur)
         budget = torch.full((b,), keep_count(point.keep, n), dtype=torch.long)
         ctx = PruneContext(
             features=feats,
@@ -350,8 +369,10 @@ class PrunedDecoder:
             image=signals.image,
             attention=att_full,
             cls_attention=signals.cls_attention,
+            text_features=text,
             layer=point.layer,
             original_count=n,
+            text_valid=text_valid,
         )
         sel = self.handle.strategy(ctx)
         counts = sel.counts.cpu()

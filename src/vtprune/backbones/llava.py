@@ -132,7 +132,7 @@ class LlavaAdapter(BackboneAdapter):
         return input_ids == int(self.config.image_token_id)
 
     def signals(self, layer: int | None) -> frozenset[str]:
-        out = {"image"}
+        out = {"image", "text_features"}
         if self._cls_layer() is not None:
             out.add("cls_attention")
         first = 1 if self.attention_source == "previous" else 0

@@ -47,11 +47,14 @@ class PruneContext:
         image: the image the vision encoder saw [B, 3, H, W] (float, any range).
         attention: query->visual attention [B, N] or per head [B, heads, N].
         cls_attention: [CLS]->visual attention [B, N] or [B, heads, N].
-        text_features: text token features [B, T, D_text].
+        text_features: text token features [B, T, D_text] (adapters: the instruction, see
+            docs/adapters.md).
         layer: decoder layer index at which pruning happens (None = before the LLM).
         generator: random generator for stochastic stages (optional).
         original_count: tokens per sample before any pruning (for in-LLM schedules whose
             budgets are fractions of the original count); defaults to N.
+        text_valid: [B, T] bool, False on padding rows of ``text_features`` (samples with
+            instructions of different lengths); None = every row is real.
     """
 
     features: torch.Tensor
@@ -65,6 +68,7 @@ class PruneContext:
     layer: int | None = None
     generator: torch.Generator | None = None
     original_count: int | None = None
+    text_valid: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         f = self.features
@@ -115,6 +119,11 @@ class PruneContext:
                 )
         if self.text_features is not None:
             _check_tensor("text_features", self.text_features, 3, (b,))
+        if self.text_valid is not None:
+            _expect(self.text_features is not None, "text_valid is given without text_features")
+            assert self.text_features is not None
+            _check_tensor("text_valid", self.text_valid, 2, self.text_features.shape[:2])
+            _expect(self.text_valid.dtype == torch.bool, f"text_valid must be bool, got {self.text_valid.dtype}")
         if self.original_count is not None:
             _expect(
                 self.original_count >= n,
@@ -198,6 +207,7 @@ class PruneContext:
             attention=pick(self.attention),
             cls_attention=pick(self.cls_attention),
             text_features=pick(self.text_features),
+            text_valid=pick(self.text_valid),
         )
 
     def with_budget(self, keep: Keep | torch.Tensor) -> PruneContext:
@@ -218,6 +228,7 @@ class PruneContext:
             attention=move(self.attention),
             cls_attention=move(self.cls_attention),
             text_features=move(self.text_features),
+            text_valid=move(self.text_valid),
         )
 
 
