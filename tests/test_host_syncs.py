@@ -21,6 +21,7 @@ def context(batch: int, ragged: bool = False) -> vtprune.PruneContext:
     return vtprune.PruneContext.create(
         torch.randn(batch, 144, 32, generator=g), keep=0.25, valid=valid,
         image=torch.rand(batch, 3, 168, 168, generator=g), attention=torch.rand(batch, 144, generator=g),
+        text_features=torch.randn(batch, 5, 32, generator=g), text_valid=torch.rand(batch, 5, generator=g) > 0.3,
     )
 
 

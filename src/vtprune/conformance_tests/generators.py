@@ -49,7 +49,10 @@ class ContextSpec:
         signals: optional signals to supply (subset of ``vtprune.core.SIGNALS``).
         heads: attention heads; 0 gives ``attention`` / ``cls_attention`` of shape [B, N].
         text_tokens: T for ``text_features`` [B, T, D_text].
-        text_dim: D_text, the text width (None: D); the contract does not tie it to D.
+        text_dim: D_text, the text width (None: D); the contract does not tie it to D
+            (stages that declare ``text_in_feature_space`` get D).
+        text_counts: real text rows per sample (``text_valid``; None: every row real); rows
+            past a sample's count are NaN, which no stage may let through.
         px_per_cell: image pixels per grid cell side (image is [B, 3, h*px, w*px]).
     """
 
@@ -67,6 +70,7 @@ class ContextSpec:
     heads: int = 0
     text_tokens: int = 2
     text_dim: int | None = None
+    text_counts: tuple[int, ...] | None = None
     px_per_cell: int = 14
 
     def __repr__(self) -> str:  # only the fields that differ from the defaults: short, exact
@@ -176,6 +180,10 @@ def build_context(spec: ContextSpec, device: str | torch.device = "cpu") -> Prun
     if "text_features" in spec.signals:
         text_dim = spec.dim if spec.text_dim is None else spec.text_dim
         text = torch.randn(spec.batch, spec.text_tokens, text_dim, generator=gen)
+        if spec.text_counts is not None:
+            text_valid = torch.arange(spec.text_tokens)[None, :] < torch.tensor(spec.text_counts)[:, None]
+            text = torch.where(text_valid[..., None], text, torch.nan)
+            signals["text_valid"] = text_valid
         signals["text_features"] = text.to(DTYPES[spec.dtype])
     features = _features(spec, gen)
     dev = torch.device(device)
@@ -189,6 +197,7 @@ def build_context(spec: ContextSpec, device: str | torch.device = "cpu") -> Prun
         attention=_to(signals.get("attention"), dev),
         cls_attention=_to(signals.get("cls_attention"), dev),
         text_features=_to(signals.get("text_features"), dev),
+        text_valid=_to(signals.get("text_valid"), dev),
     )
 
 
@@ -228,6 +237,7 @@ def context_specs(
     if budget not in ("any", "all", "none"):
         raise ContractError(f"budget must be 'any', 'all' or 'none', got {budget!r}")
     signals = _needs(capabilities)
+    same_space = isinstance(capabilities, Capabilities) and capabilities.text_in_feature_space
     batch = draw(st.integers(1, max_batch))
     grid = (draw(st.integers(1, max_side)), draw(st.integers(1, max_side)))
     n = grid[0] * grid[1]
@@ -250,6 +260,10 @@ def context_specs(
         budgets = tuple(keep_count(ratio, c) for c in counts)
     else:
         budgets = tuple(draw(st.integers(0, c)) for c in counts)
+    text_tokens = draw(st.integers(1, 4)) if "text_features" in signals else 2
+    text_counts: tuple[int, ...] | None = None
+    if "text_features" in signals and draw(st.booleans()):  # instructions of different lengths
+        text_counts = tuple(draw(st.lists(st.integers(0, text_tokens), min_size=batch, max_size=batch)))
     return ContextSpec(
         batch=batch,
         grid=grid,
@@ -263,8 +277,9 @@ def context_specs(
         seed=draw(st.integers(0, 2**16)),
         signals=signals,
         heads=draw(st.integers(0, 3)) if {"attention", "cls_attention"} & set(signals) else 0,
-        text_tokens=draw(st.integers(1, 4)) if "text_features" in signals else 2,
-        text_dim=draw(st.integers(1, max_dim)) if "text_features" in signals else None,
+        text_tokens=text_tokens,
+        text_dim=draw(st.integers(1, max_dim)) if "text_features" in signals and not same_space else None,
+        text_counts=text_counts,
     )
 
 

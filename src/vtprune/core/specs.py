@@ -33,12 +33,16 @@ class Capabilities:
         deterministic: same inputs (same seed / generator state) give the same output.
         batch_consistent: a sample's result does not depend on the rest of its batch.
         merges: the selector returns replacement features (``Selection.features``).
+        text_in_feature_space: compares ``text_features`` with ``features`` directly, so it
+            needs D_text == D (what the adapters supply: the LLM's states for both); the
+            conformance kit then draws text as wide as the features.
     """
 
     needs: frozenset[str] = frozenset()
     deterministic: bool = True
     batch_consistent: bool = True
     merges: bool = False
+    text_in_feature_space: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(SIGNALS)
@@ -52,6 +56,7 @@ class Capabilities:
             deterministic=self.deterministic and other.deterministic,
             batch_consistent=self.batch_consistent and other.batch_consistent,
             merges=self.merges or other.merges,
+            text_in_feature_space=self.text_in_feature_space or other.text_in_feature_space,
         )
 
 
