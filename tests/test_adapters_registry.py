@@ -227,6 +227,18 @@ def test_two_plugin_adapters_claiming_one_model_is_an_error_naming_both(registry
     assert find_adapter(Gadget()).name == "gadget"
 
 
+def test_an_adapter_whose_supports_raises_is_reported_by_its_source(registry: Registry) -> None:
+    class Crashing(make_adapter("crash")):  # type: ignore[misc, valid-type]
+        @classmethod
+        def supports(cls, model: Any) -> bool:
+            raise RuntimeError("boom")
+
+    registry.register(adapter_plugin(AdapterSpec("crash", Crashing)), name="c", distribution="crash-dist")
+    with pytest.raises(PluginError, match=r"adapter 'crash' from crash-dist \(plugin 'c'\): "
+                       r"supports\(Widget\) raised RuntimeError: boom"):
+        find_adapter(Widget())
+
+
 def test_explicitly_registered_adapters_come_first_and_hide_a_plugin_namesake(registry: Registry) -> None:
     plugin_widget = make_adapter("widget")
     registry.register(adapter_plugin(AdapterSpec("widget", plugin_widget)), name="w", distribution="w-dist")

@@ -200,11 +200,10 @@ def find_adapter(model: Any) -> type[BackboneAdapter]:
     ``VTPRUNE_BLOCK_PLUGINS``, or :func:`register_adapter` the one to use).
     """
     specs = adapter_specs()
-    explicit = [s for s, src in specs if src == EXPLICIT_SOURCE]
-    for spec in explicit:
-        if spec.adapter.supports(model):
+    for spec, source in specs:
+        if source == EXPLICIT_SOURCE and _supports(spec, source, model):
             return _checked(spec.adapter, model)
-    claims = [(s, src) for s, src in specs if src != EXPLICIT_SOURCE and s.adapter.supports(model)]
+    claims = [(s, src) for s, src in specs if src != EXPLICIT_SOURCE and _supports(s, src, model)]
     if len(claims) > 1:
         raise PluginError(
             f"{len(claims)} adapters support {type(model).__name__}: "
@@ -226,6 +225,17 @@ def find_adapter(model: Any) -> type[BackboneAdapter]:
         "LlavaForConditionalGeneration), install an adapter plugin, or write one "
         "(docs/adapters.md, 'Writing an adapter plugin')."
     )
+
+
+def _supports(spec: AdapterSpec, source: str, model: Any) -> bool:
+    """``spec.adapter.supports(model)``; an adapter that raises is reported by its source."""
+    try:
+        return bool(spec.adapter.supports(model))
+    except Exception as exc:  # a third-party adapter's bug must say whose it is
+        raise PluginError(
+            f"adapter {spec.name!r} from {source}: supports({type(model).__name__}) raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _checked(cls: type[BackboneAdapter], model: Any) -> type[BackboneAdapter]:
