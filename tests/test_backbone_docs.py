@@ -1,4 +1,5 @@
-"""The python examples of docs/adapters.md run, and the GLaMM example finds the [SEG] rows."""
+"""The python examples of docs/adapters.md run, the GLaMM example finds the [SEG] rows, and the
+excerpts of the example plugin's adapter match its files."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "adapters.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "adapters.md"
+EXCERPT = re.compile(r"<!-- excerpt: (\S+) -->\n```\w*\n(.*?)```", re.S)
 
 
 def _blocks() -> list[str]:
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+    text = EXCERPT.sub("", DOC.read_text())  # excerpts are checked against their files instead
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     # skip the signature sketch, the adapter skeleton and the (slow) timing recipe
     return [
         b for b in blocks
@@ -36,3 +40,19 @@ def test_doc_example_runs(index):
 
 def test_docs_have_examples():
     assert len(_blocks()) >= 2
+
+
+def test_excerpts_match_the_example_plugin():
+    excerpts = EXCERPT.findall(DOC.read_text())
+    assert {src for src, _ in excerpts} >= {
+        "examples/vtprune-example-plugin/src/vtprune_example/adapter.py",
+        "examples/vtprune-example-plugin/pyproject.toml",
+    }
+    for src, body in excerpts:
+        assert body in (ROOT / src).read_text(), f"stale excerpt of {src}"
+
+
+def test_the_adapter_plugin_guide_is_there():
+    text = DOC.read_text()
+    assert "## Writing an adapter plugin" in text and "## Writing an adapter for another family" in text
+    assert "vtprune_adapters" in text and "register_adapter" in text

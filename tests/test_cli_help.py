@@ -25,7 +25,7 @@ def test_every_top_level_command_is_listed_with_a_description(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     top = {argv[0] for argv in COMMANDS}
-    assert top >= {"demo", "strategies", "plugins", "show", "bench", "grounding"}
+    assert top >= {"demo", "strategies", "adapters", "plugins", "show", "bench", "grounding"}
     for name in top:
         assert name in out
     assert all(a.help for a in build_parser()._subparsers._group_actions[0]._choices_actions)

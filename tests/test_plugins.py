@@ -62,6 +62,28 @@ SAME_EP_NAME_MODULE = """
 """
 
 
+# An adapter plugin whose module fails to import: a warning, never a crash.
+BROKEN_ADAPTER_MODULE = """
+    import vtprune
+    import vtprune_adapter_dependency_that_is_not_installed  # noqa: F401
+
+    @vtprune.hookimpl
+    def vtprune_adapters():
+        return []
+"""
+
+# A second distribution registering the example's adapter name.
+RIVAL_ADAPTER_MODULE = """
+    import vtprune
+    from vtprune.backbones import AdapterSpec
+    from vtprune_example.adapter import ToyVLMAdapter
+
+    @vtprune.hookimpl
+    def vtprune_adapters():
+        return [AdapterSpec("toy-vlm", ToyVLMAdapter, models=("ToyVLM",))]
+"""
+
+
 @pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example plugin installed (no deps, no network) into a temporary target directory.
@@ -96,6 +118,17 @@ def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def broken_adapter_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A distribution whose adapter plugin fails to import."""
+    target = tmp_path_factory.mktemp("broken_adapter")
+    write_fake_dist(
+        target, "vtprune-broken-adapter", "0.0.1",
+        {"broken_adapter": "vtprune_broken_adapter"}, {"vtprune_broken_adapter": BROKEN_ADAPTER_MODULE},
+    )
+    return target
+
+
 def run_python(code: str, paths: list[Path], **env: str) -> dict:
     """Run ``code`` in a fresh interpreter with ``PYTHONPATH=paths``; it prints one JSON object."""
     full_env = {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
@@ -124,6 +157,23 @@ DISCOVER = """
         main(["plugins", "--json"])
 
     # A hybrid: the plugin's scorer, built-in allocator and selector, FastV's placement.
+    # The example's adapter, found through its entry point; the CLI lists it.
+    from vtprune.backbones import adapter_specs, attach
+    from vtprune_example import ToyVLM
+    adapters_text, adapters_js = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(adapters_text):
+        main(["adapters"])
+    with contextlib.redirect_stdout(adapters_js):
+        main(["adapters", "--json"])
+    toy = ToyVLM().eval()
+    patches, ids = torch.randn(2, 24, 12), torch.randint(0, 32, (2, 5))
+    reference = toy(patches, ids)
+    with attach(toy, "center_saliency", keep=0.25) as handle:
+        pruned = toy(patches, ids)
+    attached = {"adapter": handle.adapter.name, "counts": handle.records[0].counts.tolist(),
+                "changed": not torch.allclose(pruned, reference),
+                "restored": bool(torch.equal(toy(patches, ids), reference))}
+
     hybrid = vtprune.compose("center_saliency", "global", "topk", schedule="fastv",
                              center_weight=0.5)
     torch.manual_seed(0)
@@ -138,6 +188,10 @@ DISCOVER = """
                      if type(w.message).__name__ == "PluginLoadWarning"],
         "plugins_text": text.getvalue(),
         "plugins_json": json.loads(js.getvalue()),
+        "adapters": [[spec.name, source] for spec, source in adapter_specs()],
+        "adapters_text": adapters_text.getvalue(),
+        "adapters_json": json.loads(adapters_js.getvalue()),
+        "attached": attached,
         "hybrid": {"repr": repr(hybrid), "kept": kept.indices.tolist(),
                    "expected": expected.tolist(),
                    "schedule": [[p.layer, p.keep] for p in hybrid.schedule(4, 0.5).points]},
@@ -146,8 +200,8 @@ DISCOVER = """
 
 
 @pytest.fixture(scope="module")
-def discovered(site: Path, broken_site: Path) -> dict:
-    return run_python(DISCOVER, [site, broken_site])
+def discovered(site: Path, broken_site: Path, broken_adapter_site: Path) -> dict:
+    return run_python(DISCOVER, [site, broken_site, broken_adapter_site])
 
 
 def test_entry_point_discovery_finds_the_example_strategy_and_stage(discovered: dict) -> None:
@@ -170,18 +224,79 @@ def test_broken_plugin_warns_naming_its_distribution_and_others_load(discovered:
 
 def test_plugins_listing_shows_name_version_distribution_and_provides(discovered: dict) -> None:
     by_dist = {p["distribution"]: p for p in discovered["plugins_json"]}
-    example = by_dist[EXAMPLE_DIST]
-    assert example["name"] == "center_saliency"
+    by_name = {p["name"]: p for p in discovered["plugins_json"]}
+    example = by_name["center_saliency"]
+    assert example["distribution"] == EXAMPLE_DIST
     assert example["version"] == "0.1.0"
     assert example["module"] == "vtprune_example.plugin"
     assert example["provides"] == {"scorer": ["center_saliency"], "strategy": ["center_saliency"]}
     assert example["error"] is None
     assert by_dist["vtprune-broken-plugin"]["error"]
-    line = next(ln for ln in discovered["plugins_text"].splitlines() if EXAMPLE_DIST in ln)
+    assert by_name["toy_vlm"]["distribution"] == EXAMPLE_DIST
+    assert by_name["toy_vlm"]["provides"] == {"adapter": ["toy-vlm"]}
+    assert by_name["llava"]["provides"] == {"adapter": ["hf-llava"]}  # vtprune's own
+    assert by_name["llava"]["distribution"] == "vtprune"
+    line = next(ln for ln in discovered["plugins_text"].splitlines() if ln.startswith("center_saliency"))
     for part in ("center_saliency", "0.1.0", "scorer: center_saliency", "strategy: center_saliency"):
         assert part in line
     broken = next(ln for ln in discovered["plugins_text"].splitlines() if "broken" in ln)
     assert "FAILED" in broken
+
+
+def test_entry_point_discovery_finds_the_example_adapter_after_the_builtin(discovered: dict) -> None:
+    assert discovered["adapters"] == [
+        ["hf-llava", "vtprune (plugin 'llava')"],
+        ["toy-vlm", f"{EXAMPLE_DIST} (plugin 'toy_vlm')"],
+    ]
+
+
+def test_attach_finds_the_plugin_adapter_for_its_model_class(discovered: dict) -> None:
+    assert discovered["attached"] == {
+        "adapter": "toy-vlm", "counts": [6, 6], "changed": True, "restored": True
+    }
+
+
+def test_broken_adapter_plugin_warns_and_the_other_adapters_work(discovered: dict) -> None:
+    (message,) = [m for m in discovered["warnings"] if "vtprune-broken-adapter" in m]
+    assert "'broken_adapter'" in message and "vtprune_adapter_dependency_that_is_not_installed" in message
+    assert [name for name, _ in discovered["adapters"]] == ["hf-llava", "toy-vlm"]
+    assert discovered["attached"]["adapter"] == "toy-vlm"
+    (row,) = [ln for ln in discovered["plugins_text"].splitlines() if ln.startswith("broken_adapter")]
+    assert "vtprune-broken-adapter" in row and "FAILED" in row
+
+
+def test_adapters_command_lists_name_distribution_and_model_classes(discovered: dict) -> None:
+    lines = discovered["adapters_text"].splitlines()
+    assert lines[0].split() == ["adapter", "from", "models", "description"]
+    assert lines[1].split()[:2] == ["hf-llava", "vtprune"]
+    assert lines[2].split()[:3] == ["toy-vlm", EXAMPLE_DIST, "ToyVLM"]
+    toy = discovered["adapters_json"][1]
+    assert toy["class"] == "vtprune_example.adapter.ToyVLMAdapter"
+    assert toy["models"] == ["ToyVLM"] and toy["source"].startswith(EXAMPLE_DIST)
+    assert toy["description"].startswith("ToyVLM: visual tokens pruned")
+
+
+def test_two_distributions_registering_one_adapter_name_is_an_error_naming_both(
+    site: Path, tmp_path: Path
+) -> None:
+    write_fake_dist(
+        tmp_path, "vtprune-rival-adapter", "0.2.0",
+        {"rival_adapter": "vtprune_rival_adapter"}, {"vtprune_rival_adapter": RIVAL_ADAPTER_MODULE},
+    )
+    code = """
+        import json
+        from vtprune.backbones import list_adapters
+        from vtprune.core import PluginError
+        try:
+            print(json.dumps({"adapters": list_adapters()}))
+        except PluginError as err:
+            print(json.dumps({"error": str(err)}))
+    """
+    out = run_python(code, [site, tmp_path])
+    assert "adapter name 'toy-vlm' is registered twice" in out["error"]
+    assert EXAMPLE_DIST in out["error"] and "vtprune-rival-adapter" in out["error"]
+    out = run_python(code, [site, tmp_path], VTPRUNE_BLOCK_PLUGINS="vtprune-rival-adapter")
+    assert out == {"adapters": ["hf-llava", "toy-vlm"]}
 
 
 def test_hybrid_of_plugin_stage_and_builtin_stages(discovered: dict) -> None:

@@ -11,15 +11,22 @@ Example::
     with attach(model, "fastv", keep=0.5) as handle:
         out = model.generate(**inputs, max_new_tokens=8)   # pruned, KV cache on
         print(handle.records[0].counts)                    # tensor([288, 288])
+
+Adapters are found through the plugin registry (the ``vtprune_adapters`` hook; vtprune's own
+LLaVA adapter is an entry point of the vtprune distribution): see :mod:`.base` and
+docs/adapters.md, "Writing an adapter plugin".
 """
 
-from . import llava as _llava  # noqa: F401  (registers the LLaVA adapter)
 from .base import (
+    AdapterSpec,
     BackboneAdapter,
     UnsupportedModelError,
+    adapter_specs,
     find_adapter,
+    get_adapter,
     list_adapters,
     register_adapter,
+    unregister_adapter,
 )
 from .handle import PruneHandle, attach
 from .records import PruneRecord, summarize
@@ -29,9 +36,13 @@ __all__ = [
     "PruneHandle",
     "PruneRecord",
     "summarize",
+    "AdapterSpec",
     "BackboneAdapter",
     "UnsupportedModelError",
     "register_adapter",
+    "unregister_adapter",
+    "adapter_specs",
+    "get_adapter",
     "find_adapter",
     "list_adapters",
 ]

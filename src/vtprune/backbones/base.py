@@ -2,8 +2,13 @@
 
 An adapter wraps one model instance. It answers four questions — does it support this model,
 how deep is the LLM, where are the visual tokens, which signals can it supply at a prune
-point — and installs / removes its hooks. Adapters are registered by class and picked by
-:func:`find_adapter`; the first whose :meth:`BackboneAdapter.supports` accepts the model wins.
+point — and installs / removes its hooks.
+
+Adapters come from plugins, like strategies: a plugin's ``vtprune_adapters`` hook returns
+:class:`~vtprune.core.AdapterSpec` records (vtprune's own LLaVA adapter is the entry point
+``llava = "vtprune.backbones.llava"`` of the vtprune distribution). :func:`register_adapter`
+adds one in-process and takes precedence. :func:`find_adapter` picks the adapter whose
+:meth:`BackboneAdapter.supports` accepts the model.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..core.errors import VtpruneError
+from ..core.errors import PluginError, UnknownNameError, VtpruneError
+from ..core.hookspecs import AdapterSpec
+from ..core.registry import default_registry
 from ..core.schedule import AttentionSource
+from ..core.specs import NAME_PATTERN
 
 
 class UnsupportedModelError(VtpruneError, TypeError):
@@ -24,18 +32,22 @@ class UnsupportedModelError(VtpruneError, TypeError):
 class BackboneAdapter(ABC):
     """Runs a :class:`~vtprune.core.Schedule` inside one model instance.
 
-    Subclasses set :attr:`name`, implement the abstract members, and register themselves with
-    :func:`register_adapter`. ``install`` may only use module hooks or instance-level wrappers
-    of the model's own forward path (never patch classes), and ``remove`` must undo all of it.
+    Subclasses set :attr:`name`, implement the abstract members, and are provided by a
+    plugin's ``vtprune_adapters`` hook (or, in one process, :func:`register_adapter`).
+    ``install`` may only use module hooks or instance-level wrappers of the model's own
+    forward path (never patch classes), and ``remove`` must undo all of it.
 
-    Example (the shape of a new adapter)::
+    Example (the shape of a new adapter, in the module an entry point names)::
 
-        @register_adapter
         class MyAdapter(BackboneAdapter):
             name = "my-family"
             @classmethod
             def supports(cls, model): return type(model).__name__ == "MyVLM"
             ...
+
+        @vtprune.hookimpl
+        def vtprune_adapters():
+            return [AdapterSpec("my-family", MyAdapter, models=("MyVLM",))]
     """
 
     name: ClassVar[str] = ""
@@ -90,44 +102,158 @@ class BackboneAdapter(ABC):
         """Undo :meth:`install` completely."""
 
 
-_ADAPTERS: list[type[BackboneAdapter]] = []
+_EXPLICIT: list[type[BackboneAdapter]] = []
+"""Adapters given to :func:`register_adapter` in this process, most recent first."""
+
+EXPLICIT_SOURCE = "register_adapter (this process)"
 
 
 def register_adapter(cls: type[BackboneAdapter]) -> type[BackboneAdapter]:
-    """Class decorator adding an adapter to the registry (later registrations are tried first)."""
+    """Class decorator registering an adapter in this process, for programmatic use.
+
+    Explicitly registered adapters take precedence over those of plugins: :func:`find_adapter`
+    tries them first (the most recent registration first), and one whose name equals a plugin
+    adapter's hides that one. Registering a name again replaces the earlier
+    class. Packages should not rely on this import side effect: a package provides adapters
+    through the ``vtprune_adapters`` hook and the ``vtprune`` entry-point group (see
+    docs/adapters.md, "Writing an adapter plugin").
+    """
     if not (isinstance(cls, type) and issubclass(cls, BackboneAdapter)) or not cls.name:
         raise TypeError(f"register_adapter expects a BackboneAdapter subclass with a name, got {cls!r}")
-    _ADAPTERS[:] = [a for a in _ADAPTERS if a.name != cls.name]
-    _ADAPTERS.insert(0, cls)
+    if not NAME_PATTERN.match(cls.name):
+        raise TypeError(
+            f"adapter name {cls.name!r} is invalid: use lower-case letters, digits and _ . + - , "
+            "starting with a letter"
+        )
+    _EXPLICIT[:] = [a for a in _EXPLICIT if a.name != cls.name]
+    _EXPLICIT.insert(0, cls)
     return cls
 
 
+def unregister_adapter(name: str) -> None:
+    """Forget an adapter given to :func:`register_adapter` (plugin adapters are untouched;
+    block a plugin with ``VTPRUNE_BLOCK_PLUGINS`` instead). Unknown names are ignored."""
+    _EXPLICIT[:] = [a for a in _EXPLICIT if a.name != name.lower()]
+
+
+def _plugin_adapters() -> list[tuple[AdapterSpec, str]]:
+    """Adapter specs of every plugin with their sources, checked to be real adapters."""
+    registry = default_registry()
+    out = []
+    for spec in registry.adapters():
+        source = registry.source("adapter", spec.name)
+        cls = spec.adapter
+        if not issubclass(cls, BackboneAdapter):
+            raise PluginError(
+                f"adapter {spec.name!r} from {source} is {cls.__module__}.{cls.__qualname__}, "
+                "not a vtprune.backbones.BackboneAdapter subclass"
+            )
+        if cls.name != spec.name:
+            raise PluginError(
+                f"adapter {spec.name!r} from {source}: its class {cls.__qualname__} is named "
+                f"{cls.name!r}; the spec's name and the class's `name` must be equal"
+            )
+        out.append((spec, source))
+    return out
+
+
+def adapter_specs() -> list[tuple[AdapterSpec, str]]:
+    """Every adapter, as (spec, source), in the order :func:`find_adapter` tries them.
+
+    First the adapters given to :func:`register_adapter` (most recent first; source
+    ``"register_adapter (this process)"``), then those of plugins in registration order
+    (vtprune's built-ins first; source ``"<distribution> (plugin '<entry point>')"``). A
+    plugin adapter whose name an explicit one reuses is left out.
+    """
+    explicit = [(AdapterSpec(cls.name, cls), EXPLICIT_SOURCE) for cls in _EXPLICIT]
+    shadowed = {cls.name for cls in _EXPLICIT}
+    return explicit + [(s, src) for s, src in _plugin_adapters() if s.name not in shadowed]
+
+
 def list_adapters() -> list[str]:
-    """Names of the registered adapters."""
-    return [a.name for a in _ADAPTERS]
+    """Names of every adapter, in the order :func:`find_adapter` tries them."""
+    return [spec.name for spec, _ in adapter_specs()]
+
+
+def get_adapter(name: str) -> type[BackboneAdapter]:
+    """The adapter class registered as ``name`` (case-insensitive, like strategy names)."""
+    specs = adapter_specs()
+    for spec, _ in specs:
+        if spec.name.lower() == name.lower():
+            return spec.adapter
+    raise UnknownNameError(
+        f"no adapter named {name!r}. Registered adapters: "
+        f"{', '.join(s.name for s, _ in specs) or 'none'}"
+    )
+
+
+def _describe(spec: AdapterSpec) -> str:
+    return f"{spec.name} ({', '.join(spec.models)})" if spec.models else spec.name
 
 
 def find_adapter(model: Any) -> type[BackboneAdapter]:
-    """The adapter class for ``model``; raises :class:`UnsupportedModelError` saying why not."""
-    for cls in _ADAPTERS:
-        if cls.supports(model):
-            reason = cls.unsupported_reason(model)
-            if reason is not None:
-                raise UnsupportedModelError(reason)
-            return cls
+    """The adapter class for ``model``; raises :class:`UnsupportedModelError` saying why not.
+
+    Explicitly registered adapters are tried first, in order, and the first that supports
+    the model wins. Among plugin adapters exactly one may support it: two plugins claiming
+    the same model is a :class:`~vtprune.core.PluginError` naming both (block one with
+    ``VTPRUNE_BLOCK_PLUGINS``, or :func:`register_adapter` the one to use).
+    """
+    specs = adapter_specs()
+    for spec, source in specs:
+        if source == EXPLICIT_SOURCE and _supports(spec, source, model):
+            return _checked(spec.adapter, model)
+    claims = [(s, src) for s, src in specs if src != EXPLICIT_SOURCE and _supports(s, src, model)]
+    if len(claims) > 1:
+        raise PluginError(
+            f"{len(claims)} adapters support {type(model).__name__}: "
+            + "; ".join(f"{s.name!r} from {src}" for s, src in claims)
+            + ". Block all but one with VTPRUNE_BLOCK_PLUGINS, or pick one with "
+            "vtprune.backbones.register_adapter(vtprune.backbones.get_adapter(name))."
+        )
+    if claims:
+        return _checked(claims[0][0].adapter, model)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
+    hint = "" if specs else (
+        " (none at all: is vtprune installed with its entry points? Reinstall it, e.g. "
+        "`pip install -e .`, or check VTPRUNE_BLOCK_PLUGINS)"
+    )
     raise UnsupportedModelError(
         f"no vtprune backbone adapter supports {type(model).__name__} (model_type={model_type!r}). "
-        f"Registered adapters: {', '.join(list_adapters()) or 'none'}. Load the model as "
-        "transformers' LlavaForConditionalGeneration, or write an adapter (docs/adapters.md)."
+        f"Registered adapters: {'; '.join(_describe(s) for s, _ in specs) or 'none'}{hint}. "
+        "Load the model as one of those classes (e.g. transformers' "
+        "LlavaForConditionalGeneration), install an adapter plugin, or write one "
+        "(docs/adapters.md, 'Writing an adapter plugin')."
     )
+
+
+def _supports(spec: AdapterSpec, source: str, model: Any) -> bool:
+    """``spec.adapter.supports(model)``; an adapter that raises is reported by its source."""
+    try:
+        return bool(spec.adapter.supports(model))
+    except Exception as exc:  # a third-party adapter's bug must say whose it is
+        raise PluginError(
+            f"adapter {spec.name!r} from {source}: supports({type(model).__name__}) raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _checked(cls: type[BackboneAdapter], model: Any) -> type[BackboneAdapter]:
+    reason = cls.unsupported_reason(model)
+    if reason is not None:
+        raise UnsupportedModelError(reason)
+    return cls
 
 
 __all__ = [
     "AttentionSource",
     "BackboneAdapter",
     "UnsupportedModelError",
+    "AdapterSpec",
     "register_adapter",
+    "unregister_adapter",
+    "adapter_specs",
+    "get_adapter",
     "find_adapter",
     "list_adapters",
 ]

@@ -10,6 +10,9 @@ Two things are installed on the model instance, and nothing on its classes:
 ``detach`` removes both. The projected visual tokens are read from the ``inputs_embeds`` that
 LLaVA builds with its own ``masked_scatter`` merge, so pre-LLM pruning sees exactly the
 features the unpruned model would feed its LLM.
+
+The adapter is registered through vtprune's own entry point (``llava`` in the ``vtprune``
+group, naming this module's :func:`vtprune_adapters` hook), not as a side effect of import.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core.errors import ContractError
+from ..core.hookspecs import AdapterSpec, hookimpl
 from .attention import cls_attention
-from .base import BackboneAdapter, register_adapter
+from .base import BackboneAdapter
 from .decoder import Pending, PrunedDecoder
 from .decoder_features import unsupported_decoder_feature
 
@@ -45,7 +49,6 @@ def _version() -> tuple[int, ...]:
     return tuple(parts)
 
 
-@register_adapter
 class LlavaAdapter(BackboneAdapter):
     """LLaVA-1.5-style models: one image per prompt, Llama-like language model."""
 
@@ -289,4 +292,18 @@ class LlavaAdapter(BackboneAdapter):
         self._decoder = None
 
 
-__all__ = ["LlavaAdapter"]
+@hookimpl
+def vtprune_adapters() -> list[AdapterSpec]:
+    """The built-in LLaVA adapter, registered through vtprune's own entry point
+    (``llava = "vtprune.backbones.llava"`` in pyproject.toml), like any third-party one."""
+    return [
+        AdapterSpec(
+            LlavaAdapter.name,
+            LlavaAdapter,
+            models=("LlavaForConditionalGeneration", "LlavaModel"),
+            description="transformers' LLaVA-1.5 (Llama-like language model, one image per prompt)",
+        )
+    ]
+
+
+__all__ = ["LlavaAdapter", "vtprune_adapters"]

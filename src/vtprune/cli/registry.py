@@ -1,4 +1,5 @@
-"""``vtprune strategies`` and ``vtprune plugins``: what is registered, and from where."""
+"""``vtprune strategies``, ``vtprune adapters`` and ``vtprune plugins``: what is registered,
+and from where."""
 
 from __future__ import annotations
 
@@ -93,6 +94,34 @@ def cmd_strategies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapters(args: argparse.Namespace) -> int:
+    """``vtprune adapters [--json]``: every backbone adapter, in the order ``attach`` tries them."""
+    from ..backbones import adapter_specs  # torch-side package: imported by this command only
+
+    try:
+        records: list[dict[str, Any]] = [
+            {
+                "name": spec.name,
+                "models": list(spec.models),
+                "description": spec.description,
+                "class": f"{spec.adapter.__module__}.{spec.adapter.__qualname__}",
+                "source": source,
+            }
+            for spec, source in adapter_specs()
+        ]
+    except VtpruneError as err:
+        print(f"vtprune: error: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    rows = [["adapter", "from", "models", "description"]]
+    for r in records:
+        rows.append([r["name"], _dist(r["source"]), ", ".join(r["models"]) or "-", r["description"]])
+    print(_table(rows))
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     """``vtprune plugins [--json]``: every plugin: name, distribution, version, what it provides."""
     try:
@@ -113,12 +142,17 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    """Register ``strategies`` and ``plugins``."""
+    """Register ``strategies``, ``adapters`` and ``plugins``."""
     p = add_command(sub, "strategies", "list registered strategies (and, with --stages, stages)",
                     "vtprune strategies --stages")
     p.add_argument("--stages", action="store_true", help="also list every registered stage")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_strategies)
+    p = add_command(sub, "adapters",
+                    "list backbone adapters: name, distribution, supported model classes",
+                    "vtprune adapters --json")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_adapters)
     p = add_command(sub, "plugins", "list plugins: name, distribution, version, what each provides",
                     "vtprune plugins --json")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -11,7 +11,7 @@ from .errors import (
     UnknownNameError,
     VtpruneError,
 )
-from .hookspecs import hookimpl, hookspec
+from .hookspecs import AdapterSpec, hookimpl, hookspec
 from .registry import (
     PluginInfo,
     PluginLoadWarning,
@@ -19,6 +19,7 @@ from .registry import (
     compose,
     default_registry,
     get_strategy,
+    list_adapter_specs,
     list_stages,
     list_strategies,
     register,
@@ -50,9 +51,9 @@ from .types import (
 __all__ = [
     "Keep", "budgets", "keep_count",
     "ContractError", "MissingSignalError", "PluginError", "UnknownNameError", "VtpruneError",
-    "hookimpl", "hookspec",
+    "AdapterSpec", "hookimpl", "hookspec",
     "PluginInfo", "PluginLoadWarning", "Registry", "compose", "default_registry", "get_strategy",
-    "list_stages", "list_strategies", "register", "reload_plugins",
+    "list_adapter_specs", "list_stages", "list_strategies", "register", "reload_plugins",
     "PrunePoint", "Schedule", "ScheduleFactory", "pre_llm_schedule",
     "Allocator", "AllocatorSpec", "Capabilities", "Scorer", "ScorerSpec", "Selector",
     "SelectorSpec", "StrategySpec", "Strategy",

@@ -1,5 +1,9 @@
 """Plugin discovery and lookup: entry points -> pluggy hooks -> frozen dicts of stage specs.
 
+The same machinery carries backbone adapters (kind ``"adapter"``, hook ``vtprune_adapters``):
+same loading, same warnings for broken plugins, same duplicate-name errors, case-insensitive
+lookup. :mod:`vtprune.backbones` reads them with :meth:`Registry.adapters`.
+
 Environment variables:
     VTPRUNE_PLUGINS: comma-separated allow-list of third-party entry-point (or distribution)
         names; when set, only those load. vtprune's own built-ins always load.
@@ -25,6 +29,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import ContractError, PluginError, UnknownNameError
+from .hookspecs import AdapterSpec
 from .schedule import ScheduleFactory
 from .specs import (
     AllocatorSpec,
@@ -44,12 +49,14 @@ KINDS: dict[str, type] = {
     "allocator": AllocatorSpec,
     "selector": SelectorSpec,
     "strategy": StrategySpec,
+    "adapter": AdapterSpec,
 }
 _HOOKS = {
     "scorer": "vtprune_scorers",
     "allocator": "vtprune_allocators",
     "selector": "vtprune_selectors",
     "strategy": "vtprune_strategies",
+    "adapter": "vtprune_adapters",
 }
 
 
@@ -82,7 +89,7 @@ def _env_list(var: str) -> set[str] | None:
 
 
 class Registry:
-    """Holds every registered stage and strategy, keyed by kind and name."""
+    """Holds every registered stage, strategy and backbone adapter, keyed by kind and name."""
 
     def __init__(self) -> None:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -202,7 +209,8 @@ class Registry:
         return specs
 
     def names(self, kind: str = "strategy") -> list[str]:
-        """Sorted names registered for ``kind`` (strategy, scorer, allocator or selector)."""
+        """Sorted names registered for ``kind`` (strategy, scorer, allocator, selector or
+        adapter)."""
         if kind not in KINDS:
             raise UnknownNameError(f"unknown kind {kind!r}; choose from {list(KINDS)}")
         return sorted(self._collect()[kind])
@@ -228,6 +236,12 @@ class Registry:
         """Which distribution and plugin registered ``name``."""
         self.spec(kind, name)
         return self._sources[(kind, name)]
+
+    def adapters(self) -> list[AdapterSpec]:
+        """Every registered adapter spec, in plugin registration order (vtprune's built-ins
+        first, then third-party plugins by entry-point name; each plugin's in the order its
+        hook returns them)."""
+        return list(self._collect()["adapter"].values())
 
     def plugins(self) -> list[PluginInfo]:
         self._collect()
@@ -356,6 +370,11 @@ def list_strategies() -> list[str]:
     return default_registry().names("strategy")
 
 
+def list_adapter_specs() -> list[AdapterSpec]:
+    """Every adapter registered by a plugin, in the order :meth:`Registry.adapters` gives."""
+    return default_registry().adapters()
+
+
 def list_stages(kind: str) -> list[str]:
     """Names of every registered ``scorer``, ``allocator`` or ``selector``."""
     return default_registry().names(kind)
@@ -391,6 +410,7 @@ __all__ = [
     "reload_plugins",
     "list_strategies",
     "list_stages",
+    "list_adapter_specs",
     "get_strategy",
     "compose",
     "register",
