@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .backbones import attach
     from .core import (
         PAD_INDEX,
+        AdapterSpec,
         Allocation,
         AllocatorSpec,
         Capabilities,
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
-    "PAD_INDEX", "Allocation", "AllocatorSpec", "Capabilities", "ContractError",
+    "PAD_INDEX", "AdapterSpec", "Allocation", "AllocatorSpec", "Capabilities", "ContractError",
     "MissingSignalError", "PluginError", "PruneContext", "PrunePoint", "Schedule", "ScorerSpec",
     "Selection", "SelectorSpec", "Strategy", "StrategySpec", "UnknownNameError", "VtpruneError",
     "compose", "get_strategy", "hookimpl", "keep_count", "list_stages", "list_strategies",
