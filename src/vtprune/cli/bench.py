@@ -53,11 +53,14 @@ def cmd_bench_grounding(args: argparse.Namespace) -> int:
     import torch
 
     from ..grounding.bench import format_markdown, run_grounding_bench, write_outputs
+    from ..grounding.parallel import is_main
 
     torch.set_num_threads(args.threads)
     result = run_grounding_bench(args.strategies, keeps=args.keeps, split=args.split,
                                  limit=args.limit, seeds=args.seeds, positions=args.positions,
                                  progress=not args.no_progress)
+    if not is_main():  # under torchrun every rank holds the gathered result; rank 0 reports
+        return 0
     return _print_outputs(format_markdown(result), write_outputs(result, args.out))
 
 

@@ -32,6 +32,7 @@ from . import metrics, text
 from .evaluate import gcg_results, score_prediction, split_items
 from .inference import _grammar_mask, seg_positions
 from .model import GroundingModel
+from .parallel import is_main, map_batches, world
 
 METRICS = ("miou", "ap50", "recall")
 COMPACT_STRATEGIES = ("altp", "fastv")
@@ -109,19 +110,20 @@ def evaluate_gcg(model: GroundingModel, items: Sequence[Any], batch_size: int = 
                  tick: Callable[[int], None] | None = None) -> list[metrics.ImageResult]:
     """Per-image GCG outcomes of ``generate_grounded`` over scenes at the model's resolution,
     with whatever is attached to ``model.llava`` (e.g. ``with attach(model.llava, ...):``).
-    ``tick(n)`` is called after each batch of n scenes."""
+    ``tick(n)`` is called after each batch of n scenes. Under ``torchrun`` the batches are
+    shared out across ranks and the results gathered (:mod:`.parallel`)."""
     side = model.cfg.scene.image_size
     patch = model.cfg.scene.patch_size
-    results: list[metrics.ImageResult] = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
+
+    def run(start: int, chunk: Sequence[Any]) -> list[metrics.ImageResult]:
         images = torch.stack([torch.from_numpy(np.ascontiguousarray(it.image)).permute(2, 0, 1)
                               for it in chunk])
         words, probs = generate_grounded(model, images)
-        results.extend(score_prediction(it, w, p, side, patch) for it, w, p in zip(chunk, words, probs))
         if tick is not None:
             tick(len(chunk))
-    return results
+        return [score_prediction(it, w, p, side, patch) for it, w, p in zip(chunk, words, probs)]
+
+    return map_batches(items, batch_size, run)  # this rank's batches, gathered in scene order
 
 
 def model_fingerprint(model: GroundingModel) -> str:
@@ -251,7 +253,7 @@ def run_grounding_bench(strategies: Iterable[str] | None = None,
     runs = 1 + len(cells) + (len(ABLATIONS) if validity else 0)
     total = len(items_all := [it for s in splits for it in items[s]]) * runs
     from tqdm import tqdm
-    bar = tqdm(total=total, disable=not progress, unit="scene", desc="grounding bench")
+    bar = tqdm(total=total, disable=not progress or not is_main(), unit="scene", desc="grounding bench")
     del items_all
     started = time.time()
 
@@ -313,6 +315,7 @@ def run_grounding_bench(strategies: Iterable[str] | None = None,
             "num_visual_tokens": model.cfg.num_visual_tokens,
             "decoder_layers": model.cfg.text_layers, "weights": model_fingerprint(model),
             "bootstrap": BOOTSTRAP, "seconds": round(time.time() - started, 1),
+            "processes": world()[1],
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
             "torch_threads": torch.get_num_threads()}
     return {"meta": meta, "unpruned": unpruned, "validity": checks, "rows": rows,

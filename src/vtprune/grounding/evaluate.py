@@ -25,6 +25,7 @@ from . import inference as inf
 from . import metrics, text
 from .annotations import AnnotatedImage, load_annotations
 from .model import GroundingModel
+from .parallel import map_batches
 from .scenes import SceneConfig, make_scene, split_size
 
 MODES = ("full", "none", "noise", "oracle")
@@ -117,17 +118,18 @@ def _run(model: GroundingModel, items: Sequence[AnnotatedImage], mode: str, batc
     """GCG results per image, referring IoU per object and whether that object is small."""
     if not items:
         raise ValueError("nothing to evaluate: got an empty list of images")
-    provide = visual_fn or mode_visual(mode)
     if mode == "oracle" and visual_fn is None:
         batch_size = 1
     model.eval()
     side = model.cfg.scene.image_size
     patch = model.cfg.scene.patch_size
-    results: list[metrics.ImageResult] = []
-    ref_ious: list[float] = []
-    ref_small: list[bool] = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
+
+    def run(start: int, chunk: Sequence[AnnotatedImage]) -> list[tuple[list[metrics.ImageResult], list[float], list[bool]]]:
+        # noise is seeded per batch (by its first scene), so sharded runs draw the same noise
+        provide = visual_fn or mode_visual(mode, seed=start)
+        results: list[metrics.ImageResult] = []
+        ref_ious: list[float] = []
+        ref_small: list[bool] = []
         images = torch.stack([
             F.interpolate(torch.from_numpy(np.ascontiguousarray(it.image)).permute(2, 0, 1)[None],
                           size=(side, side), mode="bilinear", align_corners=False)[0]
@@ -150,7 +152,14 @@ def _run(model: GroundingModel, items: Sequence[AnnotatedImage], mode: str, batc
                 union = np.logical_or(pm, gm).sum()
                 ref_ious.append(float(np.logical_and(pm, gm).sum() / union) if union else 0.0)
                 ref_small.append(bool(gm.sum() < small_area))
-    return results, ref_ious, ref_small
+        return [(results, ref_ious, ref_small)]
+
+    parts = map_batches(items, batch_size, run)  # this rank's batches, gathered in scene order
+    return (
+        [r for part in parts for r in part[0]],
+        [v for part in parts for v in part[1]],
+        [v for part in parts for v in part[2]],
+    )
 
 
 def split_items(split: str, limit: int | None, config: SceneConfig) -> list[AnnotatedImage]:
