@@ -75,6 +75,10 @@ def cmd_bench_grounding_sweep(args: argparse.Namespace) -> int:
         raise SystemExit("each --param name may be given once; list all its values after '='")
     result = run_param_sweep(args.strategy, grid, keeps=args.keeps, split=args.split,
                              limit=args.limit, progress=not args.no_progress)
+    from ..grounding.parallel import is_main
+
+    if not is_main():  # under torchrun every rank holds the gathered result; rank 0 reports
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "grounding_sweep.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -26,7 +26,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             res = validity(model, args.split, args.limit)
         else:
             res = evaluate(model, args.split, args.limit, args.mode)
-    print(json.dumps(res, indent=2))
+    from ..grounding.parallel import is_main
+
+    if is_main():  # under torchrun every rank holds the gathered result; rank 0 reports
+        print(json.dumps(res, indent=2))
     return 0
 
 

@@ -27,6 +27,7 @@ from . import metrics
 from .bench import BOOTSTRAP, METRICS, bootstrap, check_keeps, evaluate_gcg
 from .evaluate import split_items
 from .model import GroundingModel
+from .parallel import is_main
 
 TUNING_SPLITS = ("val",)
 
@@ -95,7 +96,7 @@ def run_param_sweep(strategy: str, grid: Mapping[str, Sequence[Any]],
     model.eval()
     items = split_items(split, limit, model.cfg.scene)
     from tqdm import tqdm
-    bar = tqdm(total=len(items) * (1 + len(combos) * len(keeps)), disable=not progress,
+    bar = tqdm(total=len(items) * (1 + len(combos) * len(keeps)), disable=not progress or not is_main(),
                unit="scene", desc=f"{strategy} sweep")
     started = time.time()
     unpruned = bootstrap(evaluate_gcg(model, items, batch_size, bar.update))
