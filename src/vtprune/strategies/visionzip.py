@@ -123,8 +123,12 @@ def visionzip_select(
     target = remaining & (r % step == 0) & (r // step < ctx_k)
     # slot j of sample b = its j-th target in raster order; `width` collects everyone else
     t_rank = target.long().cumsum(dim=1) - 1
-    t_order = torch.sort((~target).to(torch.uint8), dim=1, stable=True).indices[:, : max(width, 1)]
-    has_slot = torch.arange(max(width, 1), device=dev)[None, :] < ctx_k  # [B, W]
+    # The similarity product has a width fixed by N alone (the most targets any budget can
+    # give), not by the batch's largest budget: the same matrix shapes for a sample alone and
+    # in any batch, so its float rounding (and ties in the assignment) cannot depend on them.
+    fixed = max(min(n, math.floor(n * contextual_ratio + 0.5)), width, 1)
+    t_order = torch.sort((~target).to(torch.uint8), dim=1, stable=True).indices[:, :fixed]
+    has_slot = torch.arange(fixed, device=dev)[None, :] < ctx_k  # [B, W]
 
     # 3. assignment: each other remaining token to its most similar target (cosine)
     unit = F.normalize(features.detach().float(), dim=-1)  # [B, N, D]
