@@ -161,3 +161,16 @@ def test_llava_keep_one_is_unpruned(model):
             got = model(**batch).logits
     valid = batch["attention_mask"].bool()
     torch.testing.assert_close(got[valid], ref[valid], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batch_equals_alone_on_tied_features(seed):
+    """Regression: with bmm cosines a batch of one rounded differently from a batch of two,
+    which flipped exact ties (found by the kit: grid 1x11, D=10, tied features)."""
+    from vtprune.conformance_tests import build_context
+    from vtprune.conformance_tests.generators import ContextSpec
+
+    ctx = build_context(ContextSpec(batch=2, grid=(1, 11), dim=10, budgets=(6, 6), features="ties", seed=seed))
+    sel = run(ctx)
+    for b in range(2):
+        assert torch.equal(run(ctx.sample(b)).indices[0], sel.indices[b, : int(sel.counts[b])]), b

@@ -176,3 +176,21 @@ def test_llava_generate_batch_of_two_left_padded_equals_each_alone(model):
             assert torch.equal(alone.sequences[0, alone_in["input_ids"].shape[1]:], together[b])
             torch.testing.assert_close(torch.stack(alone.logits, dim=1)[0], scores[b], atol=1e-4, rtol=1e-4)
             assert torch.equal(handle.records[-1].indices[0], rec.indices[b])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batch_equals_alone_on_tied_features(seed):
+    """Regression: the assignment to targets must not flip exact ties between a sample alone
+    and in a batch (bmm rounds differently for a batch of one; found by the kit)."""
+    from vtprune.conformance_tests import build_context
+    from vtprune.conformance_tests.generators import ContextSpec
+
+    spec = ContextSpec(batch=4, grid=(5, 10), dim=16, budgets=(31, 0, 7, 48), features="ties", seed=seed,
+                       signals=("cls_attention",), heads=2)
+    ctx = build_context(spec)
+    sel = run(ctx)
+    for b in range(4):
+        alone = run(ctx.sample(b))
+        k = int(sel.counts[b])
+        assert torch.equal(alone.indices[0], sel.indices[b, :k]), b
+        torch.testing.assert_close(alone.features[0], sel.features[b, :k], atol=1e-5, rtol=1e-5)

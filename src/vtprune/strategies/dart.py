@@ -61,7 +61,7 @@ def make_l1_norm() -> Scorer:
     """Scorer ``l1_norm``: L1 norm of each token's feature vector (DART's pivot criterion)."""
 
     def score(ctx: PruneContext) -> torch.Tensor:
-        return ctx.features.detach().float().abs().sum(dim=-1)
+        return torch.linalg.vector_norm(ctx.features.detach(), ord=1, dim=-1, dtype=torch.float32)
 
     return score
 
@@ -104,12 +104,14 @@ def dart_select(
     extra = k - p
     base = extra // p.clamp(min=1)
     rest = extra - base * p.clamp(min=1)
-    unit = features.detach().float()
+    unit = F.normalize(features.detach().float(), dim=-1)  # [B, N, D]
+    at = piv_index.clamp(max=n - 1)  # [B, pivots] (padding columns of small budgets: quota 0)
     for j in range(min(pivots, n)):
         quota = torch.where(j < p, base + (j < rest).long(), 0)  # [B, 1]
-        at = piv_index[:, j].clamp(max=n - 1)
-        piv = unit.gather(1, at[:, None, None].expand(-1, 1, unit.shape[2]))  # [B, 1, D]
-        cos = F.cosine_similarity(unit, piv, dim=-1)  # [B, N]
+        piv = unit.gather(1, at[:, j, None, None].expand(-1, 1, unit.shape[2]))  # [B, 1, D]
+        # cosine as an elementwise product and a row sum, not a batched matmul: bmm rounds
+        # differently for a batch of one and a larger batch, which flips exact ties
+        cos = (unit * piv).sum(dim=-1)  # [B, N]
         prio = torch.where(pool, -cos, -torch.inf)
         take_order = torch.sort(prio, dim=1, descending=True, stable=True).indices
         take_rank = torch.empty_like(take_order).scatter_(1, take_order, pos)

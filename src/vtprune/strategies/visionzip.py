@@ -130,10 +130,13 @@ def visionzip_select(
     t_order = torch.sort((~target).to(torch.uint8), dim=1, stable=True).indices[:, :fixed]
     has_slot = torch.arange(fixed, device=dev)[None, :] < ctx_k  # [B, W]
 
-    # 3. assignment: each other remaining token to its most similar target (cosine)
-    unit = F.normalize(features.detach().float(), dim=-1)  # [B, N, D]
+    # 3. assignment: each other remaining token to its most similar target (cosine). bmm
+    # rounds differently for a batch of one and a larger batch; computed in float64 and
+    # rounded to float32, those last-bit differences vanish and exact ties stay ties.
+    wide = torch.float32 if dev.type == "mps" else torch.float64  # MPS has no float64
+    unit = F.normalize(features.detach().to(wide), dim=-1)  # [B, N, D]
     t_unit = unit.gather(1, t_order[..., None].expand(-1, -1, d))  # [B, W, D]
-    sim = torch.bmm(unit, t_unit.transpose(1, 2))  # [B, N, W]
+    sim = torch.bmm(unit, t_unit.transpose(1, 2)).float()  # [B, N, W]
     sim = sim.masked_fill(~has_slot[:, None, :], -torch.inf)
     nearest = sim.argmax(dim=2)  # [B, N], first maximum: the lower target
     merged_in = remaining & ~target & (ctx_k > 0)
