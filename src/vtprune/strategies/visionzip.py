@@ -88,7 +88,7 @@ def visionzip_select(
     budget: torch.Tensor,
     contextual_ratio: float = CONTEXTUAL_RATIO,
     merge: str = "mean",
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> Selection:
     """VisionZip for a batch.
 
     Args:
@@ -96,9 +96,9 @@ def visionzip_select(
         scores: [B, N] dominance (e.g. [CLS] attention), higher = dominant first.
         valid: [B, N] bool; budget: [B] long (CPU), ``budget <= valid count``.
 
-    Returns ``(kept [B, N] bool, replacement [B, N, D])``: ``replacement`` holds the original
-    features on dominant tokens and the merged feature of its group on each target token
-    (input dtype; computed in float32). Only kept entries of ``replacement`` are meaningful.
+    Returns the :class:`Selection` of the dominant and target tokens, ascending, with
+    replacement features: the original feature of each dominant token, the merged feature of
+    its group on each target (input dtype; computed in float32).
     """
     b, n, d = features.shape
     dev = features.device
@@ -123,41 +123,50 @@ def visionzip_select(
     target = remaining & (r % step == 0) & (r // step < ctx_k)
     # slot j of sample b = its j-th target in raster order; `width` collects everyone else
     t_rank = target.long().cumsum(dim=1) - 1
-    # The similarity product has a width fixed by N alone (the most targets any budget can
-    # give), not by the batch's largest budget: the same matrix shapes for a sample alone and
-    # in any batch, so its float rounding (and ties in the assignment) cannot depend on them.
-    fixed = max(min(n, math.floor(n * contextual_ratio + 0.5)), width, 1)
-    t_order = torch.sort((~target).to(torch.uint8), dim=1, stable=True).indices[:, :fixed]
-    has_slot = torch.arange(fixed, device=dev)[None, :] < ctx_k  # [B, W]
+    w = max(width, 1)
+    t_order = torch.sort((~target).to(torch.uint8), dim=1, stable=True).indices[:, :w]
+    has_slot = torch.arange(w, device=dev)[None, :] < ctx_k  # [B, W]
 
-    # 3. assignment: each other remaining token to its most similar target (cosine). bmm
-    # rounds differently for a batch of one and a larger batch; computed in float64 and
-    # rounded to float32, those last-bit differences vanish and exact ties stay ties.
+    # 3. assignment: each other remaining token to its most similar target (cosine). A
+    # batched matmul rounds differently with the batch size and the width (the batch's
+    # largest contextual count); computed in float64 and rounded to float32, those last-bit
+    # differences vanish, so exact ties stay ties and a sample alone assigns as in a batch.
     wide = torch.float32 if dev.type == "mps" else torch.float64  # MPS has no float64
-    unit = F.normalize(features.detach().to(wide), dim=-1)  # [B, N, D]
-    t_unit = unit.gather(1, t_order[..., None].expand(-1, -1, d))  # [B, W, D]
-    sim = torch.bmm(unit, t_unit.transpose(1, 2)).float()  # [B, N, W]
+    x = features.detach()
+    x_wide = x.to(wide)
+    t_unit = F.normalize(x_wide.gather(1, t_order[..., None].expand(-1, -1, d)), dim=-1)  # [B, W, D]
+    # a token's own norm does not change which target is nearest: only targets are normalised
+    sim = torch.bmm(x_wide, t_unit.transpose(1, 2)).float()  # [B, N, W]
     sim = sim.masked_fill(~has_slot[:, None, :], -torch.inf)
     nearest = sim.argmax(dim=2)  # [B, N], first maximum: the lower target
     merged_in = remaining & ~target & (ctx_k > 0)
     slot = torch.where(target, t_rank, torch.where(merged_in, nearest, width))  # [B, N]
 
-    # 4. merge: per-target group sums in float32
-    feats = features.detach().float()
+    # 4. merge: per-target group sums in float32 (slot `width` collects the rest)
+    xf = x.float()
     sums = torch.zeros(b, width + 1, d, dtype=torch.float32, device=dev)
-    sums.scatter_add_(1, slot[..., None].expand(b, n, d), feats)
+    sums.scatter_add_(1, slot[..., None].expand(b, n, d), xf)
     count = torch.zeros(b, width + 1, dtype=torch.float32, device=dev)
     count.scatter_add_(1, slot, torch.ones(b, n, dtype=torch.float32, device=dev))
     if merge == "mean":  # the paper: mean over the target and its assigned tokens
         merged = sums / count.clamp(min=1)[..., None]
     else:  # the reference code: target + mean of the tokens assigned to it
-        own = torch.zeros_like(sums).scatter_(1, torch.where(target, t_rank, width)[..., None].expand(b, n, d), feats)
+        own = xf.gather(1, t_order[:, :width, None].expand(-1, -1, d))  # [B, width, D]
+        own = torch.cat([own, torch.zeros(b, 1, d, dtype=torch.float32, device=dev)], dim=1)
         merged = own + (sums - own) / (count - 1).clamp(min=1)[..., None]
-    per_token = merged.gather(1, slot[..., None].expand(b, n, d))  # [B, N, D]
-    # a target with no assigned token keeps its exact original feature
-    alone = (count.gather(1, slot) == 1)[..., None]
-    replacement = torch.where(target[..., None] & ~alone, per_token.to(features.dtype), features.detach())
-    return dominant | target, replacement
+
+    # 5. the selection: kept slots in ascending order; a target slot carries its group's merge
+    # (its exact original feature when nothing was assigned to it), the others their own
+    sel = Selection.from_mask(dominant | target)
+    real = sel.kept_mask
+    idx = sel.indices.clamp(min=0)  # [B, K]
+    out = x.gather(1, idx[..., None].expand(-1, -1, d))  # [B, K, D]
+    slot_k = slot.gather(1, idx)
+    merged_k = merged.gather(1, slot_k[..., None].expand(-1, -1, d)).to(x.dtype)
+    use = real & target.gather(1, idx) & (count.gather(1, slot_k) > 1)
+    out = torch.where(use[..., None], merged_k, out)
+    out = torch.where(real[..., None], out, torch.zeros((), dtype=x.dtype, device=dev))
+    return Selection(indices=sel.indices, counts=sel.counts, features=out)
 
 
 def make_visionzip(contextual_ratio: float = CONTEXTUAL_RATIO, merge: str = "mean") -> Selector:
@@ -190,10 +199,7 @@ def make_visionzip(contextual_ratio: float = CONTEXTUAL_RATIO, merge: str = "mea
                 "selector 'visionzip' does not support region quotas; compose it with the "
                 "'global' allocator"
             )
-        kept, replacement = visionzip_select(
-            ctx.features, scores, ctx.valid_mask(), alloc.budget, ratio, merge
-        )
-        return Selection.from_mask(kept, features=replacement)
+        return visionzip_select(ctx.features, scores, ctx.valid_mask(), alloc.budget, ratio, merge)
 
     return select
 
