@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import (
+    PAD_INDEX,
     Allocation,
     Capabilities,
     ContractError,
@@ -103,8 +104,12 @@ def visionzip_select(
     b, n, d = features.shape
     dev = features.device
     valid = valid.to(dev)
-    dominant_n, contextual_n = split_budget(budget.cpu().long(), contextual_ratio)
-    width = int(contextual_n.max()) if b else 0  # largest contextual count (host, CPU tensor)
+    budget = budget.cpu().long()
+    dominant_n, contextual_n = split_budget(budget, contextual_ratio)
+    # the one host read: the largest budget; the contextual count grows with the budget, so
+    # the largest contextual count follows on the host (same float64 arithmetic)
+    k_max = int(budget.max()) if b else 0
+    width = min(k_max, math.floor(k_max * contextual_ratio + 0.5))
     dom_k = dominant_n.to(dev)[:, None]
     ctx_k = contextual_n.to(dev)[:, None]
     pos = torch.arange(n, device=dev).expand(b, n)
@@ -157,16 +162,18 @@ def visionzip_select(
 
     # 5. the selection: kept slots in ascending order; a target slot carries its group's merge
     # (its exact original feature when nothing was assigned to it), the others their own
-    sel = Selection.from_mask(dominant | target)
-    real = sel.kept_mask
-    idx = sel.indices.clamp(min=0)  # [B, K]
+    kept = dominant | target  # budget[b] tokens per row
+    order = torch.where(kept, pos, pos + n).argsort(dim=1)[:, :k_max]  # kept first, ascending
+    real = torch.arange(k_max, device=dev)[None, :] < budget.to(dev)[:, None]  # [B, K]
+    indices = torch.where(real, order, PAD_INDEX)
+    idx = torch.where(real, order, 0)  # [B, K]
     out = x.gather(1, idx[..., None].expand(-1, -1, d))  # [B, K, D]
     slot_k = slot.gather(1, idx)
     merged_k = merged.gather(1, slot_k[..., None].expand(-1, -1, d)).to(x.dtype)
     use = real & target.gather(1, idx) & (count.gather(1, slot_k) > 1)
     out = torch.where(use[..., None], merged_k, out)
     out = torch.where(real[..., None], out, torch.zeros((), dtype=x.dtype, device=dev))
-    return Selection(indices=sel.indices, counts=sel.counts, features=out)
+    return Selection(indices=indices, counts=budget.clone(), features=out)
 
 
 def make_visionzip(contextual_ratio: float = CONTEXTUAL_RATIO, merge: str = "mean") -> Selector:
