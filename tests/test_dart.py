@@ -1,4 +1,5 @@
-"""DART: pivot tokens by L1 norm, then per pivot the tokens least similar to it."""
+"""DART: pivot tokens by L1 norm (image tokens and instruction tokens), then per pivot the visual
+tokens least similar to it. ``dart_visual`` is the same with image pivots only."""
 
 from __future__ import annotations
 
@@ -12,22 +13,28 @@ from vtprune.conformance_tests import check_strategy
 from vtprune.models import build_tiny_llava, make_inputs
 
 
-def run(ctx: PruneContext, **params) -> vtprune.Selection:
-    return vtprune.get_strategy("dart", **params)(ctx)
+def run(ctx: PruneContext, name: str = "dart_visual", **params) -> vtprune.Selection:
+    return vtprune.get_strategy(name, **params)(ctx)
 
 
-def reference(features, valid, k, pivots=4):
+def reference(features, valid, k, pivots=4, text=None, text_valid=None, text_pivots=0):
     """One sample, written out plainly (sets and loops, as the authors' code reads)."""
     ids = [i for i in range(features.shape[0]) if valid[i]]
     norms = features.float().abs().sum(dim=-1)
     p = min(pivots, k)
     pivot_ids = sorted(sorted(ids, key=lambda i: (-float(norms[i]), i))[:p])
+    pivot_vecs = [features[i] for i in pivot_ids]
+    if text is not None and k > 0:
+        rows = [r for r in range(text.shape[0]) if text_valid is None or text_valid[r]]
+        t_norms = text.float().abs().sum(dim=-1)
+        t_ids = sorted(sorted(rows, key=lambda r: (-float(t_norms[r]), r))[:text_pivots])
+        pivot_vecs += [text[r] for r in t_ids]
     kept = set(pivot_ids)
     pool = [i for i in ids if i not in kept]
-    extra = k - p
-    for j, piv in enumerate(pivot_ids):
-        quota = extra // p + (1 if j < extra % p else 0)
-        cos = {i: float(torch.nn.functional.cosine_similarity(features[i].float(), features[piv].float(), dim=0)) for i in pool}
+    extra, m = k - p, max(len(pivot_vecs), 1)
+    for j, piv in enumerate(pivot_vecs):
+        quota = extra // m + (1 if j < extra % m else 0)
+        cos = {i: float(torch.nn.functional.cosine_similarity(features[i].float(), piv.float(), dim=0)) for i in pool}
         take = sorted(pool, key=lambda i: (cos[i], i))[:quota]  # least similar first
         kept.update(take)
         pool = [i for i in pool if i not in take]
@@ -98,6 +105,16 @@ def test_matches_a_plain_per_sample_reference_on_ragged_batches():
             assert sel.indices[b, : int(sel.counts[b])].tolist() == want, (pivots, b)
             alone = run(ctx.sample(b), pivots=pivots)
             assert alone.indices[0].tolist() == want
+    text = torch.randn(3, 7, 5, generator=g)
+    text_valid = torch.rand(3, 7, generator=g) > 0.3
+    ctx = PruneContext.create(feats, keep=torch.tensor([30, 17, 3]), valid=valid, text_features=text, text_valid=text_valid)
+    for pivots, text_pivots in ((4, 4), (2, 6), (1, 0)):
+        sel = run(ctx, "dart", pivots=pivots, text_pivots=text_pivots)
+        for b in range(3):
+            want = reference(feats[b], valid[b], int(ctx.budget[b]), pivots, text[b], text_valid[b], text_pivots)
+            assert sel.indices[b, : int(sel.counts[b])].tolist() == want, (pivots, text_pivots, b)
+            alone = run(ctx.sample(b), "dart", pivots=pivots, text_pivots=text_pivots)
+            assert alone.indices[0].tolist() == want
 
 
 def test_keep_all_and_keep_none():
@@ -117,11 +134,44 @@ def test_schedule_is_before_layer_two_by_default():
         vtprune.get_strategy("dart", layer=4).schedule(4, 0.5)
     with pytest.raises(ContractError, match="pivots"):
         vtprune.get_strategy("dart", pivots=0)
+    with pytest.raises(ContractError, match="text_pivots"):
+        vtprune.get_strategy("dart", text_pivots=-1)
+    assert vtprune.get_strategy("dart").needs == frozenset({"text_features"})
+    assert vtprune.get_strategy("dart_visual").needs == frozenset()
 
 
-def test_conformance_kit():
-    results = check_strategy("dart", max_examples=40)
+@pytest.mark.parametrize("name", ["dart", "dart_visual"])
+def test_conformance_kit(name):
+    results = check_strategy(name, max_examples=40)
     assert all(r.status != "failed" for r in results), [r.message for r in results if r.status == "failed"]
+
+
+def test_instruction_pivots_take_their_share_but_are_not_kept():
+    # one image pivot (token 0, e0) and one instruction pivot (e1); budget 5 -> 4 more tokens,
+    # 2 per pivot: the image pivot takes the two most opposed to e0 (4, then 2), the
+    # instruction pivot the two most opposed to e1 among the rest (5, then 1)
+    feats = torch.tensor([[[5.0, 0.0], [1.0, -0.1], [-1.0, 1.0], [0.3, 0.9], [-1.0, 0.0], [0.5, -1.0]]])
+    text = torch.tensor([[[0.0, 2.0], [0.1, 0.1]]])
+    ctx = PruneContext.create(feats, grid=(2, 3), keep=5, text_features=text)
+    assert run(ctx, "dart", pivots=1, text_pivots=1).indices.tolist() == [[0, 1, 2, 4, 5]]
+    # without the instruction the image pivot takes all four, least similar to e0 first:
+    # 4 (cosine -1), 2 (-0.71), 3 (0.32), 5 (0.45); token 1 (0.995) is dropped
+    assert run(ctx, "dart_visual", pivots=1).indices.tolist() == [[0, 2, 3, 4, 5]]
+
+
+def test_instruction_of_another_width_or_padding_is_handled():
+    g = torch.Generator().manual_seed(6)
+    feats = torch.randn(2, 36, 8, generator=g)
+    ctx = PruneContext.create(feats, keep=10, text_features=torch.randn(2, 3, 5, generator=g))
+    assert torch.equal(run(ctx, "dart").indices, run(ctx, "dart_visual").indices)  # width 5 != 8
+    text = torch.randn(2, 4, 8, generator=g)
+    text_valid = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    poisoned = torch.where(text_valid[..., None], text, torch.full_like(text, 1e3))
+    ctx = PruneContext.create(feats, keep=10, text_features=poisoned, text_valid=text_valid)
+    sel = run(ctx, "dart")
+    for b in range(2):
+        want = reference(feats[b], torch.ones(36, dtype=torch.bool), 10, 4, poisoned[b], text_valid[b], 4)
+        assert sel.indices[b].tolist() == want, b
 
 
 # ---------------------------------------------------------------- through the LLaVA adapter
@@ -138,7 +188,7 @@ def test_llava_generate_batch_of_two_left_padded_equals_each_alone(model):
     prompts = ["what is in the picture?", "is there a red square on the left side of it?"]
     batch = make_inputs(model, images, prompts)
     assert (batch["attention_mask"][0] == 0).any()  # the short prompt is left-padded
-    with attach(model, "dart", keep=0.25) as handle:
+    with attach(model, "dart", keep=0.25) as handle:  # image + instruction pivots
         with torch.no_grad():
             out = model.generate(**batch, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
         together, scores = out.sequences[:, batch["input_ids"].shape[1]:], torch.stack(out.logits, dim=1)
