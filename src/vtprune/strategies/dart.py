@@ -2,33 +2,38 @@
 
 In-LLM, training-free, once before decoder layer K (default 2, the authors' LLaVA setting):
 
-1. pivots: the ``min(pivots, K_b)`` valid tokens of largest L1 norm (scorer ``l1_norm``,
-   ties to the lower index); default 4, the authors' ``pivot_image_token``;
-2. the rest of the budget, ``K_b - P_b``, is split evenly over the pivots (the first pivots in
-   raster order take one more when it does not divide); pivot by pivot in raster order, each
-   takes its share of the tokens *least* similar to it (cosine, ties to the lower index) among
-   the valid tokens nobody has taken yet — tokens that duplicate a pivot are taken last;
-3. kept: the pivots and everything they took, at original positions.
+1. pivots: the ``min(pivots, K_b)`` valid visual tokens of largest L1 norm (scorer
+   ``l1_norm``, ties to the lower index; default 4, the authors' ``pivot_image_token``), and
+   the ``text_pivots`` instruction tokens of largest L1 norm (``ctx.text_features``, real rows
+   only; default 4, the authors' ``pivot_text_token``). Instruction pivots take their share of
+   visual tokens but are not visual tokens, so they are not kept;
+2. the rest of the budget, ``K_b - (image pivots)``, is split evenly over all pivots (the first
+   pivots in order — image pivots in raster order, then instruction pivots in sequence order —
+   take one more when it does not divide); pivot by pivot, each takes its share of the visual
+   tokens *least* similar to it (cosine, ties to the lower index) among those nobody has taken
+   yet — tokens that duplicate a pivot are taken last;
+3. kept: the image pivots and everything the pivots took, at original positions.
 
-The loop runs over the (few, fixed) pivots, each step one batched program over the whole
-batch; per-sample budgets and ragged masks work and a sample never sees its batch-mates.
+``dart_visual`` is the same with image pivots only (it needs no signal). The loop runs over
+the (few, fixed) pivots, each step one batched program over the whole batch; per-sample
+budgets and ragged masks work and a sample never sees its batch-mates.
 
 Where our reading differs from the reference code (see docs/strategies.md):
 
-- pivot norm: the reference ranks image tokens by the L1 norm of layer K-1's *keys*; vtprune's
-  context holds the hidden states entering layer K, so the norm is of those (``l1_norm`` on
-  ``ctx.features``);
+- pivot norm: the reference ranks tokens by the L1 norm of layer K-1's *keys*; vtprune's
+  context holds the states entering layer K (visual tokens and instruction), so the norm is
+  of those;
 - similarity: the reference takes cosines of the hidden states after the model's final RMSNorm;
   we use the raw hidden states (the per-token RMS scale cancels in a cosine, the learned
   per-channel weight does not);
-- text pivots: the reference also picks 4 pivots among the text tokens (largest key norm), which
-  take their share of image tokens but are not kept as image tokens. vtprune's adapters do not
-  yet hand the instruction's states to a strategy (issue #14), so all pivots are image tokens;
+- instruction = the adapter's ``text_features``: the real text after the last image token
+  (what the reference's "query" tokens are: everything after the image); instruction pivots
+  are used only when the text width equals the visual one (always, with vtprune's adapters);
 - counts: the reference takes ``max_num_trunction // (image + text pivots)`` tokens per pivot
-  on top of the image pivots (4 + 8 * 16 = 132 for "128"); we keep exactly the budget, pivots
-  included;
-- pivot order: the reference iterates a Python set of token indices (for small ints, ascending
-  order); we go in ascending position explicitly.
+  on top of the image pivots (4 + 8 * 16 = 132 for "128"); we keep exactly the budget, image
+  pivots included;
+- pivot order: the reference iterates a Python set of token indices (for small ints,
+  ascending: image pivots, then instruction pivots); we use that order explicitly.
 """
 
 from __future__ import annotations
