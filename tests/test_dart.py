@@ -163,7 +163,9 @@ def test_instruction_of_another_width_or_padding_is_handled():
     g = torch.Generator().manual_seed(6)
     feats = torch.randn(2, 36, 8, generator=g)
     ctx = PruneContext.create(feats, keep=10, text_features=torch.randn(2, 3, 5, generator=g))
-    assert torch.equal(run(ctx, "dart").indices, run(ctx, "dart_visual").indices)  # width 5 != 8
+    with pytest.raises(ContractError, match="D_text=5"):  # width 5 != 8: not one space
+        run(ctx, "dart")
+    assert run(ctx, "dart", text_pivots=0).counts.tolist() == [10, 10]
     text = torch.randn(2, 4, 8, generator=g)
     text_valid = torch.tensor([[True, True, False, False], [True, True, True, True]])
     poisoned = torch.where(text_valid[..., None], text, torch.full_like(text, 1e3))

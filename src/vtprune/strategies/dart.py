@@ -27,8 +27,8 @@ Where our reading differs from the reference code (see docs/strategies.md):
   we use the raw hidden states (the per-token RMS scale cancels in a cosine, the learned
   per-channel weight does not);
 - instruction = the adapter's ``text_features``: the real text after the last image token
-  (what the reference's "query" tokens are: everything after the image); instruction pivots
-  are used only when the text width equals the visual one (always, with vtprune's adapters);
+  (what the reference's "query" tokens are: everything after the image), compared with the
+  visual tokens directly, so both must have one width (always, with vtprune's adapters);
 - counts: the reference takes ``max_num_trunction // (image + text pivots)`` tokens per pivot
   on top of the image pivots (4 + 8 * 16 = 132 for "128"); we keep exactly the budget, image
   pivots included;
@@ -115,7 +115,7 @@ def dart_select(
         sample (kept). text: [B, T, D] instruction states, text_valid: [B, T] bool (None = all
         real); text_pivots: instruction pivots per sample (largest L1 norm among the real
         rows): they take their share of visual tokens but are not visual tokens themselves.
-        Text pivots are used only when ``text`` has the features' width D.
+        ``text`` must have the features' width D (callers check; see :func:`make_dart`).
     """
     b, n, d = features.shape
     dev = features.device
@@ -130,7 +130,7 @@ def dart_select(
     is_pivot = torch.zeros(b, n + 1, dtype=torch.bool, device=dev).scatter_(1, img_at, True)[:, :n]
     rows = [unit.gather(1, img_at.clamp(max=n - 1)[..., None].expand(-1, -1, d))]  # [B, pivots, D]
     exists = [torch.arange(pivots, device=dev)[None, :] < p_img]  # [B, pivots]
-    use_text = text is not None and text_pivots > 0 and text.shape[-1] == d and text.shape[1] > 0
+    use_text = text is not None and text_pivots > 0 and text.shape[1] > 0
     if use_text:
         assert text is not None
         t = text.detach().to(dev)
@@ -182,9 +182,10 @@ def make_dart(pivots: int = PIVOTS, text_pivots: int = PIVOTS) -> Selector:
             ``pivot_image_token``); kept. A sample whose budget is smaller keeps ``budget``
             pivots and nothing else.
         text_pivots: instruction pivots per sample (>= 0; default 4, the authors'
-            ``pivot_text_token``): the real rows of ``ctx.text_features`` of largest L1 norm.
-            Used only when the text width equals the features' (as every vtprune adapter
-            supplies it); otherwise, or with 0, the image pivots take the whole budget.
+            ``pivot_text_token``): the real rows of ``ctx.text_features`` of largest L1 norm,
+            compared with the visual tokens directly, so the text must have their width (as
+            every vtprune adapter supplies it; another width raises ``ContractError``). With 0
+            the image pivots take the whole budget.
 
     Scores are the image pivot priority (scorer ``l1_norm`` in the ``dart`` strategy). Does
     not take region quotas.
@@ -206,6 +207,13 @@ def _dart_selector(name: str, pivots: int, text_pivots: int) -> Selector:
             raise ContractError(
                 f"selector {name!r} does not support region quotas; compose it with the 'global' allocator"
             )
+        text = ctx.text_features
+        if text_pivots and text is not None and text.shape[-1] != ctx.features.shape[-1]:
+            raise ContractError(
+                f"selector {name!r} compares visual tokens (D={ctx.features.shape[-1]}) with the "
+                f"instruction's pivots (D_text={text.shape[-1]}); it needs both in one space — "
+                "the LLM's states, as vtprune's adapters supply them — or use 'dart_visual'"
+            )
         kept = dart_select(
             ctx.features, scores, ctx.valid_mask(), alloc.budget, pivots,
             ctx.text_features, ctx.text_valid, text_pivots,
@@ -224,7 +232,7 @@ def vtprune_scorers() -> Iterable[ScorerSpec]:
 def vtprune_selectors() -> Iterable[SelectorSpec]:
     return [
         SelectorSpec(
-            "dart", make_dart, Capabilities(needs=frozenset({"text_features"})),
+            "dart", make_dart, Capabilities(needs=frozenset({"text_features"}), text_in_feature_space=True),
             description="image + instruction pivots, then the visual tokens least similar to each",
         ),
         SelectorSpec(
