@@ -22,6 +22,7 @@ def context(batch: int, ragged: bool = False) -> vtprune.PruneContext:
         torch.randn(batch, 144, 32, generator=g), keep=0.25, valid=valid,
         image=torch.rand(batch, 3, 168, 168, generator=g), attention=torch.rand(batch, 144, generator=g),
         text_features=torch.randn(batch, 5, 32, generator=g), text_valid=torch.rand(batch, 5, generator=g) > 0.3,
+        cls_attention=torch.rand(batch, 4, 144, generator=g),
     )
 
 
@@ -34,7 +35,7 @@ def syncs(name: str, ctx: vtprune.PruneContext) -> int:
 
 
 def test_every_built_in_is_covered():
-    assert {"altp", "altp_ddc", "divprune", "pool", "uniform", "random", "fastv", "pyramiddrop"} <= set(BUILT_INS)
+    assert {"altp", "altp_ddc", "divprune", "pool", "uniform", "random", "fastv", "pyramiddrop", "visionzip", "dart"} <= set(BUILT_INS)
 
 
 @pytest.mark.parametrize("name", BUILT_INS)
