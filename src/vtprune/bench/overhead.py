@@ -6,8 +6,9 @@ sizes: 336 x 336 with a 24 x 24 grid (576 tokens, LLaVA-1.5) and 672 x 672 with 
 tokens); every strategy of a row group runs once per round, interleaved, and each row reports
 its per-sample cost as a multiple of FastV's in the same run, plus host syncs per call. Strategies
 with a SLIC backend (ALTP and its hybrids) are timed with fast-slic and with scikit-image.
-Features are random [1, N, dim] (default dim 1024, CLIP ViT-L/14's width); attention is the
-pixel stand-in of :mod:`vtprune.viz`. One torch thread by default.
+Features are random [1, N, dim] (default dim 1024, CLIP ViT-L/14's width); attention (and
+[CLS] attention) is the pixel stand-in of :mod:`vtprune.viz`; the instruction is 16 random
+rows of the features' width. One torch thread by default.
 
     rows = run_overhead(quick=True)
     print(format_table(rows))
@@ -28,6 +29,9 @@ from ..core import ContractError, Keep, PruneContext, get_strategy, list_strateg
 
 SIZES: tuple[tuple[int, int], ...] = ((336, 24), (672, 48))
 """(image side in pixels, tokens per grid side)."""
+INSTRUCTION_TOKENS = 16
+"""Rows of the random stand-in instruction (``text_features``) for instruction-conditioned
+strategies; the pixel stand-in attention doubles as ``cls_attention``."""
 
 
 def _backends(name: str) -> list[str]:
@@ -60,9 +64,14 @@ def _context(
         F.interpolate(images[i % len(images)][None], size=(side, side), mode="bilinear", align_corners=False)[0]
         for i in range(batch)
     ])
-    feats = torch.randn(batch, grid * grid, dim, generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    feats = torch.randn(batch, grid * grid, dim, generator=gen)
     att = torch.stack([standin_attention(img, (grid, grid)) for img in imgs])
-    return PruneContext.create(feats, grid=(grid, grid), keep=keep, image=imgs, attention=att)
+    text = torch.randn(batch, INSTRUCTION_TOKENS, dim, generator=gen)  # an instruction, LLM width
+    return PruneContext.create(
+        feats, grid=(grid, grid), keep=keep, image=imgs, attention=att, cls_attention=att,
+        text_features=text, text_valid=torch.ones(batch, INSTRUCTION_TOKENS, dtype=torch.bool),
+    )
 
 
 def time_strategy(
