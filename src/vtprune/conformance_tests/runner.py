@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -27,7 +27,9 @@ from hypothesis import HealthCheck, Verbosity, given
 from hypothesis import settings as hypothesis_settings
 
 from ..core import (
+    Allocation,
     ContractError,
+    PruneContext,
     Registry,
     Schedule,
     Strategy,
@@ -231,7 +233,61 @@ def assert_conforms(
 
 
 NEUTRAL = {"scorer": "constant", "allocator": "global", "selector": "topk"}
-"""The partners :func:`check_stage` composes a single stage with."""
+"""The partners :func:`check_stage` composes a single stage with (a selector gets the kit's
+:func:`uneven_regions_allocator` instead of ``global``, see :func:`stage_strategy`)."""
+
+REGION_COUNT = 4
+_REGION_WEIGHTS = (0, 1, 2, 4)
+"""Share of the budget each region of :func:`uneven_regions_allocator` gets (region 0: none)."""
+
+
+def uneven_regions_allocator(ctx: PruneContext, scores: torch.Tensor) -> Allocation:
+    """The allocator :func:`check_stage` gives a selector under test: quotas that are uneven.
+
+    Four interleaved regions, diagonal stripes of the grid (token at row i, column j is in
+    region ``(i + j // 2) % 4``), so a region is neither contiguous nor a block of rows. The
+    budget is dealt by weights 0 : 1 : 2 : 4 (floors), the rest topped up from region 3 down,
+    each quota capped by its region's valid tokens. So region 0 gets 0 unless the budget
+    forces it, regions are mostly larger than their quotas, and keep-all fills every region.
+    Deterministic and batch-consistent; regions live on the features' device, quotas on CPU.
+    """
+    b, n = ctx.batch_size, ctx.num_tokens
+    _, w = ctx.grid
+    pos = torch.arange(n)
+    stripes = ((pos // w + (pos % w) // 2) % REGION_COUNT).expand(b, n)
+    valid = ctx.valid_mask().cpu()
+    regions = torch.where(valid, stripes, torch.full_like(stripes, -1))
+    sizes = torch.zeros(b, REGION_COUNT + 1, dtype=torch.long)
+    sizes.scatter_add_(1, regions + 1, torch.ones_like(regions))
+    sizes = sizes[:, 1:]
+    quotas = torch.zeros(b, REGION_COUNT, dtype=torch.long)
+    total = sum(_REGION_WEIGHTS)
+    for i in range(b):
+        k = int(ctx.budget[i])
+        q = [min(int(sizes[i, r]), k * wt // total) for r, wt in enumerate(_REGION_WEIGHTS)]
+        left = k - sum(q)
+        for r in reversed(range(REGION_COUNT)):
+            add = min(left, int(sizes[i, r]) - q[r])
+            q[r] += add
+            left -= add
+        quotas[i] = torch.tensor(q)
+    return Allocation(ctx.budget.clone(), regions.to(ctx.features.device), quotas)
+
+
+def _refuses_regions(strategy: Strategy) -> bool:
+    """True when the selector rejects region quotas with a ContractError (as ``divprune`` or
+    ``pool`` do, by design) on a small context with regions."""
+    from .generators import ContextSpec, _needs, build_context
+
+    ctx = build_context(ContextSpec(grid=(3, 4), dim=3, budgets=(5,), signals=_needs(strategy.capabilities)))
+    try:
+        scores = strategy.scorer(ctx)
+        strategy.selector(ctx, scores, uneven_regions_allocator(ctx, scores))
+    except ContractError:
+        return True
+    except Exception:  # any other error is the checks' business, with the regions allocator
+        return False
+    return False
 
 
 def _kit_schedule(num_layers: int, keep: Any) -> Schedule:
@@ -248,7 +304,13 @@ def stage_strategy(
 ) -> Strategy:
     """A strategy made of the registered stage ``kind``/``name`` and neutral partners
     (``constant`` scorer, ``global`` allocator, ``topk`` selector unless ``partners`` says
-    otherwise), looked up in ``registry`` (default: the process-wide one)."""
+    otherwise), looked up in ``registry`` (default: the process-wide one).
+
+    A selector is tested against the kit's :func:`uneven_regions_allocator` (several regions,
+    uneven quotas, some 0) unless ``partners`` names an allocator, so that its quota handling
+    is exercised; a selector that refuses region quotas with a ``ContractError`` (by design,
+    e.g. ``divprune``) gets the ``global`` allocator instead.
+    """
     if kind not in NEUTRAL:
         raise UnknownNameError(f"unknown stage kind {kind!r}; choose from {list(NEUTRAL)}")
     stages = {**NEUTRAL, **(partners or {}), kind: name}
@@ -259,12 +321,20 @@ def stage_strategy(
     needs = frozenset().union(*(registry.spec(k, v).capabilities.needs for k, v in stages.items()))
     schedule: Callable[..., Schedule] | None = _kit_schedule if "attention" in needs else None
     try:
-        return registry.compose(
+        strategy = registry.compose(
             stages["scorer"], stages["allocator"], stages["selector"],
             name=f"{kind}:{name}", schedule=schedule, **params,
         )
     except ContractError as err:
         raise ContractError(f"cannot build a strategy around {kind} {name!r}: {err}") from None
+    if kind == "selector" and "allocator" not in (partners or {}) and not _refuses_regions(strategy):
+        scorer_name, _, selector_name = strategy.stage_names
+        strategy = replace(
+            strategy,
+            allocator=uneven_regions_allocator,
+            stage_names=(scorer_name, "kit:uneven_regions", selector_name),
+        )
+    return strategy
 
 
 def check_stage(
@@ -332,6 +402,7 @@ def parametrize_with_checks(
 __all__ = [
     "DEFAULT_MAX_EXAMPLES",
     "NEUTRAL",
+    "REGION_COUNT",
     "CheckResult",
     "KitCheck",
     "assert_conforms",
@@ -342,4 +413,5 @@ __all__ = [
     "run_check",
     "stage_strategy",
     "summarize",
+    "uneven_regions_allocator",
 ]

@@ -1,0 +1,111 @@
+"""Issue #12, the kit's new capabilities: each test feeds the kit a deliberately broken
+strategy (or stage) that the kit as it was before the capability passed, and asserts that the
+new kit catches it with the right named check. (Each was run against the old kit too: it
+passed there, so these tests failed. Names the old kit lacks are imported inside the tests,
+so that this module still imports against it.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import Phase
+
+from vtprune.conformance_tests import check_stage, check_strategy
+from vtprune.core import (
+    Allocation,
+    Capabilities,
+    PruneContext,
+    Registry,
+    SelectorSpec,
+    Strategy,
+    hookimpl,
+)
+from vtprune.strategies import stages
+from vtprune.strategies.stages import keep_top
+
+NO_SHRINK = {"phases": [Phase.explicit, Phase.generate]}
+"""Only *which* check fails matters here: shrinking is most of a failing check's time."""
+
+norm_scorer = stages.make_feature_norm()
+global_allocator = stages.make_global()
+topk = stages.make_topk()
+
+
+def make(name: str, scorer=None, allocator=None, selector=None, **caps) -> Strategy:
+    return Strategy(
+        name=name,
+        scorer=scorer or norm_scorer,
+        allocator=allocator or global_allocator,
+        selector=selector or topk,
+        capabilities=Capabilities(**caps),
+    )
+
+
+def failed(strategy: Strategy, examples: int = 30, **kwargs) -> dict[str, str]:
+    """Failure message of every failing check, by check name."""
+    results = check_strategy(strategy, examples, settings=NO_SHRINK, **kwargs)
+    return {r.check: r.message for r in results if r.status == "failed"}
+
+
+# -- (9) check_stage gives a selector several regions with uneven quotas -----------------------
+
+
+def quota_blind_selector(ctx, scores, alloc):
+    """Top-k over the whole sample: ignores regions and quotas (correct otherwise)."""
+    return keep_top(scores, ctx, Allocation(alloc.budget))
+
+
+class QuotaBlindPlugin:
+    @hookimpl
+    def vtprune_selectors(self):
+        return [SelectorSpec("quota_blind", lambda: quota_blind_selector)]
+
+
+def _registry() -> Registry:
+    registry = Registry()
+    registry.register(stages, name="stages")
+    registry.register(QuotaBlindPlugin(), name="broken")
+    return registry
+
+
+def test_check_stage_catches_a_selector_that_ignores_quotas() -> None:
+    results = check_stage("selector", "quota_blind", 20, registry=_registry(), settings=NO_SHRINK)
+    bad = {r.check for r in results if r.status == "failed"}
+    assert bad == {"check_selector_respects_quotas"}
+
+
+def test_check_stage_passes_a_selector_that_honours_quotas() -> None:
+    from vtprune.conformance_tests.runner import stage_strategy
+
+    results = check_stage("selector", "topk", 20, registry=_registry())
+    assert {r.status for r in results} == {"passed"}
+    assert stage_strategy("selector", "topk", registry=_registry()).stage_names[1] == "kit:uneven_regions"
+
+
+def test_uneven_regions_have_zero_partial_and_full_quotas() -> None:
+    from vtprune.conformance_tests.runner import uneven_regions_allocator
+
+    feats = torch.randn(3, 6 * 5, 4)
+    valid = torch.ones(3, 30, dtype=torch.bool)
+    valid[2, ::3] = False
+    ctx = PruneContext.create(feats, (6, 5), keep=torch.tensor([7, 30, 13]), valid=valid)
+    alloc = uneven_regions_allocator(ctx, torch.zeros(3, 30))
+    assert alloc.quotas is not None and alloc.regions is not None
+    sizes = alloc.region_sizes()
+    assert alloc.quotas.sum(1).tolist() == [7, 30, 13]
+    assert bool((alloc.quotas <= sizes).all())
+    assert int(alloc.quotas[0, 0]) == 0 and bool((alloc.quotas[0] < sizes[0]).any())
+    assert torch.equal(alloc.quotas[1], sizes[1])  # keep-all fills every region
+    assert len(set(alloc.quotas[0].tolist())) > 2  # uneven
+    assert bool((alloc.regions[2, ::3] == -1).all())
+
+
+def test_a_selector_that_refuses_regions_keeps_the_global_allocator() -> None:
+    from vtprune.conformance_tests.runner import stage_strategy, uneven_regions_allocator
+
+    assert stage_strategy("selector", "divprune").stage_names[1] == "global"
+    with pytest.raises(Exception):  # noqa: B017 - the probe's premise: divprune refuses regions
+        ctx = PruneContext.create(torch.randn(1, 12, 3), (3, 4), keep=5)
+        strategy = stage_strategy("selector", "divprune")
+        scores = strategy.scorer(ctx)
+        strategy.selector(ctx, scores, uneven_regions_allocator(ctx, scores))
