@@ -16,6 +16,7 @@ from vtprune.core import (
     Capabilities,
     PruneContext,
     Registry,
+    Selection,
     SelectorSpec,
     Strategy,
     hookimpl,
@@ -109,3 +110,48 @@ def test_a_selector_that_refuses_regions_keeps_the_global_allocator() -> None:
         strategy = stage_strategy("selector", "divprune")
         scores = strategy.scorer(ctx)
         strategy.selector(ctx, scores, uneven_regions_allocator(ctx, scores))
+
+
+# -- (1) every check its own seed, and every budget of small valid counts ----------------------
+
+
+def small_lattice_selector(ctx, scores, alloc):
+    """Top-k by score, except for samples with fewer than a dozen valid tokens, where scores
+    say little: an even lattice over the valid tokens, every s-th with s = round(m / k),
+    trimmed to k. The bug: round() instead of floor() gives fewer than k lattice points when
+    m / k rounds up, e.g. (m, k) = (6, 4), (8, 5), (9, 6), (10, 6): a few budgets only."""
+    sel = topk(ctx, scores, alloc)
+    valid = ctx.valid_mask().cpu()
+    rows = []
+    for b, top in enumerate(sel.per_sample()):
+        positions = valid[b].nonzero().flatten()
+        m, k = len(positions), int(alloc.budget[b])
+        if m >= 12 or k == 0:
+            rows.append(top.cpu())
+        else:
+            rows.append(positions[:: max(1, round(m / k))][:k])
+    return Selection.from_lists(rows)
+
+
+def test_budget_sweep_catches_a_lattice_that_misses_a_few_budgets() -> None:
+    bad = failed(make("small_lattice", selector=small_lattice_selector))
+    assert set(bad) == {"check_selection_contract"}
+    assert "budget sweep, not shrunk" in bad["check_selection_contract"]
+
+
+def test_each_check_draws_its_own_contexts_the_same_in_every_process() -> None:
+    from vtprune.conformance_tests.runner import check_seed
+
+    names = ["check_selection_contract", "check_deterministic"]
+    assert check_seed(names[0]) != check_seed(names[1])
+    assert check_seed("check_deterministic") == 0xD2623EE1425BDB4D  # SHA-256, not hash()
+
+
+def test_the_sweep_covers_every_budget_of_every_small_valid_count() -> None:
+    from vtprune.conformance_tests.generators import budget_sweep, build_context
+
+    pairs = []
+    for spec in budget_sweep(seed=7):
+        ctx = build_context(spec)
+        pairs += list(zip(ctx.valid_counts.tolist(), ctx.budget.tolist()))
+    assert sorted(pairs) == [(m, k) for m in range(1, 11) for k in range(m + 1)]

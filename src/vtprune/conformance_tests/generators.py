@@ -268,6 +268,64 @@ def context_specs(
     )
 
 
+SWEEP_MAX_COUNT = 10
+"""The budget sweep covers every valid count m in 1..10 with every budget 0..m."""
+SWEEP_MAX_BATCH = 8
+
+
+def budget_sweep(
+    capabilities: Capabilities | Iterable[str] | None = None,
+    seed: int | None = 0,
+    *,
+    max_count: int = SWEEP_MAX_COUNT,
+    max_batch: int = SWEEP_MAX_BATCH,
+) -> list[ContextSpec]:
+    """Specs that together try every (valid count m, budget k) with 1 <= m <= ``max_count``
+    and 0 <= k <= m exactly once (65 pairs for m <= 10), packed as samples of batches of at
+    most ``max_batch`` (9 contexts by default).
+
+    The pairs are shuffled by ``seed`` (None: at random); each context gets a grid with at least as many cells as
+    its largest m (samples with fewer valid tokens get trailing or scattered padding), and a
+    dtype, feature kind and signal shapes drawn from ``seed`` as :func:`context_specs` would.
+    Off-by-one bugs that fire on a few budgets only (some ratios, float-step lattices) cannot
+    hide from it, whatever hypothesis happens to draw.
+    """
+    import random
+
+    rng = random.Random(seed)
+    signals = _needs(capabilities)
+    pairs = [(m, k) for m in range(1, max_count + 1) for k in range(m + 1)]
+    rng.shuffle(pairs)
+    specs = []
+    for start in range(0, len(pairs), max_batch):
+        chunk = pairs[start : start + max_batch]
+        top = max(m for m, _ in chunk)
+        h = rng.randint(1, top)
+        w = rng.randint(-(-top // h), -(-top // h) + 2)  # h * w >= top
+        n = h * w
+        counts = tuple(m for m, _ in chunk)
+        ragged = any(c != n for c in counts)
+        padding = rng.choice(PADDING_KINDS)
+        specs.append(
+            ContextSpec(
+                batch=len(chunk),
+                grid=(h, w),
+                dim=rng.randint(1, 16),
+                dtype=rng.choice(tuple(DTYPES)),
+                valid_counts=counts if ragged else None,
+                padding=padding if ragged else "trailing",
+                budgets=tuple(k for _, k in chunk),
+                features=rng.choice(FEATURE_KINDS),
+                seed=rng.randint(0, 2**16),
+                signals=signals,
+                heads=rng.randint(0, 3) if {"attention", "cls_attention"} & set(signals) else 0,
+                text_tokens=rng.randint(1, 4) if "text_features" in signals else 2,
+                text_dim=rng.randint(1, 16) if "text_features" in signals else None,
+            )
+        )
+    return specs
+
+
 def prune_contexts(
     capabilities: Capabilities | Iterable[str] | None = None,
     device: str | torch.device = "cpu",
@@ -282,6 +340,8 @@ __all__ = [
     "DTYPES",
     "FEATURE_KINDS",
     "PADDING_KINDS",
+    "SWEEP_MAX_COUNT",
+    "budget_sweep",
     "build_context",
     "context_specs",
     "prune_contexts",

@@ -18,12 +18,14 @@ pytest::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
 from hypothesis import HealthCheck, Verbosity, given
+from hypothesis import seed as hypothesis_seed
 from hypothesis import settings as hypothesis_settings
 
 from ..core import (
@@ -38,10 +40,22 @@ from ..core import (
     get_strategy,
 )
 from .checks import CHECKS, Check
-from .generators import ContextSpec, build_context, context_specs
+from .generators import ContextSpec, budget_sweep, build_context, context_specs
 
 DEFAULT_MAX_EXAMPLES = 30
-"""Contexts hypothesis tries per check (all checks on one strategy: ~0.5-1.5 s on 2 CPU cores)."""
+"""Contexts tried per check: for checks that draw budgets, the budget sweep's contexts (at most
+a third of them) and then hypothesis' draws; all checks on one strategy: ~1-4 s on 2 CPU cores."""
+
+
+SWEEP_COST = 2
+"""Hypothesis examples a budget-sweep context replaces: its batches are ~3x the size of a drawn
+one, so the sweep costs some random draws to keep the kit's runtime at what it was."""
+
+
+def check_seed(name: str) -> int:
+    """The seed of one check's derandomized run: from its name (SHA-256, not ``hash()``), so
+    every check draws its own contexts and they are the same in every process."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
 
 Status = Literal["passed", "failed", "skipped"]
 
@@ -73,10 +87,11 @@ class CheckResult:
 
 
 class _Falsified(AssertionError):
-    def __init__(self, spec: ContextSpec, error: BaseException) -> None:
+    def __init__(self, spec: ContextSpec, error: BaseException, swept: bool = False) -> None:
         super().__init__(str(error))
         self.spec = spec
         self.error = error
+        self.swept = swept
 
 
 def kit_settings(max_examples: int, overrides: Mapping[str, Any] | None = None) -> hypothesis_settings:
@@ -113,7 +128,11 @@ def _one_thread() -> Iterator[None]:
 
 
 def _failure_message(
-    strategy: Strategy, check: Check, error: BaseException | str, spec: ContextSpec | None
+    strategy: Strategy,
+    check: Check,
+    error: BaseException | str,
+    spec: ContextSpec | None,
+    swept: bool = False,
 ) -> str:
     lines = [
         f"strategy {strategy.name!r} failed {check.name}",
@@ -122,10 +141,41 @@ def _failure_message(
     ]
     if spec is not None:
         lines += [
-            f"  falsifying input (shrunk): {spec.describe()}",
+            f"  falsifying input ({'budget sweep, not shrunk' if swept else 'shrunk'}): {spec.describe()}",
             f"  reproduce: ctx = vtprune.conformance_tests.build_context({spec!r})",
         ]
     return "\n".join(lines)
+
+
+def _sweep(strategy: Strategy, check: Check, max_examples: int, derandomize: bool) -> list[ContextSpec]:
+    """The budget sweep's contexts for a check that draws budgets (at most a third of the
+    examples, so that hypothesis keeps two thirds); none for keep-all / keep-none checks."""
+    if check.budget != "any":
+        return []
+    specs = budget_sweep(strategy.capabilities, check_seed(check.name) if derandomize else None)
+    return specs[: max_examples // 3]
+
+
+def _smaller(failure: _Falsified, one: Callable[..., None]) -> _Falsified:
+    """A budget-sweep failure reduced to one sample when one alone still fails (the sweep is
+    not shrunk by hypothesis; its batches hold up to 8 samples)."""
+    spec = failure.spec
+    if spec.batch == 1:
+        return failure
+    counts = spec.counts()
+    for m, k in sorted(zip(counts, spec.budgets)):
+        alone = replace(
+            spec,
+            batch=1,
+            valid_counts=None if m == spec.num_tokens else (m,),
+            padding=spec.padding if m != spec.num_tokens else "trailing",
+            budgets=(k,),
+        )
+        try:
+            one(alone, swept=True)
+        except _Falsified as smaller:
+            return smaller
+    return failure
 
 
 def run_check(
@@ -134,28 +184,46 @@ def run_check(
     max_examples: int = DEFAULT_MAX_EXAMPLES,
     settings: Mapping[str, Any] | None = None,
 ) -> CheckResult:
-    """Run one check over generated contexts; skipped when the strategy's capabilities say so."""
+    """Run one check over generated contexts; skipped when the strategy's capabilities say so.
+
+    For checks that draw budgets, the contexts of :func:`~.generators.budget_sweep` come first
+    (every budget of every valid count up to 10, with the default 30 examples), then
+    hypothesis draws the rest of ``max_examples``. Derandomized runs (the default) seed
+    hypothesis with :func:`check_seed` of the check's name.
+    """
     reason = check.skip_reason(strategy)
     if reason is not None:
         return CheckResult(strategy.name, check.name, "skipped", skip_reason=reason)
     runs = 0
+    hyp = kit_settings(max_examples, settings)
+    sweep = _sweep(strategy, check, max_examples, hyp.derandomize)
 
-    @kit_settings(max_examples, settings)
-    @given(context_specs(strategy.capabilities, budget=check.budget))
-    def run(spec: ContextSpec) -> None:
+    def one(spec: ContextSpec, swept: bool = False) -> None:
         nonlocal runs
         runs += 1
         ctx = build_context(spec)
         try:
             check.fn(strategy, ctx)
         except Exception as exc:
-            raise _Falsified(spec, exc) from exc
+            raise _Falsified(spec, exc, swept) from exc
 
+    @kit_settings(max(max_examples // 3, max_examples - round(SWEEP_COST * len(sweep)), 1), settings)
+    @given(context_specs(strategy.capabilities, budget=check.budget))
+    def run(spec: ContextSpec) -> None:
+        one(spec)
+
+    if hyp.derandomize:
+        run = hypothesis_seed(check_seed(check.name))(run)
     try:
         with _one_thread():
-            run()
+            run()  # first, so that a failure hypothesis can find is shrunk
+            for swept in sweep:
+                try:
+                    one(swept, swept=True)
+                except _Falsified as failure:
+                    raise _smaller(failure, one) from failure.error
     except _Falsified as failure:
-        message = _failure_message(strategy, check, failure.error, failure.spec)
+        message = _failure_message(strategy, check, failure.error, failure.spec, failure.swept)
         return CheckResult(strategy.name, check.name, "failed", message=message, runs=runs)
     except Exception as exc:  # hypothesis' own verdicts (e.g. a flaky failure)
         inner = getattr(exc, "exceptions", None)
@@ -406,6 +474,7 @@ __all__ = [
     "CheckResult",
     "KitCheck",
     "assert_conforms",
+    "check_seed",
     "check_stage",
     "check_strategy",
     "kit_settings",
