@@ -155,3 +155,75 @@ def test_the_sweep_covers_every_budget_of_every_small_valid_count() -> None:
         ctx = build_context(spec)
         pairs += list(zip(ctx.valid_counts.tolist(), ctx.budget.tolist()))
     assert sorted(pairs) == [(m, k) for m in range(1, 11) for k in range(m + 1)]
+
+
+# -- (3) in-LLM contexts, as the decoder adapter builds them -----------------------------------
+
+
+def original_fraction_selector(ctx, scores, alloc):
+    """Top-k, except at in-LLM points, where the author read "budgets are fractions of the
+    original count" as "rescale the budget to the survivors": k = budget x valid / original.
+    The budget is already the count to keep, so this keeps too few once tokens were pruned."""
+    if ctx.layer is None:
+        return topk(ctx, scores, alloc)
+    n0 = ctx.original_count or ctx.num_tokens
+    k = (alloc.budget * ctx.valid_counts / n0).round().long()
+    return keep_top(scores, ctx, Allocation(k))
+
+
+def test_kit_catches_a_selector_that_misreads_in_llm_budgets() -> None:
+    bad = failed(make("original_fraction", selector=original_fraction_selector))
+    assert "check_selection_contract" in bad
+    assert set(bad) <= {"check_selection_contract", "check_keep_all_keeps_every_valid_token"}
+    assert "in-LLM at layer" in bad["check_selection_contract"]
+
+
+class _Recorder:
+    """A pass-through scorer that records the contexts the adapter hands the strategy."""
+
+    def __init__(self) -> None:
+        self.contexts: list[PruneContext] = []
+
+    def __call__(self, ctx: PruneContext) -> torch.Tensor:
+        self.contexts.append(ctx)
+        return ctx.attention.float().mean(1).masked_fill(~ctx.valid_mask(), 0.0)
+
+
+def test_in_llm_specs_mirror_the_contexts_the_llava_adapter_builds() -> None:
+    """The adapter's context at the second of two in-LLM prune points, next to the kit's."""
+    from hypothesis import find, settings
+
+    from vtprune import Schedule
+    from vtprune.backbones import attach
+    from vtprune.conformance_tests import build_context, context_specs
+    from vtprune.models import build_tiny_llava, make_inputs
+
+    model = build_tiny_llava()
+    images = torch.rand(2, 3, 336, 336, generator=torch.Generator().manual_seed(0))
+    inputs = make_inputs(model, images, ["what is in the picture?", "count"])
+    recorder = _Recorder()
+    needs = frozenset({"attention", "cls_attention", "image"})
+    strategy = make("recorder", scorer=recorder, needs=needs)
+    with attach(model, strategy, schedule=Schedule.at_layers([(1, 0.5), (2, 0.25)])), torch.no_grad():
+        model(**inputs)
+    real = recorder.contexts[-1]
+    spec = find(
+        context_specs(Capabilities(needs=needs)),
+        lambda s: s.layer is not None and s.valid_counts is not None and s.batch > 1 and s.heads > 0,
+        settings=settings(max_examples=2000, database=None, deadline=None),
+    )
+    kit = build_context(spec)
+    for ctx in (real, kit):
+        n = ctx.num_tokens
+        assert isinstance(ctx.layer, int) and ctx.layer >= 1
+        assert ctx.original_count == n and ctx.generator is None
+        assert ctx.valid is not None and len(set(ctx.valid_counts.tolist())) == 1
+        assert int(ctx.valid_counts[0]) < n and len(set(ctx.budget.tolist())) == 1
+        assert bool((ctx.features[~ctx.valid] == 0).all())  # pruned tokens: zero features
+        assert ctx.attention is not None and ctx.attention.dim() == 3
+        assert bool((ctx.attention.permute(0, 2, 1)[~ctx.valid] == 0).all())
+        assert ctx.cls_attention is not None and ctx.image is not None
+        assert ctx.text_features is None
+        # cls_attention is computed before the LLM, on the full grid: not zero on pruned tokens
+        cls = ctx.cls_attention.reshape(ctx.batch_size, -1, n).sum(1)
+        assert bool((cls[~ctx.valid] > 0).any())

@@ -51,6 +51,13 @@ class ContextSpec:
         text_tokens: T for ``text_features`` [B, T, D_text].
         text_dim: D_text, the text width (None: D); the contract does not tie it to D.
         px_per_cell: image pixels per grid cell side (image is [B, 3, h*px, w*px]).
+        layer: None for a context before the LLM; an int >= 1 for an in-LLM prune point,
+            built as the decoder adapter builds it (``vtprune/backbones/decoder.py``):
+            ``ctx.layer`` = layer, ``ctx.original_count`` = N, earlier-pruned tokens invalid
+            (scattered, the same survivor count in every sample) with zero features, the same
+            budget in every sample, ``attention`` [B, heads >= 1, N] zero on pruned tokens,
+            ``image`` / ``cls_attention`` as computed before the LLM (on the full grid, so
+            cls_attention is *not* zero on pruned tokens), and no ``ctx.generator``.
     """
 
     batch: int = 1
@@ -68,6 +75,7 @@ class ContextSpec:
     text_tokens: int = 2
     text_dim: int | None = None
     px_per_cell: int = 14
+    layer: int | None = None
 
     def __repr__(self) -> str:  # only the fields that differ from the defaults: short, exact
         changed = [
@@ -98,6 +106,8 @@ class ContextSpec:
             f"features={self.features}",
             f"seed={self.seed}",
         ]
+        if self.layer is not None:
+            parts.append(f"in-LLM at layer {self.layer} (original_count={self.num_tokens})")
         if self.signals:
             parts.append(f"signals={list(self.signals)}" + (f" heads={self.heads}" if self.heads else ""))
         return ", ".join(parts)
@@ -129,7 +139,8 @@ def _features(spec: ContextSpec, gen: torch.Generator) -> torch.Tensor:
 
 
 def _attention(spec: ContextSpec, gen: torch.Generator, valid: torch.Tensor | None) -> torch.Tensor:
-    """Non-negative rows, zero on padding, summing to at most 1 (a softmax slice)."""
+    """Non-negative rows, zero on padding (unless ``valid`` is None), summing to at most 1
+    (a softmax slice)."""
     shape = (spec.batch, spec.heads, spec.num_tokens) if spec.heads else (spec.batch, spec.num_tokens)
     logits = torch.randn(*shape, generator=gen) * 3.0
     if spec.features == "ties":  # quantised: many equal attention values
@@ -165,6 +176,15 @@ def build_context(spec: ContextSpec, device: str | torch.device = "cpu") -> Prun
             raise ContractError(
                 f"ContextSpec.{name} must be one of {list(allowed)}, got {getattr(spec, name)!r}"
             )
+    if spec.layer is not None:
+        if not (isinstance(spec.layer, int) and spec.layer >= 1):
+            raise ContractError(f"ContextSpec.layer must be None or an int >= 1, got {spec.layer!r}")
+        if len(set(spec.counts())) > 1 or len(set(spec.budgets)) > 1:
+            raise ContractError(
+                "an in-LLM ContextSpec (layer set) has the same valid count and the same budget "
+                f"in every sample, as the adapter builds it; got valid {list(spec.counts())}, "
+                f"budgets {list(spec.budgets)}"
+            )
     gen = torch.Generator().manual_seed(spec.seed)
     valid = _valid_mask(spec, gen)
     signals: dict[str, torch.Tensor] = {}
@@ -172,19 +192,26 @@ def build_context(spec: ContextSpec, device: str | torch.device = "cpu") -> Prun
         signals["image"] = _image(spec, gen)
     for name in ("attention", "cls_attention"):
         if name in spec.signals:
-            signals[name] = _attention(spec, gen, valid)
+            # In the LLM, cls_attention comes from before the LLM: pruned tokens keep theirs.
+            unmasked = spec.layer is not None and name == "cls_attention"
+            signals[name] = _attention(spec, gen, None if unmasked else valid)
     if "text_features" in spec.signals:
         text_dim = spec.dim if spec.text_dim is None else spec.text_dim
         text = torch.randn(spec.batch, spec.text_tokens, text_dim, generator=gen)
         signals["text_features"] = text.to(DTYPES[spec.dtype])
     features = _features(spec, gen)
+    in_llm = spec.layer is not None
+    if in_llm and valid is not None:  # the adapter's survivors-in-their-slots, zeros elsewhere
+        features = features * valid[..., None].to(features.dtype)
     dev = torch.device(device)
     return PruneContext(
         features=features.to(dev),
         grid=spec.grid,
         budget=torch.tensor(spec.budgets, dtype=torch.long),
         valid=None if valid is None else valid.to(dev),
-        generator=torch.Generator().manual_seed(spec.seed),
+        layer=spec.layer,
+        original_count=spec.num_tokens if in_llm else None,
+        generator=None if in_llm else torch.Generator().manual_seed(spec.seed),
         image=_to(signals.get("image"), dev),
         attention=_to(signals.get("attention"), dev),
         cls_attention=_to(signals.get("cls_attention"), dev),
@@ -217,6 +244,7 @@ def context_specs(
     dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16"),
     ragged: bool = True,
     budget: str = "any",
+    in_llm: bool = True,
 ) -> ContextSpec:
     """Valid :class:`ContextSpec` s supplying the signals ``capabilities.needs`` lists.
 
@@ -224,6 +252,9 @@ def context_specs(
     from a ratio (half-up rounding of ratio x valid count) or per-sample counts in
     [0, valid count]. ``budget="all"`` / ``"none"`` pins every budget to the valid count / 0.
     ``ragged=True`` lets samples have padding tokens (valid count 0 included).
+    ``in_llm=True`` makes about a third of the specs in-LLM prune points (``layer`` in 1..40,
+    see :class:`ContextSpec`): a survivor count in 0..N shared by the batch, scattered, and one
+    budget for every sample (a count, or a ratio of the *original* N, as a schedule gives it).
     """
     if budget not in ("any", "all", "none"):
         raise ContractError(f"budget must be 'any', 'all' or 'none', got {budget!r}")
@@ -233,12 +264,25 @@ def context_specs(
     n = grid[0] * grid[1]
     valid_counts: tuple[int, ...] | None = None
     padding = "trailing"
-    if ragged and draw(st.booleans()):
+    layer: int | None = None
+    if in_llm and draw(st.sampled_from((False, False, True))):
+        layer = draw(st.integers(1, 40))
+    if layer is not None:  # survivors of earlier prune points: as many in every sample
+        survivors = draw(st.integers(0, n))
+        valid_counts = None if survivors == n else (survivors,) * batch
+        padding = "scattered"
+    elif ragged and draw(st.booleans()):
         valid_counts = tuple(draw(st.lists(st.integers(0, n), min_size=batch, max_size=batch)))
         padding = draw(st.sampled_from(PADDING_KINDS))
     counts = valid_counts or (n,) * batch
     ratio: float | None = None
-    if budget == "all":
+    if layer is not None and budget == "any":  # one budget, a count or a ratio of the original N
+        if draw(st.booleans()):
+            ratio = draw(st.floats(0.0, counts[0] / n, allow_nan=False, allow_infinity=False))
+            budgets = (keep_count(ratio, n),) * batch
+        else:
+            budgets = (draw(st.integers(0, counts[0])),) * batch
+    elif budget == "all":
         budgets = counts
     elif budget == "none":
         budgets = (0,) * batch
@@ -262,9 +306,14 @@ def context_specs(
         features=draw(st.sampled_from(FEATURE_KINDS)),
         seed=draw(st.integers(0, 2**16)),
         signals=signals,
-        heads=draw(st.integers(0, 3)) if {"attention", "cls_attention"} & set(signals) else 0,
+        heads=(
+            draw(st.integers(0 if layer is None else 1, 3))
+            if {"attention", "cls_attention"} & set(signals)
+            else 0
+        ),
         text_tokens=draw(st.integers(1, 4)) if "text_features" in signals else 2,
         text_dim=draw(st.integers(1, max_dim)) if "text_features" in signals else None,
+        layer=layer,
     )
 
 
