@@ -77,6 +77,19 @@ def _fresh(ctx: PruneContext) -> PruneContext:
     return replace(ctx, generator=torch.Generator(device=g.device).manual_seed(g.initial_seed()))
 
 
+def check_on_device(what: str, tensor: Any, ctx: PruneContext) -> None:
+    """The device clause of the API checks: ``tensor`` (a stage output) lives on the device of
+    ``ctx.features``. Run before any value check, so that a tensor on another device is named
+    as such instead of crashing a comparison. Raises :class:`ConformanceError`."""
+    have, want = getattr(tensor, "device", None), ctx.features.device
+    if have != want:
+        raise ConformanceError(
+            f"{what} is on {have}, but the input (ctx.features) is on {want}; build outputs "
+            "on the input's device (e.g. torch.zeros(..., device=ctx.features.device), "
+            "no .cpu() on the way out)"
+        )
+
+
 # -- API checks ----------------------------------------------------------------------------------
 
 
@@ -85,14 +98,14 @@ def check_scores_contract(strategy: Strategy, ctx: PruneContext) -> None:
     and not NaN on padding tokens (padding may hold any non-NaN value, -inf included: a NaN there
     poisons sorts and comparisons downstream)."""
     scores = _stage("scorer", strategy.scorer, ctx)
+    if isinstance(scores, torch.Tensor):
+        check_on_device("scores", scores, ctx)
     _contract("scorer output", check_scores, scores, ctx)
     if ctx.valid is not None and bool(torch.isnan(scores[~ctx.valid]).any()):
         raise ConformanceError(
             "scores hold NaN on padding tokens (ctx.valid == False); fill padding with a "
             "number (e.g. 0 or -inf), never NaN"
         )
-    if scores.device != ctx.features.device:
-        raise ConformanceError(f"scores are on {scores.device}, features on {ctx.features.device}")
 
 
 def check_allocation_contract(strategy: Strategy, ctx: PruneContext) -> None:
@@ -110,11 +123,9 @@ def check_selection_contract(strategy: Strategy, ctx: PruneContext) -> None:
     counts long == budget exactly, kept indices in range, valid, unique, sorted ascending,
     padding -1."""
     sel = run_stages(strategy, ctx).selection
+    if isinstance(sel, Selection):
+        check_on_device("selection.indices", sel.indices, ctx)
     _contract("selector output", check_selection, sel, ctx)
-    if sel.indices.device != ctx.features.device:
-        raise ConformanceError(
-            f"selection.indices are on {sel.indices.device}, features on {ctx.features.device}"
-        )
 
 
 def check_replacement_features(strategy: Strategy, ctx: PruneContext) -> None:
@@ -131,6 +142,7 @@ def check_replacement_features(strategy: Strategy, ctx: PruneContext) -> None:
         return
     if f is None:
         raise ConformanceError("capabilities.merges=True but selection.features is None")
+    check_on_device("selection.features", f, ctx)
     b, k = sel.indices.shape
     want = (b, k, ctx.features.shape[2])
     if tuple(f.shape) != want or f.dtype != ctx.features.dtype or f.device != ctx.features.device:
@@ -150,6 +162,8 @@ def check_keep_all_keeps_every_valid_token(strategy: Strategy, ctx: PruneContext
     replacement features, if any, equal the original features: keep-all is the identity."""
     ctx = ctx.with_budget(1.0)
     sel = run_stages(strategy, ctx).selection
+    if isinstance(sel, Selection):
+        check_on_device("keep-all selection.indices", sel.indices, ctx)
     _contract("keep-all selection", check_selection, sel, ctx)
     kept = sel.token_mask(ctx.num_tokens)
     missing = ctx.valid_mask().to(kept.device) & ~kept
@@ -359,6 +373,7 @@ __all__ = [
     "ConformanceError",
     "StageOutputs",
     "run_stages",
+    "check_on_device",
     "check_scores_contract",
     "check_allocation_contract",
     "check_selection_contract",

@@ -183,13 +183,16 @@ def run_check(
     check: Check,
     max_examples: int = DEFAULT_MAX_EXAMPLES,
     settings: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
 ) -> CheckResult:
     """Run one check over generated contexts; skipped when the strategy's capabilities say so.
 
     For checks that draw budgets, the contexts of :func:`~.generators.budget_sweep` come first
     (every budget of every valid count up to 10, with the default 30 examples), then
     hypothesis draws the rest of ``max_examples``. Derandomized runs (the default) seed
-    hypothesis with :func:`check_seed` of the check's name.
+    hypothesis with :func:`check_seed` of the check's name. Every context's tensors are built
+    on ``device`` (``ctx.generator`` stays a CPU generator; budgets are CPU, as the contract
+    says).
     """
     reason = check.skip_reason(strategy)
     if reason is not None:
@@ -201,7 +204,7 @@ def run_check(
     def one(spec: ContextSpec, swept: bool = False) -> None:
         nonlocal runs
         runs += 1
-        ctx = build_context(spec)
+        ctx = build_context(spec, device)
         try:
             check.fn(strategy, ctx)
         except Exception as exc:
@@ -267,16 +270,20 @@ def check_strategy(
     *,
     checks: Iterable[str] | None = None,
     settings: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
     **params: Any,
 ) -> list[CheckResult]:
     """Run every named check (or those named in ``checks``) on a strategy.
 
     ``strategy_or_name`` is a :class:`~vtprune.core.Strategy` or a registered name (built
     with ``params``). ``settings`` overrides the kit's hypothesis settings (e.g.
-    ``{"derandomize": False}``). Returns one :class:`CheckResult` per check.
+    ``{"derandomize": False}``). ``device`` is where the generated contexts live (``"cuda"``,
+    ``"mps"``, ...): the device clauses then check that scores, selection indices and
+    replacement features come back on it. Returns one :class:`CheckResult` per check.
     """
     strategy = _resolve(strategy_or_name, params)
-    return [run_check(strategy, c, max_examples, settings) for c in _select(checks)]
+    dev = torch.device(device)
+    return [run_check(strategy, c, max_examples, settings, dev) for c in _select(checks)]
 
 
 def summarize(results: Sequence[CheckResult]) -> str:
@@ -414,27 +421,35 @@ def check_stage(
     registry: Registry | None = None,
     checks: Iterable[str] | None = None,
     settings: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
     **params: Any,
 ) -> list[CheckResult]:
     """Run the kit on one registered scorer, allocator or selector, composed with neutral
-    partners (see :func:`stage_strategy`)."""
+    partners (see :func:`stage_strategy`), on ``device``."""
     strategy = stage_strategy(kind, name, partners, registry, **params)
-    return check_strategy(strategy, max_examples, checks=checks, settings=settings)
+    return check_strategy(strategy, max_examples, checks=checks, settings=settings, device=device)
 
 
 class KitCheck:
     """A check bound to kit settings, callable as ``check(strategy)`` inside a pytest test:
     it fails the test with the kit's message, or skips it with the capability reason."""
 
-    def __init__(self, check: Check, max_examples: int, settings: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        check: Check,
+        max_examples: int,
+        settings: Mapping[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+    ):
         self.check = check
         self.max_examples = max_examples
         self.settings = settings
+        self.device = device
 
     def __call__(self, strategy: Strategy) -> CheckResult:
         import pytest
 
-        result = run_check(strategy, self.check, self.max_examples, self.settings)
+        result = run_check(strategy, self.check, self.max_examples, self.settings, self.device)
         if result.status == "skipped":
             pytest.skip(result.skip_reason)
         if result.status == "failed":
@@ -451,9 +466,11 @@ def parametrize_with_checks(
     *,
     checks: Iterable[str] | None = None,
     settings: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
 ) -> Any:
     """``pytest.mark.parametrize("strategy, check", ...)``: one test per strategy x check,
-    with ids ``<strategy>-<check>``. Names are built with :func:`vtprune.get_strategy`."""
+    with ids ``<strategy>-<check>``. Names are built with :func:`vtprune.get_strategy`.
+    Contexts are built on ``device``."""
     import pytest
 
     selected = _select(checks)
@@ -462,7 +479,9 @@ def parametrize_with_checks(
         strategy = _resolve(s, {})
         for c in selected:
             cases.append(
-                pytest.param(strategy, KitCheck(c, max_examples, settings), id=f"{strategy.name}-{c.name}")
+                pytest.param(
+                    strategy, KitCheck(c, max_examples, settings, device), id=f"{strategy.name}-{c.name}"
+                )
             )
     return pytest.mark.parametrize("strategy, check", cases)
 
