@@ -314,3 +314,52 @@ def test_contexts_are_built_on_the_requested_device() -> None:
     ctx = build_context(ContextSpec(batch=2, grid=(2, 3), budgets=(2, 1)), "meta")
     assert ctx.features.device.type == "meta"
     assert ctx.budget.device.type == "cpu"  # budgets are CPU by contract
+
+
+# -- (7) images of any size per cell and any value range ---------------------------------------
+
+IMAGE = frozenset({"image"})
+
+
+def cell_brightness_scorer(ctx):
+    """Mean brightness of each grid cell's pixels. The bug: it reshapes the image into cells,
+    assuming the image is an integer number of pixels per cell (14 for CLIP ViT-L/14)."""
+    img = ctx.image
+    b, c, hh, ww = img.shape
+    h, w = ctx.grid
+    cells = img.reshape(b, c, h, hh // h, w, ww // w)  # fails unless h | H and w | W
+    return cells.float().mean(dim=(1, 3, 5)).reshape(b, h * w).masked_fill(~ctx.valid_mask(), 0.0)
+
+
+def gamma_scorer(ctx):
+    """Perceived luminance per cell, decoding sRGB gamma with x ** 2.2. The bug: assumes pixels
+    in [0, 1]; CLIP-normalised pixels are negative and give NaN."""
+    h, w = ctx.grid
+    lum = (ctx.image.float() ** 2.2).mean(dim=1, keepdim=True)  # [B, 1, H, W]
+    cells = torch.nn.functional.adaptive_avg_pool2d(lum, (h, w)).flatten(1)  # [B, N]
+    return cells.masked_fill(~ctx.valid_mask(), 0.0)
+
+
+def test_kit_catches_a_scorer_that_assumes_whole_pixels_per_cell() -> None:
+    bad = failed(make("cell_brightness", scorer=cell_brightness_scorer, needs=IMAGE))
+    assert "check_scores_contract" in bad and "the scorer raised RuntimeError" in bad["check_scores_contract"]
+
+
+def test_kit_catches_a_scorer_that_assumes_pixels_in_unit_range() -> None:
+    bad = failed(make("gamma", scorer=gamma_scorer, needs=IMAGE))
+    assert "check_scores_contract" in bad and "finite on valid tokens" in bad["check_scores_contract"]
+
+
+def test_generated_images_vary_size_per_cell_and_value_range() -> None:
+    from hypothesis import find, settings
+
+    from vtprune.conformance_tests import build_context, context_specs
+
+    quick = settings(max_examples=2000, database=None, deadline=None)
+    specs = context_specs(IMAGE)
+    spec = find(specs, lambda s: s.px_per_cell == 10.5 and s.grid[0] % 2 == 1, settings=quick)
+    assert build_context(spec).image.shape[2] == round(spec.grid[0] * 10.5)  # not a multiple of h
+    clip = build_context(find(specs, lambda s: s.image_range == "clip", settings=quick)).image
+    assert clip is not None and float(clip.min()) < 0
+    byte = build_context(find(specs, lambda s: s.image_range == "byte", settings=quick)).image
+    assert byte is not None and float(byte.max()) > 1

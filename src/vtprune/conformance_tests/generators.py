@@ -31,6 +31,13 @@ FEATURE_KINDS = ("randn", "ties", "zeros")
 scores); ``zeros``: all zero (every score-from-features ties)."""
 PADDING_KINDS = ("trailing", "scattered")
 """Where a ragged sample's invalid tokens sit: after its valid ones, or at random positions."""
+IMAGE_RANGES = ("unit", "clip", "byte")
+"""Pixel value ranges: ``unit`` [0, 1]; ``clip`` CLIP-normalised ((x - mean) / std, about
+[-1.8, 2.1], what the LLaVA adapter passes); ``byte`` [0, 255] as floats."""
+PX_PER_CELL = (14.0, 10.5, 16.0, 7.0, 9.25)
+"""Image pixels per grid cell side the generators draw (non-integer ratios included)."""
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True, repr=False)
@@ -50,7 +57,9 @@ class ContextSpec:
         heads: attention heads; 0 gives ``attention`` / ``cls_attention`` of shape [B, N].
         text_tokens: T for ``text_features`` [B, T, D_text].
         text_dim: D_text, the text width (None: D); the contract does not tie it to D.
-        px_per_cell: image pixels per grid cell side (image is [B, 3, h*px, w*px]).
+        px_per_cell: image pixels per grid cell side, not necessarily an integer (the image
+            is [B, 3, round(h*px), round(w*px)]).
+        image_range: pixel values, see :data:`IMAGE_RANGES`.
         layer: None for a context before the LLM; an int >= 1 for an in-LLM prune point,
             built as the decoder adapter builds it (``vtprune/backbones/decoder.py``):
             ``ctx.layer`` = layer, ``ctx.original_count`` = N, earlier-pruned tokens invalid
@@ -74,7 +83,8 @@ class ContextSpec:
     heads: int = 0
     text_tokens: int = 2
     text_dim: int | None = None
-    px_per_cell: int = 14
+    px_per_cell: float = 14
+    image_range: str = "unit"
     layer: int | None = None
 
     def __repr__(self) -> str:  # only the fields that differ from the defaults: short, exact
@@ -151,15 +161,29 @@ def _attention(spec: ContextSpec, gen: torch.Generator, valid: torch.Tensor | No
     return att
 
 
-def _image(spec: ContextSpec, gen: torch.Generator) -> torch.Tensor:
-    """Flat colour blocks of 2x2 grid cells plus a little noise, in [0, 1] (SLIC can segment it)."""
+def image_size(spec: ContextSpec) -> tuple[int, int]:
+    """(H, W) of the spec's image: round(side x px_per_cell), at least 1."""
     h, w = spec.grid
-    block = 2 * spec.px_per_cell
+    return max(1, round(h * spec.px_per_cell)), max(1, round(w * spec.px_per_cell))
+
+
+def _image(spec: ContextSpec, gen: torch.Generator) -> torch.Tensor:
+    """Flat colour blocks of about 2x2 grid cells plus a little noise (SLIC can segment it),
+    in the spec's value range."""
+    h, w = spec.grid
+    size = image_size(spec)
     coarse = torch.rand(spec.batch, 3, (h + 1) // 2, (w + 1) // 2, generator=gen)
-    img = coarse.repeat_interleave(block, dim=2).repeat_interleave(block, dim=3)
-    img = img[:, :, : h * spec.px_per_cell, : w * spec.px_per_cell]
-    img = img + 0.05 * torch.randn(img.shape, generator=gen)
-    return img.clamp(0.0, 1.0)
+    # each coarse block covers 2 cells = 2 * px pixels; the last one may be cut
+    full = (round((h + 1) // 2 * 2 * spec.px_per_cell), round((w + 1) // 2 * 2 * spec.px_per_cell))
+    img = torch.nn.functional.interpolate(coarse, size=full, mode="nearest")[:, :, : size[0], : size[1]]
+    img = (img + 0.05 * torch.randn(img.shape, generator=gen)).clamp(0.0, 1.0)
+    if spec.image_range == "clip":
+        mean = torch.tensor(_CLIP_MEAN)[None, :, None, None]
+        std = torch.tensor(_CLIP_STD)[None, :, None, None]
+        return (img - mean) / std
+    if spec.image_range == "byte":
+        return img * 255.0
+    return img.contiguous()
 
 
 def build_context(spec: ContextSpec, device: str | torch.device = "cpu") -> PruneContext:
@@ -170,12 +194,19 @@ def build_context(spec: ContextSpec, device: str | torch.device = "cpu") -> Prun
     unknown = set(spec.signals) - set(SIGNALS)
     if unknown:
         raise ContractError(f"unknown signals {sorted(unknown)}; known signals: {list(SIGNALS)}")
-    choices = (("dtype", DTYPES), ("features", FEATURE_KINDS), ("padding", PADDING_KINDS))
+    choices = (
+        ("dtype", DTYPES),
+        ("features", FEATURE_KINDS),
+        ("padding", PADDING_KINDS),
+        ("image_range", IMAGE_RANGES),
+    )
     for name, allowed in choices:
         if getattr(spec, name) not in allowed:
             raise ContractError(
                 f"ContextSpec.{name} must be one of {list(allowed)}, got {getattr(spec, name)!r}"
             )
+    if not spec.px_per_cell > 0:
+        raise ContractError(f"ContextSpec.px_per_cell must be > 0, got {spec.px_per_cell!r}")
     if spec.layer is not None:
         if not (isinstance(spec.layer, int) and spec.layer >= 1):
             raise ContractError(f"ContextSpec.layer must be None or an int >= 1, got {spec.layer!r}")
@@ -313,6 +344,8 @@ def context_specs(
         ),
         text_tokens=draw(st.integers(1, 4)) if "text_features" in signals else 2,
         text_dim=draw(st.integers(1, max_dim)) if "text_features" in signals else None,
+        px_per_cell=draw(st.sampled_from(PX_PER_CELL)) if "image" in signals else 14,
+        image_range=draw(st.sampled_from(IMAGE_RANGES)) if "image" in signals else "unit",
         layer=layer,
     )
 
@@ -370,6 +403,8 @@ def budget_sweep(
                 heads=rng.randint(0, 3) if {"attention", "cls_attention"} & set(signals) else 0,
                 text_tokens=rng.randint(1, 4) if "text_features" in signals else 2,
                 text_dim=rng.randint(1, 16) if "text_features" in signals else None,
+                px_per_cell=rng.choice(PX_PER_CELL) if "image" in signals else 14,
+                image_range=rng.choice(IMAGE_RANGES) if "image" in signals else "unit",
             )
         )
     return specs
@@ -389,9 +424,12 @@ __all__ = [
     "DTYPES",
     "FEATURE_KINDS",
     "PADDING_KINDS",
+    "IMAGE_RANGES",
+    "PX_PER_CELL",
     "SWEEP_MAX_COUNT",
     "budget_sweep",
     "build_context",
     "context_specs",
+    "image_size",
     "prune_contexts",
 ]
