@@ -409,7 +409,7 @@ def test_generators_reach_the_edge_cases():
 
 
 def test_build_context_rejects_unknown_choices():
-    with pytest.raises(vtprune.ContractError, match=r"ContextSpec.features must be one of \['randn', 'ties', 'zeros'\], got 'noise'"):
+    with pytest.raises(vtprune.ContractError, match=r"ContextSpec.features must be one of \['randn', 'ties', 'zeros', 'hidden'\], got 'noise'"):
         build_context(ContextSpec(features="noise"))
     with pytest.raises(vtprune.ContractError, match="ContextSpec.dtype must be one of"):
         build_context(ContextSpec(dtype="float64"))

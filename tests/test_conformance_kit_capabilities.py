@@ -363,3 +363,32 @@ def test_generated_images_vary_size_per_cell_and_value_range() -> None:
     assert clip is not None and float(clip.min()) < 0
     byte = build_context(find(specs, lambda s: s.image_range == "byte", settings=quick)).image
     assert byte is not None and float(byte.max()) > 1
+
+
+# -- (6) realistic feature scales ---------------------------------------------------------------
+
+
+def naive_softmax_scorer(ctx):
+    """Softmax over tokens of each token's similarity to the sample mean, without subtracting
+    the max. Fine on unit-scale features (logits of a few units, computed in float32); with
+    hidden-state norms in the hundreds exp overflows to inf, and inf / inf is NaN."""
+    f = ctx.features.float()  # [B, N, D]
+    valid = ctx.valid_mask()
+    mean = (f * valid[..., None]).sum(1, keepdim=True) / valid.sum(1, keepdim=True)[..., None].clamp_min(1)
+    logits = (f * mean).sum(-1) / f.shape[-1] ** 0.5  # [B, N]
+    e = logits.exp() * valid
+    return e / e.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+def test_kit_catches_a_naive_softmax_that_overflows_on_real_feature_scales() -> None:
+    bad = failed(make("naive_softmax", scorer=naive_softmax_scorer))
+    assert "check_scores_contract" in bad and "finite on valid tokens" in bad["check_scores_contract"]
+
+
+def test_hidden_features_have_norms_in_the_hundreds() -> None:
+    from vtprune.conformance_tests import ContextSpec, build_context
+
+    for dtype in ("float32", "bfloat16", "float16"):
+        f = build_context(ContextSpec(grid=(4, 4), dim=8, features="hidden", dtype=dtype)).features
+        norms = f.float().norm(dim=-1)
+        assert bool(torch.isfinite(f).all()) and float(norms.min()) > 100

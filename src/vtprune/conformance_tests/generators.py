@@ -26,9 +26,12 @@ from hypothesis import strategies as st
 from ..core import SIGNALS, Capabilities, ContractError, PruneContext, keep_count
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-FEATURE_KINDS = ("randn", "ties", "zeros")
+FEATURE_KINDS = ("randn", "ties", "zeros", "hidden")
 """``randn``: i.i.d. normal; ``ties``: every token copies one of <= 3 vectors (many equal
-scores); ``zeros``: all zero (every score-from-features ties)."""
+scores); ``zeros``: all zero (every score-from-features ties); ``hidden``: scaled like real
+CLIP / LLM hidden states: a large shared offset (~N(0, 60^2) per channel), token spread
+~N(0, 20^2), and one outlier channel near +-400 ("massive activations"), so token norms are
+in the hundreds (naive exp / softmax / squared sums in fp16 overflow)."""
 PADDING_KINDS = ("trailing", "scattered")
 """Where a ragged sample's invalid tokens sit: after its valid ones, or at random positions."""
 IMAGE_RANGES = ("unit", "clip", "byte")
@@ -143,6 +146,12 @@ def _features(spec: ContextSpec, gen: torch.Generator) -> torch.Tensor:
     elif spec.features == "ties":
         pool = torch.randn(3, d, generator=gen)
         out = pool[torch.randint(0, 3, (b, n), generator=gen)]
+    elif spec.features == "hidden":
+        offset = 60.0 * torch.randn(d, generator=gen)
+        out = offset + 20.0 * torch.randn(b, n, d, generator=gen)
+        channel = int(torch.randint(0, d, (1,), generator=gen))
+        sign = 1.0 if bool(torch.rand(1, generator=gen) < 0.5) else -1.0
+        out[..., channel] += sign * 400.0
     else:
         out = torch.randn(b, n, d, generator=gen)
     return out.to(DTYPES[spec.dtype])
