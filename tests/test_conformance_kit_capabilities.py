@@ -392,3 +392,56 @@ def test_hidden_features_have_norms_in_the_hundreds() -> None:
         f = build_context(ContextSpec(grid=(4, 4), dim=8, features="hidden", dtype=dtype)).features
         norms = f.float().norm(dim=-1)
         assert bool(torch.isfinite(f).all()) and float(norms.min()) > 100
+
+
+# -- (4) determinism across interpreters --------------------------------------------------------
+# Module-level stage functions: the fresh interpreter unpickles the strategy by reference.
+
+
+def hash_seeded_scorer(ctx):
+    """Random tie-breaking scores from a generator seeded with hash() of a string: the same
+    in every run of one process (check_deterministic passes), different in another process
+    (PYTHONHASHSEED salts str hashes)."""
+    g = torch.Generator().manual_seed(hash("my-plugin") & 0xFFFF_FFFF)
+    b, n = ctx.features.shape[:2]
+    noise = torch.rand(n, generator=g).expand(b, n)  # one draw per token: batch-consistent
+    return noise.to(ctx.features.device).masked_fill(~ctx.valid_mask(), 0.0)
+
+
+def module_norm_scorer(ctx):
+    return norm_scorer(ctx)
+
+
+def module_global_allocator(ctx, scores):
+    return global_allocator(ctx, scores)
+
+
+def module_topk(ctx, scores, alloc):
+    return topk(ctx, scores, alloc)
+
+
+def _picklable(name: str, scorer) -> Strategy:
+    return Strategy(name, scorer, module_global_allocator, module_topk, Capabilities())
+
+
+FRESH = "check_deterministic_across_processes"
+
+
+def test_kit_catches_a_strategy_seeded_from_hash_of_a_string() -> None:
+    strategy = _picklable("hash_seeded", hash_seeded_scorer)
+    assert failed(strategy) == {}  # every default check passes: one process cannot see it
+    [result] = check_strategy(strategy, checks=[FRESH])
+    assert result.status == "failed" and "a fresh interpreter (other PYTHONHASHSEED) differs" in result.message
+
+
+def test_fresh_interpreter_check_passes_a_picklable_strategy_and_a_registered_one() -> None:
+    [mine] = check_strategy(_picklable("module_norm", module_norm_scorer), checks=[FRESH])
+    [altp] = check_strategy("altp", checks=[FRESH])
+    assert (mine.status, altp.status) == ("passed", "passed"), (mine.message, altp.message)
+    assert mine.runs == 1
+
+
+def test_fresh_interpreter_check_is_opt_in() -> None:
+    from vtprune.conformance_tests import CHECKS
+
+    assert FRESH not in {c.name for c in CHECKS}

@@ -318,6 +318,25 @@ def check_selector_respects_quotas(strategy: Strategy, ctx: PruneContext) -> Non
     _contract("selection against the allocation", check_selection, out.selection, ctx, out.allocation)
 
 
+def check_deterministic_across_processes(strategy: Strategy, ctx: PruneContext) -> None:
+    """A fresh Python interpreter with another ``PYTHONHASHSEED`` gives the same scores,
+    allocation and selection as this process on the same context (no ``hash()`` of strings,
+    set order or ``id()`` in the result). Opt-in: it starts a new interpreter (seconds)."""
+    from .fresh import differences
+
+    differ, here, there = differences(strategy, ctx)
+    if differ:
+        detail = ""
+        a, b = here["selection.indices"], there["selection.indices"]
+        if a is not None and b is not None and not torch.equal(a.cpu(), b.cpu()):
+            detail = f" (kept {a.cpu().tolist()[:2]} here, {b.tolist()[:2]} there)"
+        raise ConformanceError(
+            f"a fresh interpreter (other PYTHONHASHSEED) differs in {', '.join(differ)}{detail}; "
+            "do not derive results from hash() of strings, set iteration order or id(), or "
+            "declare capabilities.deterministic=False"
+        )
+
+
 # -- the table -----------------------------------------------------------------------------------
 
 Requirement = Literal["deterministic", "batch_consistent"]
@@ -330,6 +349,8 @@ class Check:
     Attributes:
         requires: :class:`~vtprune.core.Capabilities` flags that must all be True.
         budget: budgets the runner draws for it (``"any"``, ``"all"`` or ``"none"``).
+        once: run on one fixed context (the largest of the budget sweep), not on
+            hypothesis' draws: for expensive checks (:data:`OPT_IN_CHECKS`).
     """
 
     name: str
@@ -337,6 +358,7 @@ class Check:
     group: Literal["api", "property"]
     requires: tuple[Requirement, ...] = ()
     budget: Literal["any", "all", "none"] = "any"
+    once: bool = False
 
     @property
     def description(self) -> str:
@@ -365,10 +387,19 @@ CHECKS: tuple[Check, ...] = (
     Check("check_inputs_not_mutated", check_inputs_not_mutated, "property"),
     Check("check_selector_respects_quotas", check_selector_respects_quotas, "property"),
 )
-"""Every check of the kit, in the order they run."""
+"""Every default check of the kit, in the order they run."""
+
+OPT_IN_CHECKS: tuple[Check, ...] = (
+    Check(
+        "check_deterministic_across_processes", check_deterministic_across_processes, "property",
+        requires=("deterministic",), once=True,
+    ),
+)
+"""Checks that run only when named in ``checks=[...]`` (they cost seconds each)."""
 
 __all__ = [
     "CHECKS",
+    "OPT_IN_CHECKS",
     "Check",
     "ConformanceError",
     "StageOutputs",
@@ -384,4 +415,5 @@ __all__ = [
     "check_batch_consistent",
     "check_inputs_not_mutated",
     "check_selector_respects_quotas",
+    "check_deterministic_across_processes",
 ]

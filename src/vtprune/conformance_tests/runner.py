@@ -39,7 +39,7 @@ from ..core import (
     default_registry,
     get_strategy,
 )
-from .checks import CHECKS, Check
+from .checks import CHECKS, OPT_IN_CHECKS, Check
 from .generators import ContextSpec, budget_sweep, build_context, context_specs
 
 DEFAULT_MAX_EXAMPLES = 30
@@ -200,6 +200,9 @@ def run_check(
     runs = 0
     hyp = kit_settings(max_examples, settings)
     sweep = _sweep(strategy, check, max_examples, hyp.derandomize)
+    if check.once:  # one fixed context: the sweep's largest batch
+        seed_ = check_seed(check.name) if hyp.derandomize else None
+        sweep = [max(budget_sweep(strategy.capabilities, seed_), key=lambda s: s.batch)]
 
     def one(spec: ContextSpec, swept: bool = False) -> None:
         nonlocal runs
@@ -219,7 +222,8 @@ def run_check(
         run = hypothesis_seed(check_seed(check.name))(run)
     try:
         with _one_thread():
-            run()  # first, so that a failure hypothesis can find is shrunk
+            if not check.once:
+                run()  # first, so that a failure hypothesis can find is shrunk
             for swept in sweep:
                 try:
                     one(swept, swept=True)
@@ -257,7 +261,7 @@ def _resolve(strategy_or_name: Strategy | str, params: Mapping[str, Any]) -> Str
 def _select(checks: Iterable[str] | None) -> tuple[Check, ...]:
     if checks is None:
         return CHECKS
-    table = {c.name: c for c in CHECKS}
+    table = {c.name: c for c in CHECKS + OPT_IN_CHECKS}
     unknown = [n for n in checks if n not in table]
     if unknown:
         raise UnknownNameError(f"unknown check(s) {unknown}; the kit's checks are {list(table)}")
