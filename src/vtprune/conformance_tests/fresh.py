@@ -22,7 +22,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 import torch
@@ -68,7 +68,7 @@ def _rebuild(how: tuple[Any, ...]) -> Strategy:
     from dataclasses import replace
 
     from ..core import get_strategy
-    from .runner import _kit_schedule, uneven_regions_allocator
+    from .partners import _kit_schedule, uneven_regions_allocator
 
     if how[0] == "pickle":
         strategy: Strategy = pickle.loads(how[1])
@@ -112,12 +112,13 @@ def _context(payload: dict[str, Any]) -> PruneContext:
 
 
 def _outputs(strategy: Strategy, ctx: PruneContext) -> dict[str, torch.Tensor | None]:
-    from .checks import run_stages
-
-    out = run_stages(strategy, ctx)
-    alloc, sel = out.allocation, out.selection
+    """The three stages' raw outputs (as :func:`.checks.run_stages`, without its error wrapping:
+    this module must not import the checks)."""
+    scores = strategy.scorer(ctx)
+    alloc = strategy.allocator(ctx, scores)
+    sel = strategy.selector(ctx, scores, alloc)
     return {
-        "scores": out.scores,
+        "scores": scores,
         "allocation.regions": alloc.regions,
         "allocation.quotas": alloc.quotas,
         "selection.indices": sel.indices,
@@ -182,9 +183,10 @@ def _equal(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
 
 def differences(strategy: Strategy, ctx: PruneContext) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
     """Outputs that differ between this process and a fresh one, and both sets of outputs."""
-    from .checks import _fresh
-
-    here = _outputs(strategy, _fresh(ctx))
+    g = ctx.generator
+    if g is not None:  # the generator in the state it was seeded with, as the child gets it
+        ctx = replace(ctx, generator=torch.Generator(device=g.device).manual_seed(g.initial_seed()))
+    here = _outputs(strategy, ctx)
     there = replay_in_fresh_interpreter(strategy, ctx)
     return [k for k in here if not _equal(here[k], there.get(k))], here, there
 
