@@ -43,10 +43,10 @@ from .partners import REGION_COUNT, _kit_schedule, uneven_regions_allocator
 
 DEFAULT_MAX_EXAMPLES = 30
 """Contexts tried per check: for checks that draw budgets, the budget sweep's contexts (at most
-a third of them) and then hypothesis' draws; all checks on one strategy: ~1-4 s on 2 CPU cores."""
+a third of them) and then hypothesis' draws; all checks on one strategy: ~1-3.5 s of CPU."""
 
 
-SWEEP_COST = 2
+SWEEP_COST = 1.5
 """Hypothesis examples a budget-sweep context replaces: its batches are ~3x the size of a drawn
 one, so the sweep costs some random draws to keep the kit's runtime at what it was."""
 
