@@ -24,6 +24,8 @@ from vtprune.core import (
 from vtprune.strategies import stages
 from vtprune.strategies.stages import keep_top
 
+pytest_plugins = ["pytester"]
+
 NO_SHRINK = {"phases": [Phase.explicit, Phase.generate]}
 """Only *which* check fails matters here: shrinking is most of a failing check's time."""
 
@@ -456,3 +458,20 @@ def test_fresh_interpreter_check_is_opt_in() -> None:
     from vtprune.conformance_tests import CHECKS
 
     assert FRESH not in {c.name for c in CHECKS}
+
+
+def test_pytest_option_passes_the_device_to_the_checks(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider",
+        "--vtprune-conformance=uniform", "--vtprune-conformance-examples=3",
+        "--vtprune-conformance-device=meta", "-k", "check_scores_contract",
+    )
+    # uniform's scorer reads values, which a data-less meta context cannot give: the device
+    # reached the checks (on CPU the item passes; here it fails building or scoring)
+    result.assert_outcomes(failed=1, deselected=9)
+    cpu = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider",
+        "--vtprune-conformance=uniform", "--vtprune-conformance-examples=3",
+        "--vtprune-conformance-device=cpu", "-k", "check_scores_contract",
+    )
+    cpu.assert_outcomes(passed=1, deselected=9)
