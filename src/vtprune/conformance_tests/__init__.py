@@ -17,12 +17,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .checks import CHECKS, Check, ConformanceError, StageOutputs, run_stages
-    from .generators import ContextSpec, build_context, context_specs, prune_contexts
+    from .checks import CHECKS, OPT_IN_CHECKS, Check, ConformanceError, StageOutputs, run_stages
+    from .generators import ContextSpec, budget_sweep, build_context, context_specs, prune_contexts
     from .runner import (
         DEFAULT_MAX_EXAMPLES,
         CheckResult,
         assert_conforms,
+        check_seed,
         check_stage,
         check_strategy,
         parametrize_with_checks,
@@ -32,19 +33,19 @@ if TYPE_CHECKING:
     )
 
 _EXPORTS = {
-    "checks": ("CHECKS", "Check", "ConformanceError", "StageOutputs", "run_stages"),
-    "generators": ("ContextSpec", "build_context", "context_specs", "prune_contexts"),
+    "checks": ("CHECKS", "OPT_IN_CHECKS", "Check", "ConformanceError", "StageOutputs", "run_stages"),
+    "generators": ("ContextSpec", "budget_sweep", "build_context", "context_specs", "prune_contexts"),
     "runner": (
-        "DEFAULT_MAX_EXAMPLES", "CheckResult", "assert_conforms", "check_stage", "check_strategy",
-        "parametrize_with_checks", "run_check", "stage_strategy", "summarize",
+        "DEFAULT_MAX_EXAMPLES", "CheckResult", "assert_conforms", "check_seed", "check_stage",
+        "check_strategy", "parametrize_with_checks", "run_check", "stage_strategy", "summarize",
     ),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
-    "CHECKS", "Check", "ConformanceError", "StageOutputs", "run_stages",
-    "ContextSpec", "build_context", "context_specs", "prune_contexts",
-    "DEFAULT_MAX_EXAMPLES", "CheckResult", "assert_conforms", "check_stage", "check_strategy",
+    "CHECKS", "OPT_IN_CHECKS", "Check", "ConformanceError", "StageOutputs", "run_stages",
+    "ContextSpec", "budget_sweep", "build_context", "context_specs", "prune_contexts",
+    "DEFAULT_MAX_EXAMPLES", "CheckResult", "assert_conforms", "check_seed", "check_stage", "check_strategy",
     "parametrize_with_checks", "run_check", "stage_strategy", "summarize",
 ]
 

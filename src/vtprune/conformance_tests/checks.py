@@ -77,6 +77,19 @@ def _fresh(ctx: PruneContext) -> PruneContext:
     return replace(ctx, generator=torch.Generator(device=g.device).manual_seed(g.initial_seed()))
 
 
+def check_on_device(what: str, tensor: Any, ctx: PruneContext) -> None:
+    """The device clause of the API checks: ``tensor`` (a stage output) lives on the device of
+    ``ctx.features``. Run before any value check, so that a tensor on another device is named
+    as such instead of crashing a comparison. Raises :class:`ConformanceError`."""
+    have, want = getattr(tensor, "device", None), ctx.features.device
+    if have != want:
+        raise ConformanceError(
+            f"{what} is on {have}, but the input (ctx.features) is on {want}; build outputs "
+            "on the input's device (e.g. torch.zeros(..., device=ctx.features.device), "
+            "no .cpu() on the way out)"
+        )
+
+
 # -- API checks ----------------------------------------------------------------------------------
 
 
@@ -85,14 +98,14 @@ def check_scores_contract(strategy: Strategy, ctx: PruneContext) -> None:
     and not NaN on padding tokens (padding may hold any non-NaN value, -inf included: a NaN there
     poisons sorts and comparisons downstream)."""
     scores = _stage("scorer", strategy.scorer, ctx)
+    if isinstance(scores, torch.Tensor):
+        check_on_device("scores", scores, ctx)
     _contract("scorer output", check_scores, scores, ctx)
     if ctx.valid is not None and bool(torch.isnan(scores[~ctx.valid]).any()):
         raise ConformanceError(
             "scores hold NaN on padding tokens (ctx.valid == False); fill padding with a "
             "number (e.g. 0 or -inf), never NaN"
         )
-    if scores.device != ctx.features.device:
-        raise ConformanceError(f"scores are on {scores.device}, features on {ctx.features.device}")
 
 
 def check_allocation_contract(strategy: Strategy, ctx: PruneContext) -> None:
@@ -110,11 +123,9 @@ def check_selection_contract(strategy: Strategy, ctx: PruneContext) -> None:
     counts long == budget exactly, kept indices in range, valid, unique, sorted ascending,
     padding -1."""
     sel = run_stages(strategy, ctx).selection
+    if isinstance(sel, Selection):
+        check_on_device("selection.indices", sel.indices, ctx)
     _contract("selector output", check_selection, sel, ctx)
-    if sel.indices.device != ctx.features.device:
-        raise ConformanceError(
-            f"selection.indices are on {sel.indices.device}, features on {ctx.features.device}"
-        )
 
 
 def check_replacement_features(strategy: Strategy, ctx: PruneContext) -> None:
@@ -131,6 +142,7 @@ def check_replacement_features(strategy: Strategy, ctx: PruneContext) -> None:
         return
     if f is None:
         raise ConformanceError("capabilities.merges=True but selection.features is None")
+    check_on_device("selection.features", f, ctx)
     b, k = sel.indices.shape
     want = (b, k, ctx.features.shape[2])
     if tuple(f.shape) != want or f.dtype != ctx.features.dtype or f.device != ctx.features.device:
@@ -150,6 +162,8 @@ def check_keep_all_keeps_every_valid_token(strategy: Strategy, ctx: PruneContext
     replacement features, if any, equal the original features: keep-all is the identity."""
     ctx = ctx.with_budget(1.0)
     sel = run_stages(strategy, ctx).selection
+    if isinstance(sel, Selection):
+        check_on_device("keep-all selection.indices", sel.indices, ctx)
     _contract("keep-all selection", check_selection, sel, ctx)
     kept = sel.token_mask(ctx.num_tokens)
     missing = ctx.valid_mask().to(kept.device) & ~kept
@@ -304,6 +318,25 @@ def check_selector_respects_quotas(strategy: Strategy, ctx: PruneContext) -> Non
     _contract("selection against the allocation", check_selection, out.selection, ctx, out.allocation)
 
 
+def check_deterministic_across_processes(strategy: Strategy, ctx: PruneContext) -> None:
+    """A fresh Python interpreter with another ``PYTHONHASHSEED`` gives the same scores,
+    allocation and selection as this process on the same context (no ``hash()`` of strings,
+    set order or ``id()`` in the result). Opt-in: it starts a new interpreter (seconds)."""
+    from .fresh import differences
+
+    differ, here, there = differences(strategy, ctx)
+    if differ:
+        detail = ""
+        a, b = here["selection.indices"], there["selection.indices"]
+        if a is not None and b is not None and not torch.equal(a.cpu(), b.cpu()):
+            detail = f" (kept {a.cpu().tolist()[:2]} here, {b.tolist()[:2]} there)"
+        raise ConformanceError(
+            f"a fresh interpreter (other PYTHONHASHSEED) differs in {', '.join(differ)}{detail}; "
+            "do not derive results from hash() of strings, set iteration order or id(), or "
+            "declare capabilities.deterministic=False"
+        )
+
+
 # -- the table -----------------------------------------------------------------------------------
 
 Requirement = Literal["deterministic", "batch_consistent"]
@@ -316,6 +349,8 @@ class Check:
     Attributes:
         requires: :class:`~vtprune.core.Capabilities` flags that must all be True.
         budget: budgets the runner draws for it (``"any"``, ``"all"`` or ``"none"``).
+        once: run on one fixed context (the largest of the budget sweep), not on
+            hypothesis' draws: for expensive checks (:data:`OPT_IN_CHECKS`).
     """
 
     name: str
@@ -323,6 +358,7 @@ class Check:
     group: Literal["api", "property"]
     requires: tuple[Requirement, ...] = ()
     budget: Literal["any", "all", "none"] = "any"
+    once: bool = False
 
     @property
     def description(self) -> str:
@@ -351,14 +387,24 @@ CHECKS: tuple[Check, ...] = (
     Check("check_inputs_not_mutated", check_inputs_not_mutated, "property"),
     Check("check_selector_respects_quotas", check_selector_respects_quotas, "property"),
 )
-"""Every check of the kit, in the order they run."""
+"""Every default check of the kit, in the order they run."""
+
+OPT_IN_CHECKS: tuple[Check, ...] = (
+    Check(
+        "check_deterministic_across_processes", check_deterministic_across_processes, "property",
+        requires=("deterministic",), once=True,
+    ),
+)
+"""Checks that run only when named in ``checks=[...]`` (they cost seconds each)."""
 
 __all__ = [
     "CHECKS",
+    "OPT_IN_CHECKS",
     "Check",
     "ConformanceError",
     "StageOutputs",
     "run_stages",
+    "check_on_device",
     "check_scores_contract",
     "check_allocation_contract",
     "check_selection_contract",
@@ -369,4 +415,5 @@ __all__ = [
     "check_batch_consistent",
     "check_inputs_not_mutated",
     "check_selector_respects_quotas",
+    "check_deterministic_across_processes",
 ]

@@ -26,11 +26,21 @@ from hypothesis import strategies as st
 from ..core import SIGNALS, Capabilities, ContractError, PruneContext, keep_count
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-FEATURE_KINDS = ("randn", "ties", "zeros")
+FEATURE_KINDS = ("randn", "ties", "zeros", "hidden")
 """``randn``: i.i.d. normal; ``ties``: every token copies one of <= 3 vectors (many equal
-scores); ``zeros``: all zero (every score-from-features ties)."""
+scores); ``zeros``: all zero (every score-from-features ties); ``hidden``: scaled like real
+CLIP / LLM hidden states: a large shared offset (~N(0, 60^2) per channel), token spread
+~N(0, 20^2), and one outlier channel near +-400 ("massive activations"), so token norms are
+in the hundreds (naive exp / softmax / squared sums in fp16 overflow)."""
 PADDING_KINDS = ("trailing", "scattered")
 """Where a ragged sample's invalid tokens sit: after its valid ones, or at random positions."""
+IMAGE_RANGES = ("unit", "clip", "byte")
+"""Pixel value ranges: ``unit`` [0, 1]; ``clip`` CLIP-normalised ((x - mean) / std, about
+[-1.8, 2.1], what the LLaVA adapter passes); ``byte`` [0, 255] as floats."""
+PX_PER_CELL = (14.0, 10.5, 16.0, 7.0, 9.25)
+"""Image pixels per grid cell side the generators draw (non-integer ratios included)."""
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True, repr=False)
@@ -53,7 +63,16 @@ class ContextSpec:
             (stages that declare ``text_in_feature_space`` get D).
         text_counts: real text rows per sample (``text_valid``; None: every row real); rows
             past a sample's count are NaN, which no stage may let through.
-        px_per_cell: image pixels per grid cell side (image is [B, 3, h*px, w*px]).
+        px_per_cell: image pixels per grid cell side, not necessarily an integer (the image
+            is [B, 3, round(h*px), round(w*px)]).
+        image_range: pixel values, see :data:`IMAGE_RANGES`.
+        layer: None for a context before the LLM; an int >= 1 for an in-LLM prune point,
+            built as the decoder adapter builds it (``vtprune/backbones/decoder.py``):
+            ``ctx.layer`` = layer, ``ctx.original_count`` = N, earlier-pruned tokens invalid
+            (scattered, the same survivor count in every sample) with zero features, the same
+            budget in every sample, ``attention`` [B, heads >= 1, N] zero on pruned tokens,
+            ``image`` / ``cls_attention`` as computed before the LLM (on the full grid, so
+            cls_attention is *not* zero on pruned tokens), and no ``ctx.generator``.
     """
 
     batch: int = 1
@@ -71,7 +90,9 @@ class ContextSpec:
     text_tokens: int = 2
     text_dim: int | None = None
     text_counts: tuple[int, ...] | None = None
-    px_per_cell: int = 14
+    px_per_cell: float = 14
+    image_range: str = "unit"
+    layer: int | None = None
 
     def __repr__(self) -> str:  # only the fields that differ from the defaults: short, exact
         changed = [
@@ -102,6 +123,8 @@ class ContextSpec:
             f"features={self.features}",
             f"seed={self.seed}",
         ]
+        if self.layer is not None:
+            parts.append(f"in-LLM at layer {self.layer} (original_count={self.num_tokens})")
         if self.signals:
             parts.append(f"signals={list(self.signals)}" + (f" heads={self.heads}" if self.heads else ""))
         return ", ".join(parts)
@@ -127,13 +150,20 @@ def _features(spec: ContextSpec, gen: torch.Generator) -> torch.Tensor:
     elif spec.features == "ties":
         pool = torch.randn(3, d, generator=gen)
         out = pool[torch.randint(0, 3, (b, n), generator=gen)]
+    elif spec.features == "hidden":
+        offset = 60.0 * torch.randn(d, generator=gen)
+        out = offset + 20.0 * torch.randn(b, n, d, generator=gen)
+        channel = int(torch.randint(0, d, (1,), generator=gen))
+        sign = 1.0 if bool(torch.rand(1, generator=gen) < 0.5) else -1.0
+        out[..., channel] += sign * 400.0
     else:
         out = torch.randn(b, n, d, generator=gen)
     return out.to(DTYPES[spec.dtype])
 
 
 def _attention(spec: ContextSpec, gen: torch.Generator, valid: torch.Tensor | None) -> torch.Tensor:
-    """Non-negative rows, zero on padding, summing to at most 1 (a softmax slice)."""
+    """Non-negative rows, zero on padding (unless ``valid`` is None), summing to at most 1
+    (a softmax slice)."""
     shape = (spec.batch, spec.heads, spec.num_tokens) if spec.heads else (spec.batch, spec.num_tokens)
     logits = torch.randn(*shape, generator=gen) * 3.0
     if spec.features == "ties":  # quantised: many equal attention values
@@ -144,15 +174,29 @@ def _attention(spec: ContextSpec, gen: torch.Generator, valid: torch.Tensor | No
     return att
 
 
-def _image(spec: ContextSpec, gen: torch.Generator) -> torch.Tensor:
-    """Flat colour blocks of 2x2 grid cells plus a little noise, in [0, 1] (SLIC can segment it)."""
+def image_size(spec: ContextSpec) -> tuple[int, int]:
+    """(H, W) of the spec's image: round(side x px_per_cell), at least 1."""
     h, w = spec.grid
-    block = 2 * spec.px_per_cell
+    return max(1, round(h * spec.px_per_cell)), max(1, round(w * spec.px_per_cell))
+
+
+def _image(spec: ContextSpec, gen: torch.Generator) -> torch.Tensor:
+    """Flat colour blocks of about 2x2 grid cells plus a little noise (SLIC can segment it),
+    in the spec's value range."""
+    h, w = spec.grid
+    size = image_size(spec)
     coarse = torch.rand(spec.batch, 3, (h + 1) // 2, (w + 1) // 2, generator=gen)
-    img = coarse.repeat_interleave(block, dim=2).repeat_interleave(block, dim=3)
-    img = img[:, :, : h * spec.px_per_cell, : w * spec.px_per_cell]
-    img = img + 0.05 * torch.randn(img.shape, generator=gen)
-    return img.clamp(0.0, 1.0)
+    # each coarse block covers 2 cells = 2 * px pixels; the last one may be cut
+    full = (round((h + 1) // 2 * 2 * spec.px_per_cell), round((w + 1) // 2 * 2 * spec.px_per_cell))
+    img = torch.nn.functional.interpolate(coarse, size=full, mode="nearest")[:, :, : size[0], : size[1]]
+    img = (img + 0.05 * torch.randn(img.shape, generator=gen)).clamp(0.0, 1.0)
+    if spec.image_range == "clip":
+        mean = torch.tensor(_CLIP_MEAN)[None, :, None, None]
+        std = torch.tensor(_CLIP_STD)[None, :, None, None]
+        return (img - mean) / std
+    if spec.image_range == "byte":
+        return img * 255.0
+    return img.contiguous()
 
 
 def build_context(spec: ContextSpec, device: str | torch.device = "cpu") -> PruneContext:
@@ -163,11 +207,27 @@ def build_context(spec: ContextSpec, device: str | torch.device = "cpu") -> Prun
     unknown = set(spec.signals) - set(SIGNALS)
     if unknown:
         raise ContractError(f"unknown signals {sorted(unknown)}; known signals: {list(SIGNALS)}")
-    choices = (("dtype", DTYPES), ("features", FEATURE_KINDS), ("padding", PADDING_KINDS))
+    choices = (
+        ("dtype", DTYPES),
+        ("features", FEATURE_KINDS),
+        ("padding", PADDING_KINDS),
+        ("image_range", IMAGE_RANGES),
+    )
     for name, allowed in choices:
         if getattr(spec, name) not in allowed:
             raise ContractError(
                 f"ContextSpec.{name} must be one of {list(allowed)}, got {getattr(spec, name)!r}"
+            )
+    if not spec.px_per_cell > 0:
+        raise ContractError(f"ContextSpec.px_per_cell must be > 0, got {spec.px_per_cell!r}")
+    if spec.layer is not None:
+        if not (isinstance(spec.layer, int) and spec.layer >= 1):
+            raise ContractError(f"ContextSpec.layer must be None or an int >= 1, got {spec.layer!r}")
+        if len(set(spec.counts())) > 1 or len(set(spec.budgets)) > 1:
+            raise ContractError(
+                "an in-LLM ContextSpec (layer set) has the same valid count and the same budget "
+                f"in every sample, as the adapter builds it; got valid {list(spec.counts())}, "
+                f"budgets {list(spec.budgets)}"
             )
     gen = torch.Generator().manual_seed(spec.seed)
     valid = _valid_mask(spec, gen)
@@ -176,7 +236,9 @@ def build_context(spec: ContextSpec, device: str | torch.device = "cpu") -> Prun
         signals["image"] = _image(spec, gen)
     for name in ("attention", "cls_attention"):
         if name in spec.signals:
-            signals[name] = _attention(spec, gen, valid)
+            # In the LLM, cls_attention comes from before the LLM: pruned tokens keep theirs.
+            unmasked = spec.layer is not None and name == "cls_attention"
+            signals[name] = _attention(spec, gen, None if unmasked else valid)
     if "text_features" in spec.signals:
         text_dim = spec.dim if spec.text_dim is None else spec.text_dim
         text = torch.randn(spec.batch, spec.text_tokens, text_dim, generator=gen)
@@ -186,13 +248,18 @@ def build_context(spec: ContextSpec, device: str | torch.device = "cpu") -> Prun
             signals["text_valid"] = text_valid
         signals["text_features"] = text.to(DTYPES[spec.dtype])
     features = _features(spec, gen)
+    in_llm = spec.layer is not None
+    if in_llm and valid is not None:  # the adapter's survivors-in-their-slots, zeros elsewhere
+        features = features * valid[..., None].to(features.dtype)
     dev = torch.device(device)
     return PruneContext(
         features=features.to(dev),
         grid=spec.grid,
         budget=torch.tensor(spec.budgets, dtype=torch.long),
         valid=None if valid is None else valid.to(dev),
-        generator=torch.Generator().manual_seed(spec.seed),
+        layer=spec.layer,
+        original_count=spec.num_tokens if in_llm else None,
+        generator=None if in_llm else torch.Generator().manual_seed(spec.seed),
         image=_to(signals.get("image"), dev),
         attention=_to(signals.get("attention"), dev),
         cls_attention=_to(signals.get("cls_attention"), dev),
@@ -226,6 +293,7 @@ def context_specs(
     dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16"),
     ragged: bool = True,
     budget: str = "any",
+    in_llm: bool = True,
 ) -> ContextSpec:
     """Valid :class:`ContextSpec` s supplying the signals ``capabilities.needs`` lists.
 
@@ -233,6 +301,9 @@ def context_specs(
     from a ratio (half-up rounding of ratio x valid count) or per-sample counts in
     [0, valid count]. ``budget="all"`` / ``"none"`` pins every budget to the valid count / 0.
     ``ragged=True`` lets samples have padding tokens (valid count 0 included).
+    ``in_llm=True`` makes about a third of the specs in-LLM prune points (``layer`` in 1..40,
+    see :class:`ContextSpec`): a survivor count in 0..N shared by the batch, scattered, and one
+    budget for every sample (a count, or a ratio of the *original* N, as a schedule gives it).
     """
     if budget not in ("any", "all", "none"):
         raise ContractError(f"budget must be 'any', 'all' or 'none', got {budget!r}")
@@ -243,12 +314,25 @@ def context_specs(
     n = grid[0] * grid[1]
     valid_counts: tuple[int, ...] | None = None
     padding = "trailing"
-    if ragged and draw(st.booleans()):
+    layer: int | None = None
+    if in_llm and draw(st.sampled_from((False, False, True))):
+        layer = draw(st.integers(1, 40))
+    if layer is not None:  # survivors of earlier prune points: as many in every sample
+        survivors = draw(st.integers(0, n))
+        valid_counts = None if survivors == n else (survivors,) * batch
+        padding = "scattered"
+    elif ragged and draw(st.booleans()):
         valid_counts = tuple(draw(st.lists(st.integers(0, n), min_size=batch, max_size=batch)))
         padding = draw(st.sampled_from(PADDING_KINDS))
     counts = valid_counts or (n,) * batch
     ratio: float | None = None
-    if budget == "all":
+    if layer is not None and budget == "any":  # one budget, a count or a ratio of the original N
+        if draw(st.booleans()):
+            ratio = draw(st.floats(0.0, counts[0] / n, allow_nan=False, allow_infinity=False))
+            budgets = (keep_count(ratio, n),) * batch
+        else:
+            budgets = (draw(st.integers(0, counts[0])),) * batch
+    elif budget == "all":
         budgets = counts
     elif budget == "none":
         budgets = (0,) * batch
@@ -276,11 +360,78 @@ def context_specs(
         features=draw(st.sampled_from(FEATURE_KINDS)),
         seed=draw(st.integers(0, 2**16)),
         signals=signals,
-        heads=draw(st.integers(0, 3)) if {"attention", "cls_attention"} & set(signals) else 0,
+        heads=(
+            draw(st.integers(0 if layer is None else 1, 3))
+            if {"attention", "cls_attention"} & set(signals)
+            else 0
+        ),
         text_tokens=text_tokens,
         text_dim=draw(st.integers(1, max_dim)) if "text_features" in signals and not same_space else None,
         text_counts=text_counts,
+        px_per_cell=draw(st.sampled_from(PX_PER_CELL)) if "image" in signals else 14,
+        image_range=draw(st.sampled_from(IMAGE_RANGES)) if "image" in signals else "unit",
+        layer=layer,
     )
+
+
+SWEEP_MAX_COUNT = 10
+"""The budget sweep covers every valid count m in 1..10 with every budget 0..m."""
+SWEEP_MAX_BATCH = 8
+
+
+def budget_sweep(
+    capabilities: Capabilities | Iterable[str] | None = None,
+    seed: int | None = 0,
+    *,
+    max_count: int = SWEEP_MAX_COUNT,
+    max_batch: int = SWEEP_MAX_BATCH,
+) -> list[ContextSpec]:
+    """Specs that together try every (valid count m, budget k) with 1 <= m <= ``max_count``
+    and 0 <= k <= m exactly once (65 pairs for m <= 10), packed as samples of batches of at
+    most ``max_batch`` (9 contexts by default).
+
+    The pairs are shuffled by ``seed`` (None: at random); each context gets a grid with at least as many cells as
+    its largest m (samples with fewer valid tokens get trailing or scattered padding), and a
+    dtype, feature kind and signal shapes drawn from ``seed`` as :func:`context_specs` would.
+    Off-by-one bugs that fire on a few budgets only (some ratios, float-step lattices) cannot
+    hide from it, whatever hypothesis happens to draw.
+    """
+    import random
+
+    rng = random.Random(seed)
+    signals = _needs(capabilities)
+    pairs = [(m, k) for m in range(1, max_count + 1) for k in range(m + 1)]
+    rng.shuffle(pairs)
+    specs = []
+    for start in range(0, len(pairs), max_batch):
+        chunk = pairs[start : start + max_batch]
+        top = max(m for m, _ in chunk)
+        h = rng.randint(1, top)
+        w = rng.randint(-(-top // h), -(-top // h) + 2)  # h * w >= top
+        n = h * w
+        counts = tuple(m for m, _ in chunk)
+        ragged = any(c != n for c in counts)
+        padding = rng.choice(PADDING_KINDS)
+        specs.append(
+            ContextSpec(
+                batch=len(chunk),
+                grid=(h, w),
+                dim=rng.randint(1, 16),
+                dtype=rng.choice(tuple(DTYPES)),
+                valid_counts=counts if ragged else None,
+                padding=padding if ragged else "trailing",
+                budgets=tuple(k for _, k in chunk),
+                features=rng.choice(FEATURE_KINDS),
+                seed=rng.randint(0, 2**16),
+                signals=signals,
+                heads=rng.randint(0, 3) if {"attention", "cls_attention"} & set(signals) else 0,
+                text_tokens=rng.randint(1, 4) if "text_features" in signals else 2,
+                text_dim=rng.randint(1, 16) if "text_features" in signals else None,
+                px_per_cell=rng.choice(PX_PER_CELL) if "image" in signals else 14,
+                image_range=rng.choice(IMAGE_RANGES) if "image" in signals else "unit",
+            )
+        )
+    return specs
 
 
 def prune_contexts(
@@ -297,7 +448,12 @@ __all__ = [
     "DTYPES",
     "FEATURE_KINDS",
     "PADDING_KINDS",
+    "IMAGE_RANGES",
+    "PX_PER_CELL",
+    "SWEEP_MAX_COUNT",
+    "budget_sweep",
     "build_context",
     "context_specs",
+    "image_size",
     "prune_contexts",
 ]

@@ -5,7 +5,8 @@ neither torch nor ``vtprune.core`` at load time; the kit is imported only when u
 
 * ``pytest --vtprune-conformance=NAME[,NAME]`` (or ``all``) adds one test per registered
   strategy x named check to the session, e.g. ``vtprune-conformance[uniform-check_deterministic]``;
-  ``--vtprune-conformance-examples=N`` sets hypothesis' examples per check (default 30).
+  ``--vtprune-conformance-examples=N`` sets hypothesis' examples per check (default 30);
+  ``--vtprune-conformance-device=DEVICE`` builds the contexts on DEVICE (default cpu).
 * The ``vtprune_conformance`` fixture is the kit module
   (``vtprune_conformance.assert_conforms(strategy)``).
 """
@@ -38,16 +39,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="hypothesis examples per check (default: the kit's, 30)",
     )
+    group.addoption(
+        "--vtprune-conformance-device",
+        dest="vtprune_conformance_device",
+        default="cpu",
+        metavar="DEVICE",
+        help="device the kit builds its contexts on, e.g. cuda (default: cpu)",
+    )
 
 
 class ConformanceItem(pytest.Item):
     """One named check of the kit on one registered strategy."""
 
-    def __init__(self, *, strategy: str, check: str, max_examples: int | None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, strategy: str, check: str, max_examples: int | None, device: str = "cpu", **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.strategy_name = strategy
         self.check_name = check
         self.max_examples = max_examples
+        self.device = device
 
     def runtest(self) -> None:
         from . import runner
@@ -55,7 +66,7 @@ class ConformanceItem(pytest.Item):
         strategy = runner._resolve(self.strategy_name, {})
         check = runner._select([self.check_name])[0]
         n = self.max_examples or runner.DEFAULT_MAX_EXAMPLES
-        runner.KitCheck(check, n)(strategy)
+        runner.KitCheck(check, n, device=self.device)(strategy)
 
     def reportinfo(self) -> tuple[str, int | None, str]:
         return "vtprune-conformance", None, f"{self.strategy_name}: {self.check_name}"
@@ -84,6 +95,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     from .checks import CHECKS
 
     examples = config.getoption("vtprune_conformance_examples")
+    device = config.getoption("vtprune_conformance_device")
     for strategy in _requested(value):
         for check in CHECKS:
             items.append(
@@ -93,6 +105,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
                     strategy=strategy,
                     check=check.name,
                     max_examples=examples,
+                    device=device,
                 )
             )
 

@@ -18,12 +18,14 @@ pytest::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
 from hypothesis import HealthCheck, Verbosity, given
+from hypothesis import seed as hypothesis_seed
 from hypothesis import settings as hypothesis_settings
 
 from ..core import (
@@ -35,11 +37,24 @@ from ..core import (
     default_registry,
     get_strategy,
 )
-from .checks import CHECKS, Check
-from .generators import ContextSpec, build_context, context_specs
+from .checks import CHECKS, OPT_IN_CHECKS, Check
+from .generators import ContextSpec, budget_sweep, build_context, context_specs
+from .partners import REGION_COUNT, _kit_schedule, uneven_regions_allocator
 
 DEFAULT_MAX_EXAMPLES = 30
-"""Contexts hypothesis tries per check (all checks on one strategy: ~0.5-1.5 s on 2 CPU cores)."""
+"""Contexts tried per check: for checks that draw budgets, the budget sweep's contexts (at most
+a third of them) and then hypothesis' draws; all checks on one strategy: ~1-3.5 s of CPU."""
+
+
+SWEEP_COST = 1.5
+"""Hypothesis examples a budget-sweep context replaces: its batches are ~3x the size of a drawn
+one, so the sweep costs some random draws to keep the kit's runtime at what it was."""
+
+
+def check_seed(name: str) -> int:
+    """The seed of one check's derandomized run: from its name (SHA-256, not ``hash()``), so
+    every check draws its own contexts and they are the same in every process."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
 
 Status = Literal["passed", "failed", "skipped"]
 
@@ -71,10 +86,11 @@ class CheckResult:
 
 
 class _Falsified(AssertionError):
-    def __init__(self, spec: ContextSpec, error: BaseException) -> None:
+    def __init__(self, spec: ContextSpec, error: BaseException, swept: bool = False) -> None:
         super().__init__(str(error))
         self.spec = spec
         self.error = error
+        self.swept = swept
 
 
 def kit_settings(max_examples: int, overrides: Mapping[str, Any] | None = None) -> hypothesis_settings:
@@ -111,7 +127,11 @@ def _one_thread() -> Iterator[None]:
 
 
 def _failure_message(
-    strategy: Strategy, check: Check, error: BaseException | str, spec: ContextSpec | None
+    strategy: Strategy,
+    check: Check,
+    error: BaseException | str,
+    spec: ContextSpec | None,
+    swept: bool = False,
 ) -> str:
     lines = [
         f"strategy {strategy.name!r} failed {check.name}",
@@ -120,10 +140,41 @@ def _failure_message(
     ]
     if spec is not None:
         lines += [
-            f"  falsifying input (shrunk): {spec.describe()}",
+            f"  falsifying input ({'budget sweep, not shrunk' if swept else 'shrunk'}): {spec.describe()}",
             f"  reproduce: ctx = vtprune.conformance_tests.build_context({spec!r})",
         ]
     return "\n".join(lines)
+
+
+def _sweep(strategy: Strategy, check: Check, max_examples: int, derandomize: bool) -> list[ContextSpec]:
+    """The budget sweep's contexts for a check that draws budgets (at most a third of the
+    examples, so that hypothesis keeps two thirds); none for keep-all / keep-none checks."""
+    if check.budget != "any":
+        return []
+    specs = budget_sweep(strategy.capabilities, check_seed(check.name) if derandomize else None)
+    return specs[: max_examples // 3]
+
+
+def _smaller(failure: _Falsified, one: Callable[..., None]) -> _Falsified:
+    """A budget-sweep failure reduced to one sample when one alone still fails (the sweep is
+    not shrunk by hypothesis; its batches hold up to 8 samples)."""
+    spec = failure.spec
+    if spec.batch == 1:
+        return failure
+    counts = spec.counts()
+    for m, k in sorted(zip(counts, spec.budgets)):
+        alone = replace(
+            spec,
+            batch=1,
+            valid_counts=None if m == spec.num_tokens else (m,),
+            padding=spec.padding if m != spec.num_tokens else "trailing",
+            budgets=(k,),
+        )
+        try:
+            one(alone, swept=True)
+        except _Falsified as smaller:
+            return smaller
+    return failure
 
 
 def run_check(
@@ -131,29 +182,54 @@ def run_check(
     check: Check,
     max_examples: int = DEFAULT_MAX_EXAMPLES,
     settings: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
 ) -> CheckResult:
-    """Run one check over generated contexts; skipped when the strategy's capabilities say so."""
+    """Run one check over generated contexts; skipped when the strategy's capabilities say so.
+
+    For checks that draw budgets, the contexts of :func:`~.generators.budget_sweep` come first
+    (every budget of every valid count up to 10, with the default 30 examples), then
+    hypothesis draws the rest of ``max_examples``. Derandomized runs (the default) seed
+    hypothesis with :func:`check_seed` of the check's name. Every context's tensors are built
+    on ``device`` (``ctx.generator`` stays a CPU generator; budgets are CPU, as the contract
+    says).
+    """
     reason = check.skip_reason(strategy)
     if reason is not None:
         return CheckResult(strategy.name, check.name, "skipped", skip_reason=reason)
     runs = 0
+    hyp = kit_settings(max_examples, settings)
+    sweep = _sweep(strategy, check, max_examples, hyp.derandomize)
+    if check.once:  # one fixed context: the sweep's largest batch
+        seed_ = check_seed(check.name) if hyp.derandomize else None
+        sweep = [max(budget_sweep(strategy.capabilities, seed_), key=lambda s: s.batch)]
 
-    @kit_settings(max_examples, settings)
-    @given(context_specs(strategy.capabilities, budget=check.budget))
-    def run(spec: ContextSpec) -> None:
+    def one(spec: ContextSpec, swept: bool = False) -> None:
         nonlocal runs
         runs += 1
-        ctx = build_context(spec)
+        ctx = build_context(spec, device)
         try:
             check.fn(strategy, ctx)
         except Exception as exc:
-            raise _Falsified(spec, exc) from exc
+            raise _Falsified(spec, exc, swept) from exc
 
+    @kit_settings(max(max_examples // 3, max_examples - round(SWEEP_COST * len(sweep)), 1), settings)
+    @given(context_specs(strategy.capabilities, budget=check.budget))
+    def run(spec: ContextSpec) -> None:
+        one(spec)
+
+    if hyp.derandomize:
+        run = hypothesis_seed(check_seed(check.name))(run)
     try:
         with _one_thread():
-            run()
+            if not check.once:
+                run()  # first, so that a failure hypothesis can find is shrunk
+            for swept in sweep:
+                try:
+                    one(swept, swept=True)
+                except _Falsified as failure:
+                    raise _smaller(failure, one) from failure.error
     except _Falsified as failure:
-        message = _failure_message(strategy, check, failure.error, failure.spec)
+        message = _failure_message(strategy, check, failure.error, failure.spec, failure.swept)
         return CheckResult(strategy.name, check.name, "failed", message=message, runs=runs)
     except Exception as exc:  # hypothesis' own verdicts (e.g. a flaky failure)
         inner = getattr(exc, "exceptions", None)
@@ -184,7 +260,7 @@ def _resolve(strategy_or_name: Strategy | str, params: Mapping[str, Any]) -> Str
 def _select(checks: Iterable[str] | None) -> tuple[Check, ...]:
     if checks is None:
         return CHECKS
-    table = {c.name: c for c in CHECKS}
+    table = {c.name: c for c in CHECKS + OPT_IN_CHECKS}
     unknown = [n for n in checks if n not in table]
     if unknown:
         raise UnknownNameError(f"unknown check(s) {unknown}; the kit's checks are {list(table)}")
@@ -197,16 +273,20 @@ def check_strategy(
     *,
     checks: Iterable[str] | None = None,
     settings: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
     **params: Any,
 ) -> list[CheckResult]:
     """Run every named check (or those named in ``checks``) on a strategy.
 
     ``strategy_or_name`` is a :class:`~vtprune.core.Strategy` or a registered name (built
     with ``params``). ``settings`` overrides the kit's hypothesis settings (e.g.
-    ``{"derandomize": False}``). Returns one :class:`CheckResult` per check.
+    ``{"derandomize": False}``). ``device`` is where the generated contexts live (``"cuda"``,
+    ``"mps"``, ...): the device clauses then check that scores, selection indices and
+    replacement features come back on it. Returns one :class:`CheckResult` per check.
     """
     strategy = _resolve(strategy_or_name, params)
-    return [run_check(strategy, c, max_examples, settings) for c in _select(checks)]
+    dev = torch.device(device)
+    return [run_check(strategy, c, max_examples, settings, dev) for c in _select(checks)]
 
 
 def summarize(results: Sequence[CheckResult]) -> str:
@@ -231,12 +311,23 @@ def assert_conforms(
 
 
 NEUTRAL = {"scorer": "constant", "allocator": "global", "selector": "topk"}
-"""The partners :func:`check_stage` composes a single stage with."""
+"""The partners :func:`check_stage` composes a single stage with (a selector gets the kit's
+:func:`uneven_regions_allocator` instead of ``global``, see :func:`stage_strategy`)."""
 
+def _refuses_regions(strategy: Strategy) -> bool:
+    """True when the selector rejects region quotas with a ContractError (as ``divprune`` or
+    ``pool`` do, by design) on a small context with regions."""
+    from .generators import ContextSpec, _needs, build_context
 
-def _kit_schedule(num_layers: int, keep: Any) -> Schedule:
-    """Placement for stage tests that need in-LLM attention (irrelevant to the checks)."""
-    return Schedule.at_layers([(min(1, num_layers - 1), keep)])
+    ctx = build_context(ContextSpec(grid=(3, 4), dim=3, budgets=(5,), signals=_needs(strategy.capabilities)))
+    try:
+        scores = strategy.scorer(ctx)
+        strategy.selector(ctx, scores, uneven_regions_allocator(ctx, scores))
+    except ContractError:
+        return True
+    except Exception:  # any other error is the checks' business, with the regions allocator
+        return False
+    return False
 
 
 def stage_strategy(
@@ -248,7 +339,13 @@ def stage_strategy(
 ) -> Strategy:
     """A strategy made of the registered stage ``kind``/``name`` and neutral partners
     (``constant`` scorer, ``global`` allocator, ``topk`` selector unless ``partners`` says
-    otherwise), looked up in ``registry`` (default: the process-wide one)."""
+    otherwise), looked up in ``registry`` (default: the process-wide one).
+
+    A selector is tested against the kit's :func:`uneven_regions_allocator` (several regions,
+    uneven quotas, some 0) unless ``partners`` names an allocator, so that its quota handling
+    is exercised; a selector that refuses region quotas with a ``ContractError`` (by design,
+    e.g. ``divprune``) gets the ``global`` allocator instead.
+    """
     if kind not in NEUTRAL:
         raise UnknownNameError(f"unknown stage kind {kind!r}; choose from {list(NEUTRAL)}")
     stages = {**NEUTRAL, **(partners or {}), kind: name}
@@ -259,12 +356,20 @@ def stage_strategy(
     needs = frozenset().union(*(registry.spec(k, v).capabilities.needs for k, v in stages.items()))
     schedule: Callable[..., Schedule] | None = _kit_schedule if "attention" in needs else None
     try:
-        return registry.compose(
+        strategy = registry.compose(
             stages["scorer"], stages["allocator"], stages["selector"],
             name=f"{kind}:{name}", schedule=schedule, **params,
         )
     except ContractError as err:
         raise ContractError(f"cannot build a strategy around {kind} {name!r}: {err}") from None
+    if kind == "selector" and "allocator" not in (partners or {}) and not _refuses_regions(strategy):
+        scorer_name, _, selector_name = strategy.stage_names
+        strategy = replace(
+            strategy,
+            allocator=uneven_regions_allocator,
+            stage_names=(scorer_name, "kit:uneven_regions", selector_name),
+        )
+    return strategy
 
 
 def check_stage(
@@ -276,27 +381,35 @@ def check_stage(
     registry: Registry | None = None,
     checks: Iterable[str] | None = None,
     settings: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
     **params: Any,
 ) -> list[CheckResult]:
     """Run the kit on one registered scorer, allocator or selector, composed with neutral
-    partners (see :func:`stage_strategy`)."""
+    partners (see :func:`stage_strategy`), on ``device``."""
     strategy = stage_strategy(kind, name, partners, registry, **params)
-    return check_strategy(strategy, max_examples, checks=checks, settings=settings)
+    return check_strategy(strategy, max_examples, checks=checks, settings=settings, device=device)
 
 
 class KitCheck:
     """A check bound to kit settings, callable as ``check(strategy)`` inside a pytest test:
     it fails the test with the kit's message, or skips it with the capability reason."""
 
-    def __init__(self, check: Check, max_examples: int, settings: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        check: Check,
+        max_examples: int,
+        settings: Mapping[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+    ):
         self.check = check
         self.max_examples = max_examples
         self.settings = settings
+        self.device = device
 
     def __call__(self, strategy: Strategy) -> CheckResult:
         import pytest
 
-        result = run_check(strategy, self.check, self.max_examples, self.settings)
+        result = run_check(strategy, self.check, self.max_examples, self.settings, self.device)
         if result.status == "skipped":
             pytest.skip(result.skip_reason)
         if result.status == "failed":
@@ -313,9 +426,11 @@ def parametrize_with_checks(
     *,
     checks: Iterable[str] | None = None,
     settings: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
 ) -> Any:
     """``pytest.mark.parametrize("strategy, check", ...)``: one test per strategy x check,
-    with ids ``<strategy>-<check>``. Names are built with :func:`vtprune.get_strategy`."""
+    with ids ``<strategy>-<check>``. Names are built with :func:`vtprune.get_strategy`.
+    Contexts are built on ``device``."""
     import pytest
 
     selected = _select(checks)
@@ -324,7 +439,9 @@ def parametrize_with_checks(
         strategy = _resolve(s, {})
         for c in selected:
             cases.append(
-                pytest.param(strategy, KitCheck(c, max_examples, settings), id=f"{strategy.name}-{c.name}")
+                pytest.param(
+                    strategy, KitCheck(c, max_examples, settings, device), id=f"{strategy.name}-{c.name}"
+                )
             )
     return pytest.mark.parametrize("strategy, check", cases)
 
@@ -332,9 +449,11 @@ def parametrize_with_checks(
 __all__ = [
     "DEFAULT_MAX_EXAMPLES",
     "NEUTRAL",
+    "REGION_COUNT",
     "CheckResult",
     "KitCheck",
     "assert_conforms",
+    "check_seed",
     "check_stage",
     "check_strategy",
     "kit_settings",
@@ -342,4 +461,5 @@ __all__ = [
     "run_check",
     "stage_strategy",
     "summarize",
+    "uneven_regions_allocator",
 ]
