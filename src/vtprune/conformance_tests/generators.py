@@ -272,6 +272,11 @@ def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if t is None else t.to(device)
 
 
+def _same_space(capabilities: Capabilities | Iterable[str] | None) -> bool:
+    """Does a stage compare text with features directly (D_text must equal D)?"""
+    return isinstance(capabilities, Capabilities) and capabilities.text_in_feature_space
+
+
 def _needs(capabilities: Capabilities | Iterable[str] | None) -> tuple[str, ...]:
     if capabilities is None:
         return ()
@@ -308,7 +313,7 @@ def context_specs(
     if budget not in ("any", "all", "none"):
         raise ContractError(f"budget must be 'any', 'all' or 'none', got {budget!r}")
     signals = _needs(capabilities)
-    same_space = isinstance(capabilities, Capabilities) and capabilities.text_in_feature_space
+    same_space = _same_space(capabilities)
     batch = draw(st.integers(1, max_batch))
     grid = (draw(st.integers(1, max_side)), draw(st.integers(1, max_side)))
     n = grid[0] * grid[1]
@@ -400,6 +405,7 @@ def budget_sweep(
 
     rng = random.Random(seed)
     signals = _needs(capabilities)
+    text_dim = "text_features" in signals and not _same_space(capabilities)
     pairs = [(m, k) for m in range(1, max_count + 1) for k in range(m + 1)]
     rng.shuffle(pairs)
     specs = []
@@ -426,7 +432,7 @@ def budget_sweep(
                 signals=signals,
                 heads=rng.randint(0, 3) if {"attention", "cls_attention"} & set(signals) else 0,
                 text_tokens=rng.randint(1, 4) if "text_features" in signals else 2,
-                text_dim=rng.randint(1, 16) if "text_features" in signals else None,
+                text_dim=rng.randint(1, 16) if text_dim else None,
                 px_per_cell=rng.choice(PX_PER_CELL) if "image" in signals else 14,
                 image_range=rng.choice(IMAGE_RANGES) if "image" in signals else "unit",
             )

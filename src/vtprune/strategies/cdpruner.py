@@ -120,6 +120,7 @@ def greedy_dpp(
     b, n, _ = unit.shape
     dev = unit.device
     rows = torch.arange(b, device=dev)
+    wide = unit.double() if dev.type != "mps" else unit  # MPS has no float64
     allowed = q > 0
     d2 = torch.where(allowed, q * q, -torch.inf)  # diag(L), as unit rows have norm 1 (or 0)
     chol = torch.zeros(steps, b, n, device=dev)
@@ -133,8 +134,11 @@ def greedy_dpp(
         active = step < budget  # [B]
         gain = d2[rows, j]
         useful = active & (gain > EPS)
-        # element-wise products and sums, not bmm: the same arithmetic whatever the batch
-        row = (unit * unit[rows, j][:, None, :]).sum(dim=-1) * q * q[rows, j][:, None]  # L[j, :]
+        # L[j, :]: a float64 matrix-vector product per sample, rounded to float32 — the kernel
+        # bmm picks can depend on the batch, and float64 makes its last-bit differences vanish
+        # in the rounding, so a sample's row (and its tie-breaks) is the same alone and in a batch
+        sim = torch.bmm(wide, wide[rows, j][:, :, None])[..., 0].float()
+        row = sim * q * q[rows, j][:, None]
         known = (chol[:step, rows, j][:, :, None] * chol[:step]).sum(dim=0)  # [B, N]
         e = (row - known) / gain.clamp_min(EPS).sqrt()[:, None]
         e = torch.where(useful[:, None], e, 0.0)
