@@ -168,6 +168,15 @@ def first_sample_scorer(ctx):
     return norm_scorer(ctx)[:1].expand(ctx.batch_size, -1).clone()
 
 
+def centre_prior_scorer(ctx):
+    """Prefers tokens near the grid's centre, read from ``ctx.grid``: on a canvas of rows' own
+    grids (``ctx.grids``) that is the canvas's centre, not the row's."""
+    h, w = ctx.grid
+    i = torch.arange(h, dtype=torch.float32)[:, None] - (h - 1) / 2
+    j = torch.arange(w, dtype=torch.float32)[None, :] - (w - 1) / 2
+    return (-(i**2) - j**2).reshape(1, h * w).expand(ctx.batch_size, -1).clone()
+
+
 def wrong_budget_allocator(ctx, scores):
     return Allocation(ctx.budget + 1)
 
@@ -225,6 +234,10 @@ BROKEN = {
         make("merges-wrong-dtype", selector=float32_merging_selector, merges=True),
         "check_replacement_features",
     ),
+    "row-grids-canvas-centre": (
+        make("row-grids-canvas-centre", scorer=centre_prior_scorer, row_grids=True),
+        "check_row_grids_own_grid",
+    ),
 }
 
 
@@ -238,15 +251,17 @@ def test_broken_strategy_is_caught_by_the_named_check(case):
 @pytest.mark.parametrize(
     "strategy",
     [
-        make("reference"),
+        make("reference", row_grids=True),
         make("regions", allocator=rows_allocator),
-        make("merging", selector=merging_selector, merges=True),
+        make("merging", selector=merging_selector, merges=True, row_grids=True),
     ],
     ids=lambda s: s.name,
 )
 def test_correct_strategies_pass_every_check(strategy):
     statuses = run(strategy)
     assert set(statuses) == set(CHECK_NAMES)
+    if not strategy.capabilities.row_grids:  # grid rows as regions: Strategy crops for it
+        assert statuses.pop("check_row_grids_own_grid") == "skipped"
     assert set(statuses.values()) == {"passed"}
 
 
@@ -305,7 +320,7 @@ def test_capabilities_not_names_decide_what_is_skipped():
         "capabilities.deterministic is False and capabilities.batch_consistent is False"
     )
     assert all(r.status == "passed" for n, r in results.items() if r.status != "skipped")
-    assert summarize(list(results.values())) == "random: 8 passed, 0 failed, 2 skipped"
+    assert summarize(list(results.values())) == "random: 8 passed, 0 failed, 3 skipped"
     # the same stages under a name but with default capabilities are checked (and fail)
     strict = make("random", scorer=global_rng_scorer)
     assert "check_deterministic" in failed(strict)
@@ -318,11 +333,15 @@ def test_capabilities_not_names_decide_what_is_skipped():
 def test_results_count_runs_and_keep_one_record_per_check():
     results = check_strategy("uniform", 10)
     assert [r.check for r in results] == CHECK_NAMES
-    assert all(r.strategy == "uniform" and r.status == "passed" for r in results)
+    status = {r.check: r.status for r in results}
+    # uniform reads the grid, so it does not declare row_grids: Strategy crops rows for it
+    assert status.pop("check_row_grids_own_grid") == "skipped"
+    assert all(r.strategy == "uniform" for r in results) and set(status.values()) == {"passed"}
     # budget-drawing checks: 3 sweep contexts (a third of 10) + at most 10 - round(1.5 * 3)
     # drawn ones (hypothesis may stop early); the others: 10 drawn ones
     budget = {c.name: c.budget for c in CHECKS}
-    assert all(r.runs == 10 if budget[r.check] != "any" else 4 <= r.runs <= 3 + 6 for r in results)
+    ran = [r for r in results if r.status == "passed"]
+    assert all(r.runs == 10 if budget[r.check] != "any" else 4 <= r.runs <= 3 + 6 for r in ran)
 
 
 def test_check_strategy_builds_names_with_parameters():

@@ -26,6 +26,7 @@ from ..core import (
     check_scores,
     check_selection,
 )
+from ..core.canvas import block_indices, crop
 
 
 class ConformanceError(AssertionError):
@@ -277,6 +278,26 @@ def check_batch_consistent(strategy: Strategy, ctx: PruneContext) -> None:
                 )
 
 
+def check_row_grids_own_grid(strategy: Strategy, ctx: PruneContext) -> None:
+    """With per-row grids (``ctx.grids``, a canvas), each row keeps the tokens it keeps alone
+    on its own grid (the context cropped to its block), mapped to canvas indices. Applies to
+    stages that declare ``capabilities.row_grids``; contexts without grids pass."""
+    if ctx.grids is None:
+        return
+    ctx = replace(ctx, generator=None)
+    rows = run_stages(strategy, ctx).selection.per_sample()
+    for i, (h, w) in enumerate(ctx.grids.tolist()):
+        alone = run_stages(strategy, crop(ctx, torch.tensor([i]), (h, w))).selection.per_sample()[0]
+        mine = block_indices((h, w), ctx.grid)[alone.cpu()]
+        if not torch.equal(rows[i].cpu(), mine):
+            raise ConformanceError(
+                f"row {i} (own grid {h}x{w} on a {ctx.grid[0]}x{ctx.grid[1]} canvas) keeps "
+                f"{rows[i].tolist()[:16]} on the canvas but {mine.tolist()[:16]} alone on its "
+                "grid; a stage declaring capabilities.row_grids must read each row's own grid "
+                "from ctx.grids (or drop the flag: Strategy then crops rows to their grids)"
+            )
+
+
 def _snapshot(obj: Any) -> dict[str, torch.Tensor]:
     return {
         f.name: getattr(obj, f.name).clone()
@@ -384,6 +405,10 @@ CHECKS: tuple[Check, ...] = (
         "check_batch_consistent", check_batch_consistent, "property",
         requires=("deterministic", "batch_consistent"),
     ),
+    Check(
+        "check_row_grids_own_grid", check_row_grids_own_grid, "property",
+        requires=("row_grids", "deterministic"),
+    ),
     Check("check_inputs_not_mutated", check_inputs_not_mutated, "property"),
     Check("check_selector_respects_quotas", check_selector_respects_quotas, "property"),
 )
@@ -413,6 +438,7 @@ __all__ = [
     "check_keep_none_keeps_nothing",
     "check_deterministic",
     "check_batch_consistent",
+    "check_row_grids_own_grid",
     "check_inputs_not_mutated",
     "check_selector_respects_quotas",
     "check_deterministic_across_processes",

@@ -24,6 +24,7 @@ import torch
 from hypothesis import strategies as st
 
 from ..core import SIGNALS, Capabilities, ContractError, PruneContext, keep_count
+from ..core.types import grid_blocks
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FEATURE_KINDS = ("randn", "ties", "zeros", "hidden")
@@ -73,6 +74,11 @@ class ContextSpec:
             budget in every sample, ``attention`` [B, heads >= 1, N] zero on pruned tokens,
             ``image`` / ``cls_attention`` as computed before the LLM (on the full grid, so
             cls_attention is *not* zero on pruned tokens), and no ``ctx.generator``.
+        row_grids: each sample's own grid (h_b, w_b) inside ``grid`` (``ctx.grids``; None:
+            none). Sample b's valid tokens are then exactly its top-left block (``valid_counts``
+            must be the block areas) and its image is zero outside the block's pixels, as a
+            dynamic-resolution adapter builds a canvas. Drawn only for stages that declare
+            ``Capabilities.row_grids`` (the others never see ``ctx.grids``).
     """
 
     batch: int = 1
@@ -93,6 +99,7 @@ class ContextSpec:
     px_per_cell: float = 14
     image_range: str = "unit"
     layer: int | None = None
+    row_grids: tuple[tuple[int, int], ...] | None = None
 
     def __repr__(self) -> str:  # only the fields that differ from the defaults: short, exact
         changed = [
@@ -125,12 +132,16 @@ class ContextSpec:
         ]
         if self.layer is not None:
             parts.append(f"in-LLM at layer {self.layer} (original_count={self.num_tokens})")
+        if self.row_grids is not None:
+            parts.append(f"row grids={[f'{h}x{w}' for h, w in self.row_grids]}")
         if self.signals:
             parts.append(f"signals={list(self.signals)}" + (f" heads={self.heads}" if self.heads else ""))
         return ", ".join(parts)
 
 
 def _valid_mask(spec: ContextSpec, gen: torch.Generator) -> torch.Tensor | None:
+    if spec.row_grids is not None:
+        return grid_blocks(torch.tensor(spec.row_grids, dtype=torch.long), spec.grid)
     if spec.valid_counts is None:
         return None
     n = spec.num_tokens
@@ -193,9 +204,14 @@ def _image(spec: ContextSpec, gen: torch.Generator) -> torch.Tensor:
     if spec.image_range == "clip":
         mean = torch.tensor(_CLIP_MEAN)[None, :, None, None]
         std = torch.tensor(_CLIP_STD)[None, :, None, None]
-        return (img - mean) / std
-    if spec.image_range == "byte":
-        return img * 255.0
+        img = (img - mean) / std
+    elif spec.image_range == "byte":
+        img = img * 255.0
+    if spec.row_grids is not None:  # each sample's pixels in its block's share of the canvas
+        (hh, ww), (ph, pw) = spec.grid, size
+        for b, (gh, gw) in enumerate(spec.row_grids):
+            img[b, :, round(gh * ph / hh) :] = 0.0
+            img[b, :, :, round(gw * pw / ww) :] = 0.0
     return img.contiguous()
 
 
@@ -228,6 +244,14 @@ def build_context(spec: ContextSpec, device: str | torch.device = "cpu") -> Prun
                 "an in-LLM ContextSpec (layer set) has the same valid count and the same budget "
                 f"in every sample, as the adapter builds it; got valid {list(spec.counts())}, "
                 f"budgets {list(spec.budgets)}"
+            )
+    if spec.row_grids is not None:
+        areas = tuple(h * w for h, w in spec.row_grids)
+        if len(spec.row_grids) != spec.batch or spec.layer is not None or spec.counts() != areas:
+            raise ContractError(
+                "ContextSpec.row_grids needs one (h, w) per sample, valid_counts equal to their "
+                f"areas {list(areas)} and no layer; got {len(spec.row_grids)} grids, valid "
+                f"{list(spec.counts())}, layer {spec.layer!r}"
             )
     gen = torch.Generator().manual_seed(spec.seed)
     valid = _valid_mask(spec, gen)
@@ -265,6 +289,7 @@ def build_context(spec: ContextSpec, device: str | torch.device = "cpu") -> Prun
         cls_attention=_to(signals.get("cls_attention"), dev),
         text_features=_to(signals.get("text_features"), dev),
         text_valid=_to(signals.get("text_valid"), dev),
+        grids=None if spec.row_grids is None else torch.tensor(spec.row_grids, dtype=torch.long),
     )
 
 
@@ -275,6 +300,10 @@ def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
 def _same_space(capabilities: Capabilities | Iterable[str] | None) -> bool:
     """Does a stage compare text with features directly (D_text must equal D)?"""
     return isinstance(capabilities, Capabilities) and capabilities.text_in_feature_space
+
+
+def _row_grids(capabilities: Capabilities | Iterable[str] | None) -> bool:
+    return isinstance(capabilities, Capabilities) and capabilities.row_grids
 
 
 def _needs(capabilities: Capabilities | Iterable[str] | None) -> tuple[str, ...]:
@@ -320,12 +349,18 @@ def context_specs(
     valid_counts: tuple[int, ...] | None = None
     padding = "trailing"
     layer: int | None = None
+    row_grids: tuple[tuple[int, int], ...] | None = None
     if in_llm and draw(st.sampled_from((False, False, True))):
         layer = draw(st.integers(1, 40))
     if layer is not None:  # survivors of earlier prune points: as many in every sample
         survivors = draw(st.integers(0, n))
         valid_counts = None if survivors == n else (survivors,) * batch
         padding = "scattered"
+    elif ragged and _row_grids(capabilities) and draw(st.booleans()):  # a canvas of rows' own grids
+        row_grids = tuple(
+            (draw(st.integers(1, grid[0])), draw(st.integers(1, grid[1]))) for _ in range(batch)
+        )
+        valid_counts = tuple(h * w for h, w in row_grids)
     elif ragged and draw(st.booleans()):
         valid_counts = tuple(draw(st.lists(st.integers(0, n), min_size=batch, max_size=batch)))
         padding = draw(st.sampled_from(PADDING_KINDS))
@@ -376,6 +411,7 @@ def context_specs(
         px_per_cell=draw(st.sampled_from(PX_PER_CELL)) if "image" in signals else 14,
         image_range=draw(st.sampled_from(IMAGE_RANGES)) if "image" in signals else "unit",
         layer=layer,
+        row_grids=row_grids,
     )
 
 

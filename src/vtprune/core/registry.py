@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import operator
 import os
 import re
 import warnings
@@ -33,7 +34,6 @@ from .hookspecs import AdapterSpec
 from .schedule import ScheduleFactory
 from .specs import (
     AllocatorSpec,
-    Capabilities,
     ScorerSpec,
     SelectorSpec,
     StageSpec,
@@ -324,9 +324,7 @@ class Registry:
         fns = [s.build(**kw) for s, kw in zip(stages, routed)]
         if schedule is not None and routed[3]:
             schedule = functools.partial(schedule, **routed[3])
-        caps = Capabilities()
-        for s in stages:
-            caps = caps | s.capabilities
+        caps = functools.reduce(operator.or_, (s.capabilities for s in stages))
         return Strategy(
             name=label,
             scorer=fns[0],

@@ -36,6 +36,10 @@ class Capabilities:
         text_in_feature_space: compares ``text_features`` with ``features`` directly, so it
             needs D_text == D (what the adapters supply: the LLM's states for both); the
             conformance kit then draws text as wide as the features.
+        row_grids: the stage handles contexts with per-row grids (``PruneContext.grids``) on
+            the canvas: each row's output is what it would be on the row's own grid alone
+            (the conformance kit checks it). Without it, :class:`~vtprune.core.Strategy`
+            crops the rows to their own grids and calls the stage once per distinct grid.
     """
 
     needs: frozenset[str] = frozenset()
@@ -43,6 +47,7 @@ class Capabilities:
     batch_consistent: bool = True
     merges: bool = False
     text_in_feature_space: bool = False
+    row_grids: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(SIGNALS)
@@ -57,6 +62,7 @@ class Capabilities:
             batch_consistent=self.batch_consistent and other.batch_consistent,
             merges=self.merges or other.merges,
             text_in_feature_space=self.text_in_feature_space or other.text_in_feature_space,
+            row_grids=self.row_grids and other.row_grids,
         )
 
 

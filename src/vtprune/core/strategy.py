@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .budget import Keep
+from .canvas import run_by_grid
 from .errors import ContractError, MissingSignalError
 from .schedule import Schedule, ScheduleFactory, pre_llm_schedule
 from .specs import Allocator, Capabilities, Scorer, Selector
@@ -31,7 +32,9 @@ class Strategy:
     Built by :func:`vtprune.get_strategy` or :func:`vtprune.compose`; the stage functions are
     plain callables (no plugin machinery on the hot path). With ``validate=True`` (default)
     every stage output is checked against the contract and a violation raises
-    :class:`~vtprune.core.errors.ContractError` naming the stage.
+    :class:`~vtprune.core.errors.ContractError` naming the stage. A context whose rows have
+    their own grids (``ctx.grids``) is run per grid on cropped rows unless every stage
+    declares ``Capabilities.row_grids`` (:mod:`vtprune.core.canvas`).
     """
 
     name: str
@@ -51,6 +54,8 @@ class Strategy:
                 f"strategy {self.name!r} needs the context signal(s) {missing}; pass them to "
                 "PruneContext (a backbone adapter supplies them automatically)"
             )
+        if ctx.grids is not None and not self.capabilities.row_grids:
+            return run_by_grid(ctx, self)  # each row on its own grid (dynamic resolution)
         scores = self.scorer(ctx)
         if not self.validate:
             return self.selector(ctx, scores, self.allocator(ctx, scores))

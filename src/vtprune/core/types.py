@@ -35,6 +35,16 @@ def _check_tensor(name: str, t: Any, dims: int, shape: tuple[int | None, ...] = 
             )
 
 
+def grid_blocks(grids: torch.Tensor, grid: tuple[int, int], device: Any = None) -> torch.Tensor:
+    """[B, H * W] bool: True on the top-left h_b x w_b block of an H x W canvas, for
+    ``grids`` [B, 2] (see :attr:`PruneContext.grids`)."""
+    h, w = grid
+    g = grids.to(device)
+    rows = torch.arange(h, device=device)[None, :, None] < g[:, 0, None, None]
+    cols = torch.arange(w, device=device)[None, None, :] < g[:, 1, None, None]
+    return (rows & cols).reshape(g.shape[0], h * w)
+
+
 @dataclass(frozen=True, eq=False)
 class PruneContext:
     """Everything a stage may read. Stages must never modify any tensor in it.
@@ -55,6 +65,14 @@ class PruneContext:
             budgets are fractions of the original count); defaults to N.
         text_valid: [B, T] bool, False on padding rows of ``text_features`` (samples with
             instructions of different lengths); None = every row is real.
+        grids: [B, 2] long on the CPU, each row's own token grid (h_b, w_b) when the rows are
+            images of different sizes (dynamic-resolution adapters): ``grid`` (H, W) is then
+            the batch's *canvas*, row b's tokens fill the top-left h_b x w_b block of it in
+            raster order (canvas index i * W + j), every other token is invalid, and ``image``
+            holds row b's pixels in the same top-left fraction of its canvas (zeros elsewhere).
+            None = every row uses the whole grid. Stages that do not declare
+            ``Capabilities.row_grids`` never see it: :class:`~vtprune.core.Strategy` runs them
+            on each row's own grid (:mod:`vtprune.core.canvas`).
     """
 
     features: torch.Tensor
@@ -69,6 +87,7 @@ class PruneContext:
     generator: torch.Generator | None = None
     original_count: int | None = None
     text_valid: torch.Tensor | None = None
+    grids: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         f = self.features
@@ -129,6 +148,32 @@ class PruneContext:
                 self.original_count >= n,
                 f"original_count={self.original_count} is smaller than N={n}",
             )
+        if self.grids is not None:
+            self._check_grids()
+
+    def _check_grids(self) -> None:
+        g = self.grids
+        _check_tensor("grids", g, 2, (self.batch_size, 2))
+        assert g is not None
+        _expect(
+            g.dtype == torch.long and g.device.type == "cpu",
+            f"grids must be a long tensor on the CPU, got {g.dtype} on {g.device}",
+        )
+        h, w = self.grid
+        bad = (g < 1).any(dim=1) | (g[:, 0] > h) | (g[:, 1] > w)
+        _expect(
+            not bool(bad.any()),
+            f"grids must hold (h_b, w_b) with 1 <= h_b <= {h} and 1 <= w_b <= {w} (the canvas "
+            f"grid); got {g[bad].tolist()} for row(s) {bad.nonzero().flatten().tolist()}",
+        )
+        outside = self.valid_mask() & ~grid_blocks(g, self.grid, self.features.device)
+        if bool(outside.any()):
+            row = int(outside.any(dim=1).nonzero()[0, 0])
+            raise ContractError(
+                f"row {row} has valid tokens outside its own {g[row, 0]}x{g[row, 1]} grid block; "
+                "with grids, a row's tokens fill the top-left block of the canvas and every other "
+                "token must be invalid (valid=False)"
+            )
 
     @classmethod
     def create(
@@ -142,7 +187,8 @@ class PruneContext:
         """Build a context from a keep ratio or count (see :func:`vtprune.core.keep_count`).
 
         ``grid`` defaults to the square grid when N is a perfect square. A ratio is applied to
-        each sample's valid token count.
+        each sample's valid token count. With ``grids`` and no ``valid``, each row's own block
+        is its valid tokens.
         """
         if not isinstance(features, torch.Tensor) or features.dim() != 3:
             shape = tuple(features.shape) if isinstance(features, torch.Tensor) else None
@@ -155,6 +201,9 @@ class PruneContext:
                     f"N={n} tokens is not a square grid; pass grid=(h, w) with h * w == N"
                 )
             grid = (side, side)
+        grids = signals.get("grids")
+        if valid is None and grids is not None:
+            valid = grid_blocks(grids, grid, features.device)
         if valid is None:
             counts = torch.full((features.shape[0],), n, dtype=torch.long)
         else:
@@ -208,14 +257,22 @@ class PruneContext:
             cls_attention=pick(self.cls_attention),
             text_features=pick(self.text_features),
             text_valid=pick(self.text_valid),
+            grids=pick(self.grids),
         )
+
+    @property
+    def row_grids(self) -> torch.Tensor:
+        """Each row's own grid [B, 2] (long, CPU): ``grids``, or ``grid`` for every row."""
+        if self.grids is not None:
+            return self.grids
+        return torch.tensor([self.grid], dtype=torch.long).expand(self.batch_size, 2)
 
     def with_budget(self, keep: Keep | torch.Tensor) -> PruneContext:
         """The same context with a new budget."""
         return replace(self, budget=budgets(keep, self.valid_counts))
 
     def to(self, device: torch.device | str) -> PruneContext:
-        """A copy with every tensor signal on ``device``; the budget stays on the host."""
+        """A copy with every tensor signal on ``device``; the budget and grids stay on the host."""
 
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)

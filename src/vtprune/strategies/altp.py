@@ -491,7 +491,7 @@ _NEEDS_IMAGE = Capabilities(needs=frozenset({"image"}))
 
 @hookimpl
 def vtprune_scorers() -> Iterable[ScorerSpec]:
-    return [ScorerSpec("distinct", make_distinct, description="1 - cosine to the sample's mean feature")]
+    return [ScorerSpec("distinct", make_distinct, Capabilities(row_grids=True), description="1 - cosine to the sample's mean feature")]
 
 
 @hookimpl

@@ -188,7 +188,7 @@ def vtprune_scorers() -> Iterable[ScorerSpec]:
         ScorerSpec(
             "instruction_relevance",
             make_instruction_relevance,
-            Capabilities(needs=frozenset({"text_features"}), text_in_feature_space=True),
+            Capabilities(needs=frozenset({"text_features"}), text_in_feature_space=True, row_grids=True),
             description="mean cosine of a visual token with the instruction's tokens",
         )
     ]
@@ -200,6 +200,7 @@ def vtprune_selectors() -> Iterable[SelectorSpec]:
         SelectorSpec(
             "dpp",
             make_dpp,
+            Capabilities(row_grids=True),
             description="conditional-DPP greedy MAP: quality from scores, diversity from cosine",
         )
     ]

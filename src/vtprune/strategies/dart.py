@@ -225,18 +225,19 @@ def _dart_selector(name: str, pivots: int, text_pivots: int) -> Selector:
 
 @hookimpl
 def vtprune_scorers() -> Iterable[ScorerSpec]:
-    return [ScorerSpec("l1_norm", make_l1_norm, description="L1 norm of token features")]
+    return [ScorerSpec("l1_norm", make_l1_norm, Capabilities(row_grids=True), description="L1 norm of token features")]
 
 
 @hookimpl
 def vtprune_selectors() -> Iterable[SelectorSpec]:
     return [
         SelectorSpec(
-            "dart", make_dart, Capabilities(needs=frozenset({"text_features"}), text_in_feature_space=True),
+            "dart", make_dart,
+            Capabilities(needs=frozenset({"text_features"}), text_in_feature_space=True, row_grids=True),
             description="image + instruction pivots, then the visual tokens least similar to each",
         ),
         SelectorSpec(
-            "dart_visual", make_dart_visual,
+            "dart_visual", make_dart_visual, Capabilities(row_grids=True),
             description="image pivots by score, then the tokens least similar to each pivot",
         ),
     ]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..core import (
     Allocation,
+    Capabilities,
     ContractError,
     PruneContext,
     Selection,
@@ -99,7 +100,7 @@ def make_divprune() -> Selector:
 
 @hookimpl
 def vtprune_selectors() -> Iterable[SelectorSpec]:
-    return [SelectorSpec("divprune", make_divprune, description="greedy max-min cosine diversity")]
+    return [SelectorSpec("divprune", make_divprune, Capabilities(row_grids=True), description="greedy max-min cosine diversity")]
 
 
 @hookimpl

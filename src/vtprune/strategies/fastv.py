@@ -56,7 +56,7 @@ def vtprune_scorers() -> Iterable[ScorerSpec]:
         ScorerSpec(
             "attention",
             make_attention,
-            Capabilities(needs=frozenset({"attention"})),
+            Capabilities(needs=frozenset({"attention"}), row_grids=True),
             description="attention received from the query token (mean over heads)",
         )
     ]

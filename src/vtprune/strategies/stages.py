@@ -14,6 +14,7 @@ from ..core import (
     Allocation,
     Allocator,
     AllocatorSpec,
+    Capabilities,
     PruneContext,
     Scorer,
     ScorerSpec,
@@ -90,19 +91,24 @@ def make_feature_norm() -> Scorer:
     return score
 
 
+_ROW_GRIDS = Capabilities(row_grids=True)
+"""These stages read each token on its own (or the valid ones together), never the grid: a
+row on a canvas (``ctx.grids``) gets what it gets alone on its own grid."""
+
+
 @hookimpl
 def vtprune_scorers() -> Iterable[ScorerSpec]:
     return [
-        ScorerSpec("constant", make_constant, description="every token scores 0"),
-        ScorerSpec("feature_norm", make_feature_norm, description="L2 norm of token features"),
+        ScorerSpec("constant", make_constant, _ROW_GRIDS, description="every token scores 0"),
+        ScorerSpec("feature_norm", make_feature_norm, _ROW_GRIDS, description="L2 norm of token features"),
     ]
 
 
 @hookimpl
 def vtprune_allocators() -> Iterable[AllocatorSpec]:
-    return [AllocatorSpec("global", make_global, description="one budget per sample, no regions")]
+    return [AllocatorSpec("global", make_global, _ROW_GRIDS, description="one budget per sample, no regions")]
 
 
 @hookimpl
 def vtprune_selectors() -> Iterable[SelectorSpec]:
-    return [SelectorSpec("topk", make_topk, description="highest scores, per region quota if any")]
+    return [SelectorSpec("topk", make_topk, _ROW_GRIDS, description="highest scores, per region quota if any")]

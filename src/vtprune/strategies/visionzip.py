@@ -217,7 +217,7 @@ def vtprune_scorers() -> Iterable[ScorerSpec]:
         ScorerSpec(
             "cls_attention",
             make_cls_attention,
-            Capabilities(needs=frozenset({"cls_attention"})),
+            Capabilities(needs=frozenset({"cls_attention"}), row_grids=True),
             description="vision tower [CLS] attention (mean over heads)",
         )
     ]
@@ -229,7 +229,7 @@ def vtprune_selectors() -> Iterable[SelectorSpec]:
         SelectorSpec(
             "visionzip",
             make_visionzip,
-            Capabilities(merges=True),
+            Capabilities(merges=True, row_grids=True),
             description="dominant tokens by score + contextual tokens merged by cosine similarity",
         )
     ]
