@@ -223,7 +223,179 @@ def make_inputs(
     }
 
 
+# -- Qwen2-VL / Qwen2.5-VL ------------------------------------------------------------------------
+
+VISION_START_ID, VISION_END_ID, VIDEO_ID = 260, 261, 262
+"""Toy ids of Qwen's ``<|vision_start|>``, ``<|vision_end|>`` and video pad tokens (the image
+pad token is :data:`IMAGE_ID`)."""
+QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+QWEN_PATCH, QWEN_MERGE, QWEN_TEMPORAL = 14, 2, 2
+"""Patch size, spatial merge and temporal patch size of the Qwen2-VL family: one visual token
+per 28 x 28 pixels after the patch merger."""
+
+_QWEN_TEXT: dict[str, Any] = {
+    **{k: v for k, v in _TEXT_DEFAULTS.items() if k != "max_position_embeddings"},
+    "max_position_embeddings": 4096,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+}
+_QWEN_VISION: dict[str, dict[str, Any]] = {
+    "qwen2_vl": {"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2},
+    "qwen2_5_vl": {
+        "depth": 2, "hidden_size": 32, "out_hidden_size": 64, "intermediate_size": 64, "num_heads": 2,
+        "window_size": 56, "fullatt_block_indexes": [1],
+    },
+}
+
+
+def tiny_qwen_config(
+    family: str = "qwen2_5_vl",
+    vision: dict[str, Any] | None = None,
+    text: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Any:
+    """Config of a tiny Qwen2-VL (``family="qwen2_vl"``) or Qwen2.5-VL (``"qwen2_5_vl"``) with
+    the real patch geometry (14 px patches, 2 x 2 merge, 2 frames), a 4-layer GQA decoder with
+    M-RoPE (sections 2/3/3 of a 16-dim head) and the toy vocabulary."""
+    import transformers
+
+    classes = {"qwen2_vl": "Qwen2VLConfig", "qwen2_5_vl": "Qwen2_5_VLConfig"}
+    if family not in classes:
+        raise ContractError(f"family must be one of {list(classes)}, got {family!r}")
+    common = {"patch_size": QWEN_PATCH, "spatial_merge_size": QWEN_MERGE, "temporal_patch_size": QWEN_TEMPORAL}
+    config_class = getattr(transformers, classes[family])
+    return config_class(
+        text_config={**_QWEN_TEXT, **(text or {})},
+        vision_config={**common, **_QWEN_VISION[family], **(vision or {})},
+        image_token_id=IMAGE_ID,
+        video_token_id=VIDEO_ID,
+        vision_start_token_id=VISION_START_ID,
+        vision_end_token_id=VISION_END_ID,
+        tie_word_embeddings=False,
+        **overrides,
+    )
+
+
+def build_tiny_qwen(family: str = "qwen2_5_vl", seed: int = 0, attn_implementation: str = "sdpa", **overrides: Any) -> Any:
+    """A randomly initialised tiny ``Qwen2_5_VLForConditionalGeneration`` (or
+    ``Qwen2VLForConditionalGeneration`` for ``family="qwen2_vl"``), eval mode; see
+    :func:`tiny_qwen_config`. Same seed, same weights."""
+    import transformers
+
+    classes = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+    cfg = tiny_qwen_config(family, **overrides)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = getattr(transformers, classes[family])(cfg)
+    finally:
+        torch.random.set_rng_state(state)
+    model.set_attn_implementation(attn_implementation)
+    return model.eval()
+
+
+def qwen_patches(image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """One normalised image [3, H, W] (H, W multiples of 28) as the Qwen2-VL processor
+    flattens it: patches [t * h * w, 3 * 2 * 14 * 14] in merge-block order (each 2 x 2 block
+    of patches consecutive, blocks in raster order), and its grid (t, h, w) in patches."""
+    c, hp, wp = image.shape
+    p, m, tp = QWEN_PATCH, QWEN_MERGE, QWEN_TEMPORAL
+    if hp % (p * m) or wp % (p * m):
+        raise ContractError(
+            f"Qwen2-VL images must have sides that are multiples of {p * m} px, got {hp}x{wp}; "
+            "resize them (the processor's smart_resize does this)"
+        )
+    gh, gw = hp // p, wp // p
+    frames = image[None].expand(tp, c, hp, wp)  # one image = two identical frames
+    x = frames.reshape(1, tp, c, gh // m, m, p, gw // m, m, p)
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (t, h/m, w/m, m, m, c, tp, p, p)
+    return x.reshape(gh * gw, c * tp * p * p), (1, gh, gw)
+
+
+def qwen_image(patches: torch.Tensor, grid_thw: tuple[int, int, int] | Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`qwen_patches` for the first frame: patches -> image [3, H, W]."""
+    t, gh, gw = (int(v) for v in grid_thw)
+    p, m, tp = QWEN_PATCH, QWEN_MERGE, QWEN_TEMPORAL
+    c = patches.shape[-1] // (tp * p * p)
+    x = patches.reshape(t, gh // m, gw // m, m, m, c, tp, p, p)[0, ..., 0, :, :]  # (h/m, w/m, m, m, c, p, p)
+    return x.permute(4, 0, 2, 5, 1, 3, 6).reshape(c, gh * p, gw * p)
+
+
+def make_qwen_inputs(
+    model: Any,
+    images: Sequence[torch.Tensor | Sequence[torch.Tensor]],
+    prompts: Sequence[str],
+    padding_side: str = "left",
+) -> dict[str, torch.Tensor]:
+    """Qwen2-VL inputs as transformers' processor makes them, without a processor.
+
+    Args:
+        model: a Qwen2-VL / Qwen2.5-VL model (its config gives the special token ids).
+        images: per prompt, one image [3, H, W] or a list of them (any sizes, sides multiples
+            of 28 px); uint8 images are scaled and CLIP-normalised, float ones used as given.
+        prompts: B strings (toy vocabulary). ``<image>`` marks where each image goes;
+            without one, the prompt's images come first. Each image becomes
+            ``<|vision_start|>`` + h/2 * w/2 image pad tokens + ``<|vision_end|>``.
+        padding_side: ``"left"`` (for ``generate``) or ``"right"``.
+
+    Returns:
+        ``input_ids`` / ``attention_mask`` [B, T], ``pixel_values`` [patches, 1176],
+        ``image_grid_thw`` [M, 3], and ``mm_token_type_ids`` [B, T] (1 on image tokens) where
+        this transformers release takes it.
+    """
+    import inspect
+
+    if padding_side not in ("left", "right"):
+        raise ContractError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if len(images) != len(prompts):
+        raise ContractError(f"got {len(images)} image lists but {len(prompts)} prompts; pass one per prompt")
+    cfg = model.config
+    image_id, start_id, end_id = int(cfg.image_token_id), int(cfg.vision_start_token_id), int(cfg.vision_end_token_id)
+    rows: list[list[int]] = []
+    patches: list[torch.Tensor] = []
+    grids: list[tuple[int, int, int]] = []
+    for b, (own, prompt) in enumerate(zip(images, prompts)):
+        own = [own] if isinstance(own, torch.Tensor) else list(own)
+        parts = prompt.split(IMAGE_PLACEHOLDER)
+        if len(parts) == 1:
+            parts = [""] * len(own) + parts
+        if len(parts) - 1 != len(own):
+            raise ContractError(f"prompt {b} has {len(parts) - 1} <image> marks for {len(own)} images")
+        ids = [BOS_ID, *encode(parts[0])]
+        for image, text in zip(own, parts[1:]):
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise ContractError(f"images must be [3, H, W], got {tuple(image.shape)} in prompt {b}")
+            if image.dtype == torch.uint8:
+                mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+                std = torch.tensor(CLIP_STD).view(3, 1, 1)
+                image = (image.float() / 255.0 - mean) / std
+            flat, thw = qwen_patches(image.float())
+            patches.append(flat)
+            grids.append(thw)
+            tokens = thw[1] * thw[2] // QWEN_MERGE**2
+            ids += [start_id, *[image_id] * tokens, end_id, *encode(text)]
+        rows.append(ids)
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, ids in enumerate(rows):
+        span = slice(width - len(ids), width) if padding_side == "left" else slice(0, len(ids))
+        input_ids[b, span] = torch.tensor(ids, dtype=torch.long)
+        mask[b, span] = 1
+    dev = model.device
+    out = {
+        "input_ids": input_ids.to(dev),
+        "attention_mask": mask.to(dev),
+        "pixel_values": torch.cat(patches).to(device=dev, dtype=model.dtype),
+        "image_grid_thw": torch.tensor(grids, dtype=torch.long, device=dev),
+    }
+    if "mm_token_type_ids" in inspect.signature(type(model).forward).parameters:
+        out["mm_token_type_ids"] = (input_ids == image_id).long().to(dev)
+    return out
+
+
 __all__ = [
     "PAD_ID", "BOS_ID", "EOS_ID", "IMAGE_ID", "TOY_VOCAB_SIZE",
+    "VISION_START_ID", "VISION_END_ID", "VIDEO_ID", "QWEN_FAMILIES",
     "tiny_llava_config", "build_tiny_llava", "make_inputs", "encode", "decode",
+    "tiny_qwen_config", "build_tiny_qwen", "make_qwen_inputs", "qwen_patches", "qwen_image",
 ]

@@ -14,8 +14,32 @@ from typing import Any
 import torch
 
 
+def _rotate_half_rope(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Llama's rotate-half RoPE, for modules that only define the multimodal form."""
+    cos, sin = cos[:, None], sin[:, None]
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+    return q * cos + rotate(q) * sin, k * cos + rotate(k) * sin
+
+
+def mrope_sections(freq: torch.Tensor, section: list[int]) -> torch.Tensor:
+    """M-RoPE's per-axis cos or sin [3, B, T, hd] -> the [B, T, hd] its attention applies:
+    the head's frequency bands taken from the temporal, height and width rows in turn
+    (``mrope_section`` bands each, for both halves of the head)."""
+    bands = freq.split(list(section) * 2, dim=-1)
+    return torch.cat([band[i % 3] for i, band in enumerate(bands)], dim=-1)
+
+
 def _rope_fn(attn: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    fn = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
+    module = sys.modules[type(attn).__module__]
+    fn = getattr(module, "apply_rotary_pos_emb", None)
+    if fn is None and hasattr(module, "apply_multimodal_rotary_pos_emb"):
+        return _rotate_half_rope  # M-RoPE modules of older transformers (sections applied here)
     if fn is None:
         raise TypeError(
             f"{type(attn).__name__} lives in a module without apply_rotary_pos_emb; this "
@@ -37,7 +61,9 @@ def query_attention(
         layer: a Llama-like decoder layer (``input_layernorm``, ``self_attn`` with ``q_proj``,
             ``k_proj``, ``head_dim``, ``num_key_value_groups``, ``scaling``).
         hidden_in: [B, T, D] the hidden states entering ``layer``.
-        position_embeddings: (cos, sin), each [B or 1, T, head_dim], as the layer receives them.
+        position_embeddings: (cos, sin), each [B or 1, T, head_dim], as the layer receives them
+            (M-RoPE whose rotary embedding leaves the sections to the attention, as in older
+            transformers releases: [3, B, T, head_dim], combined here by ``mrope_section``).
         query_index: [B] long, sequence index of each sample's query token.
         key_valid: [B, T] bool, False on padding keys.
 
@@ -51,6 +77,9 @@ def query_attention(
     q = attn.q_proj(x[rows, query_index]).view(b, 1, -1, hd).transpose(1, 2)  # [B, H, 1, hd]
     k = attn.k_proj(x).view(b, t, -1, hd).transpose(1, 2)  # [B, Hkv, T, hd]
     cos, sin = position_embeddings
+    if cos.dim() == 4:
+        section = attn.config.rope_parameters["mrope_section"]
+        cos, sin = mrope_sections(cos, section), mrope_sections(sin, section)
     cos, sin = cos.expand(b, -1, -1), sin.expand(b, -1, -1)
     rope = _rope_fn(attn)
     q, _ = rope(q, q, cos[rows, query_index][:, None], sin[rows, query_index][:, None])
@@ -84,4 +113,4 @@ def cls_attention(layer: Any, hidden_in: torch.Tensor) -> torch.Tensor:
     k = attn.k_proj(x).view(b, t, -1, hd).transpose(1, 2)  # [B, H, 1+N, hd]
     logits = torch.matmul(q, k.transpose(2, 3)).squeeze(2) * attn.scale  # [B, H, 1+N]
     return torch.softmax(logits.float(), dim=-1)[:, :, 1:]
-__all__ = ["query_attention", "cls_attention"]
+__all__ = ["query_attention", "cls_attention", "mrope_sections"]

@@ -6,7 +6,13 @@ except that between layers it may drop visual tokens, so it owns, per *stage* (a
 sharing one token layout): the kept tokens, their RoPE position ids, the attention mask, and
 in ``generate`` the per-layer key layout of the KV cache.
 
-Shapes: B samples, T tokens in the current layout, D hidden size, N visual tokens per image.
+Shapes: B samples, T tokens in the current layout, D hidden size, R rows of position ids (1
+for 1-D RoPE, 3 for M-RoPE's temporal / height / width). The images of a call are the rows of
+each prune point's context (:class:`~.image_rows.ImageRows`): one per prompt for LLaVA, any
+number per prompt and of any grid for Qwen2-VL, each with its own budget. Samples may keep
+different numbers of tokens; a shorter sample is then padded on the left with invalid
+*filler* slots (never attended to, never cached as real keys), so each sample's last real
+token stays last.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from ..core.types import PruneContext
 from .attention import query_attention
 from .compat import cache_kwarg, model_output
 from .decoder_features import sliding_window
+from .image_rows import ImageRows
 from .records import PruneRecord
 
 if TYPE_CHECKING:
@@ -38,19 +45,21 @@ class Pending:
     """Signals of the current model call, handed over by the adapter's hooks."""
 
     visual: torch.Tensor | None = None  # [B, T] bool, where the image tokens are
-    image: torch.Tensor | None = None  # [B, 3, H, W] pixels the vision tower saw
-    cls_attention: torch.Tensor | None = None  # [B, heads, N] vision [CLS] -> patch attention
+    image: torch.Tensor | None = None  # [M, 3, H, W] pixels the vision tower saw (canvas)
+    cls_attention: torch.Tensor | None = None  # [M, heads, N] vision [CLS] -> patch attention
+    grids: torch.Tensor | None = None  # [M, 2] long CPU, each image's token grid; None: one per sample
+    image_sample: torch.Tensor | None = None  # [M] long CPU, the sample of each image
 
 
 @dataclass
 class Layout:
-    """Token layout of one stage during prefill (all [B, T] long / bool)."""
+    """Token layout of one stage during prefill ([B, T] long / bool; positions [R, B, T])."""
 
-    slots: torch.Tensor  # original sequence position of each token
-    valid: torch.Tensor  # False on padding
-    vis_rank: torch.Tensor  # visual index of the token, -1 for text / padding
-    original_pos: torch.Tensor  # position id the unpruned model would use
-    position_ids: torch.Tensor  # position id used here (original or compact)
+    slots: torch.Tensor  # original sequence position of each token, -1 for fillers
+    valid: torch.Tensor  # False on padding and fillers
+    vis_rank: torch.Tensor  # visual rank of the token in its sample, -1 for text / padding
+    original_pos: torch.Tensor  # [R, B, T] position ids the unpruned model would use
+    position_ids: torch.Tensor  # [R, B, T] position ids used here (original or compact)
 
 
 @dataclass
@@ -62,6 +71,14 @@ class DecodeState:
     key_valid: list[torch.Tensor]  # per stage [B, K_s]: keys in that stage's cache that are real
     shift: list[torch.Tensor]  # per stage [B]: subtracted from new position ids (compact mode)
     seen: int  # tokens of the unpruned sequence so far
+
+
+def _decode_shift(layout: Layout) -> torch.Tensor:
+    """[B]: what a sample's next position id is lowered by in this layout (0 with original
+    positions): original minus used position of its last real token."""
+    t = layout.valid.shape[1]
+    last = (layout.valid.long() * torch.arange(t, device=layout.valid.device)).argmax(dim=1, keepdim=True)
+    return (layout.original_pos[0].gather(1, last) - layout.position_ids[0].gather(1, last))[:, 0]
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -123,11 +140,20 @@ def instruction_states(
 class PrunedDecoder:
     """Callable standing in for ``language_model.forward`` while a handle is attached."""
 
-    def __init__(self, lm: Any, handle: PruneHandle, image_token_count: int, grid: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        lm: Any,
+        handle: PruneHandle,
+        grid: tuple[int, int] | None = None,
+        rope_rows: int = 1,
+    ) -> None:
+        """``grid``: every image's token grid when it is fixed (LLaVA: one image per prompt);
+        None when each call names its images (``Pending.grids``). ``rope_rows``: 1 for 1-D
+        RoPE position ids [B, T], 3 for M-RoPE's [3, B, T]."""
         self.lm = lm
         self.handle = handle
-        self.n_visual = image_token_count
         self.grid = grid
+        self.rope_rows = rope_rows
         self.layers = list(lm.layers[: lm.config.num_hidden_layers])
         self.cache_kwarg = cache_kwarg(self.layers[0]) if self.layers else "past_key_values"
         self.window = sliding_window(lm.config)  # None: every layer sees the whole sequence
@@ -169,8 +195,33 @@ class PrunedDecoder:
             )
 
     def _rope(self, h: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self.lm.rotary_emb(h, position_ids=position_ids)
+        """(cos, sin) of the model's own rotary embedding for position ids [R, B, T]."""
+        cos, sin = self.lm.rotary_emb(h, position_ids=self._layer_positions(position_ids, rope=True))
         return cos, sin
+
+    def _layer_positions(self, position_ids: torch.Tensor, rope: bool = False) -> torch.Tensor | None:
+        """What the model's own modules take: [B, T] for 1-D RoPE; [3, B, T] for the rotary
+        embedding of M-RoPE, and None for its layers (they read positions only for packed
+        flash attention, which vtprune refuses)."""
+        if self.rope_rows == 1:
+            return position_ids[0]
+        return position_ids if rope else None
+
+    def _positions(self, position_ids: torch.Tensor | None, b: int, t: int, start: int, dev: torch.device) -> torch.Tensor:
+        """The call's position ids as [R, B, T]: given ones ([B, T], [1, T], [R, B, T], or
+        M-RoPE's [4, B, T] whose first row is the text position), else ``start + arange(T)``."""
+        r = self.rope_rows
+        if position_ids is None:
+            return (torch.arange(t, device=dev) + start).view(1, 1, t).expand(r, b, t)
+        pos = position_ids.to(dev)
+        if pos.dim() == 3 and r == 3 and pos.shape[0] == 4:
+            pos = pos[1:]  # generate's text row serves mask building only; vtprune builds its own
+        if pos.dim() == 2:
+            pos = pos[None].expand(r, -1, -1)
+        if pos.dim() != 3 or pos.shape[0] != r or pos.shape[2] != t:
+            want = "[B, T] or [1, T]" if r == 1 else "[B, T], [3, B, T] or [4, B, T]"
+            raise ContractError(f"position_ids must be {want} for {t} tokens, got {tuple(position_ids.shape)}")
+        return pos.expand(r, b, t)
 
     # -- entry point ----------------------------------------------------------------------------
 
@@ -202,8 +253,6 @@ class PrunedDecoder:
                 f"vtprune needs a 2-D [B, T] attention mask, got shape {tuple(attention_mask.shape)} "
                 "(static / compiled caches are not supported while pruning)"
             )
-        if position_ids is not None and position_ids.dim() != 2:
-            raise ContractError(f"position_ids must be [B, T] or [1, T], got {tuple(position_ids.shape)}")
         cfg = self.lm.config
         use_cache = cfg.use_cache if use_cache is None else use_cache
         want_hidden = kwargs.get("output_hidden_states")
@@ -240,30 +289,26 @@ class PrunedDecoder:
         visual = signals.visual
         dev = h.device
         valid = torch.ones(b, t, dtype=torch.bool, device=dev) if attention_mask is None else attention_mask.bool()
-        if position_ids is None:
-            pos = torch.arange(t, device=dev)[None].expand(b, t)
-        else:
-            pos = position_ids.to(dev).expand(b, t)
+        pos = self._positions(position_ids, b, t, 0, dev)
         if visual is None or visual.shape != (b, t):
             visual = torch.zeros(b, t, dtype=torch.bool, device=dev)
         visual = visual.to(dev)
-        counts = visual.sum(dim=1)
+        counts = visual.sum(dim=1).cpu()  # one host read: how many visual tokens each sample holds
         points: list[PrunePoint] = list(self.handle.schedule.points)
+        rows = None
         if bool((counts == 0).all()):
             points = []  # text only: nothing to prune
-        elif bool((counts != self.n_visual).any()):
-            raise ContractError(
-                f"every sample must hold exactly one image of {self.n_visual} visual tokens; got "
-                f"{counts.tolist()} image tokens per sample (multi-image prompts are not supported yet)"
-            )
-        vis_rank = torch.where(visual, visual.long().cumsum(dim=1) - 1, torch.full_like(pos, -1))
+        else:
+            rows = self._image_rows(signals, counts, dev)
+        vis_rank = torch.where(visual, visual.long().cumsum(dim=1) - 1, torch.full_like(visual, -1, dtype=torch.long))
         slots = torch.arange(t, device=dev)[None].expand(b, t)
         layout = Layout(slots, valid, vis_rank, pos, pos)
         records: list[PruneRecord] = []
         by_layer = {p.layer: p for p in points}
         needs_attention = "attention" in self.handle.strategy.needs
         if None in by_layer:
-            h, layout = self._prune(by_layer[None], h, layout, None, signals, records, t)
+            assert rows is not None
+            h, layout = self._prune(by_layer[None], h, layout, None, signals, rows, records, t)
         mask = self._prefill_mask(layout.valid, h.dtype)
         pe = self._rope(h, layout.position_ids)
         stage_of_layer: list[int] = []
@@ -272,6 +317,7 @@ class PrunedDecoder:
         saved: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], Layout] | None = None
         for i, layer in enumerate(self.layers):
             if i in by_layer:
+                assert rows is not None
                 attention = None
                 if needs_attention:
                     # "previous": the attention layer i-1 computed (FastV); "current": the one
@@ -280,7 +326,7 @@ class PrunedDecoder:
                     h_in, pe_in, lay_in = saved if source == i - 1 and saved is not None else (h, pe, layout)
                     query = (lay_in.valid.long() * torch.arange(lay_in.valid.shape[1], device=dev)).argmax(dim=1)
                     attention = query_attention(self.layers[source], h_in, pe_in, query, lay_in.valid)
-                h, layout = self._prune(by_layer[i], h, layout, attention, signals, records, t)
+                h, layout = self._prune(by_layer[i], h, layout, attention, signals, rows, records, t)
                 layouts.append(layout)
                 mask = self._prefill_mask(layout.valid, h.dtype)
                 pe = self._rope(h, layout.position_ids)
@@ -292,7 +338,7 @@ class PrunedDecoder:
             out = layer(
                 h,
                 attention_mask=mask,
-                position_ids=layout.position_ids,
+                position_ids=self._layer_positions(layout.position_ids),
                 use_cache=use_cache,
                 position_embeddings=pe,
                 **{self.cache_kwarg: cache},
@@ -303,7 +349,6 @@ class PrunedDecoder:
             hidden.append(h)
         self.handle._set_records(records)
         if cache is not None:
-            compact = self.handle.schedule.positions == "compact"
             setattr(
                 cache,
                 STATE_ATTR,
@@ -311,14 +356,26 @@ class PrunedDecoder:
                     owner=id(self.handle),
                     stage_of_layer=stage_of_layer,
                     key_valid=[lay.valid for lay in layouts],
-                    shift=[
-                        torch.full((b,), t - lay.slots.shape[1] if compact else 0, dtype=torch.long, device=dev)
-                        for lay in layouts
-                    ],
+                    shift=[_decode_shift(lay) for lay in layouts],
                     seen=t,
                 ),
             )
         return h, tuple(hidden) if want_hidden else None
+
+    def _image_rows(self, signals: Pending, counts: torch.Tensor, dev: torch.device) -> ImageRows:
+        """The call's images as context rows; checks every sample's image tokens against them."""
+        if signals.grids is not None:
+            sample = signals.image_sample
+            assert sample is not None, "Pending.grids comes with Pending.image_sample"
+            return ImageRows.build(signals.grids, sample, counts, dev)
+        assert self.grid is not None, "an adapter without a fixed grid passes Pending.grids"
+        n = self.grid[0] * self.grid[1]
+        if bool((counts != n).any()):
+            raise ContractError(
+                f"every sample must hold exactly one image of {n} visual tokens; got "
+                f"{counts.tolist()} image tokens per sample (multi-image prompts are not supported yet)"
+            )
+        return ImageRows.one_per_sample(counts.shape[0], self.grid, dev)
 
     def _prune(
         self,
@@ -327,91 +384,119 @@ class PrunedDecoder:
         layout: Layout,
         attention: torch.Tensor | None,
         signals: Pending,
+        rows: ImageRows,
         records: list[PruneRecord],
         original_len: int,
     ) -> tuple[torch.Tensor, Layout]:
-        """Run the strategy at one prune point and drop the tokens it does not keep."""
+        """Run the strategy at one prune point (one context row per image) and drop the
+        tokens it does not keep."""
         start = time.perf_counter()
         b, t, d = h.shape
-        n = self.n_visual
+        m, (gh, gw) = rows.count, rows.canvas
+        nc = gh * gw
         is_vis = layout.vis_rank >= 0  # [B, T]
-        n_cur = int(is_vis.sum(dim=1)[0])
-        vslots = is_vis.nonzero()[:, 1].view(b, n_cur)  # [B, n_cur] ascending per sample
-        vranks = layout.vis_rank.gather(1, vslots)  # [B, n_cur]
-        # Context on the ORIGINAL grid: survivors in their original slots, zeros elsewhere.
-        vis_h = _take_rows(h, vslots)  # [B, n_cur, D], a new tensor
-        # vis_rank is the cumulative count of visual tokens (order kept by every prune), so with
-        # all n present, vranks == arange(n) and the gathered rows are already the full grid.
-        if n_cur == n:
-            feats = vis_h
-        else:
-            feats = torch.zeros(b, n, d, dtype=h.dtype, device=h.device)
-            feats.view(b * n, d).index_copy_(0, _flat(vranks, n), vis_h.view(b * n_cur, d))
-        valid = torch.zeros(b, n, dtype=torch.bool, device=h.device)
-        valid.scatter_(1, vranks, True)
+        rank = layout.vis_rank.clamp(min=0)
+        # each sequence slot's flat place on the canvas of image rows; M * nc = "not visual"
+        target = torch.where(is_vis, rows.vis_row.gather(1, rank) * nc + rows.vis_cell.gather(1, rank), m * nc)
+        flat_target = target.reshape(-1)
+        # Context on the ORIGINAL grids: survivors in their original cells, zeros elsewhere.
+        feats = torch.zeros(m * nc + 1, d, dtype=h.dtype, device=h.device)
+        feats.index_copy_(0, flat_target, h.reshape(b * t, d))
+        feats = feats[: m * nc].view(m, nc, d)
+        valid = torch.zeros(m * nc + 1, dtype=torch.bool, device=h.device)
+        valid.index_fill_(0, flat_target, True)
+        valid = valid[: m * nc].view(m, nc)
         att_full = None
-        if attention is not None:  # [B, H, T] -> [B, H, N]
+        if attention is not None:  # [B, H, T] -> [M, H, nc]
             heads = attention.shape[1]
-            att_full = torch.zeros(b, heads, n, dtype=attention.dtype, device=attention.device)
-            att_full.scatter_(
-                2, vranks[:, None, :].expand(b, heads, n_cur), attention.gather(2, vslots[:, None, :].expand(b, heads, n_cur))
-            )
+            att_full = torch.zeros(m * nc + 1, heads, dtype=attention.dtype, device=attention.device)
+            att_full.index_copy_(0, flat_target, attention.transpose(1, 2).reshape(b * t, heads))
+            att_full = att_full[: m * nc].view(m, nc, heads).transpose(1, 2).contiguous()
         _check_finite(feats, valid, att_full, point.layer)
+        sample = rows.sample.to(h.device)
         text, text_valid = None, None
         if "text_features" in self.handle.strategy.needs:
-            text, text_valid = instruction_states(h, layout, is_vis, n_cur)
-        budget = torch.full((b,), keep_count(point.keep, n), dtype=torch.long)
+            fewest = int(is_vis.sum(dim=1).min())  # visual tokens every sample still holds
+            text, text_valid = instruction_states(h, layout, is_vis, fewest)
+            text, text_valid = text.index_select(0, sample), text_valid.index_select(0, sample)
+        budget = rows.budgets(point.keep)
         ctx = PruneContext(
             features=feats,
-            grid=self.grid,
+            grid=(gh, gw),
             budget=budget,
-            valid=None if n_cur == n else valid,
+            valid=None if rows.uniform and not records else valid,  # nothing pruned yet: all valid
             image=signals.image,
             attention=att_full,
             cls_attention=signals.cls_attention,
             text_features=text,
             layer=point.layer,
-            original_count=n,
+            original_count=nc,
             text_valid=text_valid,
+            grids=None if rows.uniform else rows.grids,
         )
         sel = self.handle.strategy(ctx)
         counts = sel.counts.cpu()
         if not bool((counts == budget).all()):
             raise ContractError(
-                f"strategy {self.handle.strategy.name!r} kept {counts.tolist()} tokens per sample at "
+                f"strategy {self.handle.strategy.name!r} kept {counts.tolist()} tokens per image at "
                 f"layer {point.layer}; the budget is {budget.tolist()}"
             )
-        kept_vis = sel.token_mask(n)  # [B, N]
-        keep = torch.where(is_vis, kept_vis.gather(1, layout.vis_rank.clamp(min=0)), torch.ones_like(is_vis))
-        t_new = int(keep.sum(dim=1)[0])
-        idx = keep.nonzero()[:, 1].view(b, t_new)  # [B, T'] into the current layout
+        kept = torch.cat([sel.token_mask(nc).reshape(-1), torch.zeros(1, dtype=torch.bool, device=h.device)])
+        keep = torch.where(is_vis, kept[target], torch.ones_like(is_vis))  # [B, T]
+        t_new = int(keep.sum(dim=1).max())
+        pos = torch.arange(t, device=h.device).expand(b, t)
+        # dropped tokens sort first, so the last t_new slots hold each sample's kept tokens in
+        # order, after as many dropped ones (fillers) as the sample keeps fewer than t_new
+        idx = torch.where(keep, pos + t, pos).argsort(dim=1)[:, t - t_new :]  # [B, T']
+        real = keep.gather(1, idx)
         h_new = _take_rows(h, idx)
-        vis_rank = layout.vis_rank.gather(1, idx)
+        vis_rank = torch.where(real, layout.vis_rank.gather(1, idx), -1)
         if sel.features is not None:  # merging strategies replace the kept tokens' states
-            h_new[vis_rank >= 0] = sel.features[sel.kept_mask].to(h_new.dtype)
-        slots = layout.slots.gather(1, idx)
-        original_pos = layout.original_pos.gather(1, idx)
-        if self.handle.schedule.positions == "compact":
-            removed_before = slots - torch.arange(t_new, device=slots.device)[None]
-            position_ids = original_pos - removed_before
-        else:
-            position_ids = original_pos
-        new = Layout(slots, layout.valid.gather(1, idx), vis_rank, original_pos, position_ids)
-        new_index = torch.full((b, original_len), -1, dtype=torch.long, device=slots.device)
-        new_index.scatter_(1, slots, torch.arange(t_new, device=slots.device)[None].expand(b, t_new))
+            merged = torch.zeros(m * nc + 1, d, dtype=h_new.dtype, device=h.device)
+            flat_kept = torch.where(sel.kept_mask, sel.indices + torch.arange(m, device=h.device)[:, None] * nc, m * nc)
+            merged.index_copy_(0, flat_kept.reshape(-1), sel.features.reshape(-1, d).to(h_new.dtype))
+            new_target = target.gather(1, idx)
+            h_new = torch.where((vis_rank >= 0)[..., None], merged[new_target], h_new)
+        slots = torch.where(real, layout.slots.gather(1, idx), -1)
+        r = layout.original_pos.shape[0]
+        original_pos = layout.original_pos.gather(2, idx[None].expand(r, b, t_new))
+        new_valid = layout.valid.gather(1, idx) & real
+        position_ids = self._compact(original_pos, slots, new_valid) if self.handle.schedule.positions == "compact" else original_pos
+        new = Layout(slots, new_valid, vis_rank, original_pos, position_ids)
+        new_index = torch.full((b, original_len + 1), -1, dtype=torch.long, device=slots.device)
+        new_index.scatter_(1, torch.where(real, slots, original_len), torch.arange(t_new, device=slots.device)[None].expand(b, t_new))
         records.append(
             PruneRecord(
                 layer=point.layer,
-                indices=sel.indices.detach().clone(),
+                indices=rows.image_indices(sel.indices.detach()).clone(),
                 counts=counts.clone(),
-                original_count=n,
+                original_count=nc,
                 kept_positions=slots,
-                new_index=new_index,
-                position_ids=position_ids,
+                new_index=new_index[:, :original_len],
+                position_ids=position_ids if r > 1 else position_ids[0],
                 seconds=time.perf_counter() - start,
+                image_sample=rows.sample.clone(),
+                grids=rows.grids.clone(),
             )
         )
         return h_new, new
+
+    def _compact(self, original_pos: torch.Tensor, slots: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Compact position ids [R, B, T'] of a pruned layout.
+
+        1-D RoPE: each token moves down by the tokens removed before it (survivors numbered
+        contiguously; what FastV / PyramidDrop's code does). M-RoPE: the survivors of a sample
+        are numbered contiguously on all three axes from its first token's position (the
+        image's 2-D layout is given up, as renumbering any pruned grid must)."""
+        b, t_new = slots.shape
+        if original_pos.shape[0] == 1:
+            kept = slots >= 0  # padding is kept (and invalid); fillers are not
+            removed_before = torch.where(kept, slots - (kept.long().cumsum(dim=1) - 1), 0)
+            return original_pos - removed_before[None]
+        first = torch.where(valid, torch.arange(t_new, device=slots.device), t_new).argmin(dim=1)  # [B]
+        base = original_pos[0].gather(1, first[:, None])  # [B, 1]
+        compact = base + valid.long().cumsum(dim=1) - 1
+        return compact[None].expand_as(original_pos).contiguous()
 
     # -- decode ---------------------------------------------------------------------------------
 
@@ -451,14 +536,11 @@ class PrunedDecoder:
             new_valid = attention_mask[:, -q:].bool().to(dev)
         else:
             new_valid = torch.ones(b, q, dtype=torch.bool, device=dev)
-        if position_ids is None:
-            pos = (torch.arange(q, device=dev) + state.seen)[None].expand(b, q)
-        else:
-            pos = position_ids.to(dev).expand(b, q)
+        pos = self._positions(position_ids, b, q, state.seen, dev)  # [R, B, q]
         stages = []
         for s, kv in enumerate(state.key_valid):
             key_valid = torch.cat([kv, new_valid], dim=1)
-            stage_pos = pos - state.shift[s][:, None]
+            stage_pos = pos - state.shift[s][None, :, None]
             stages.append((key_valid, self._decode_mask(key_valid, q, h.dtype), stage_pos, self._rope(h, stage_pos)))
         hidden: list[torch.Tensor] = []
         for i, layer in enumerate(self.layers):
@@ -468,7 +550,7 @@ class PrunedDecoder:
             out = layer(
                 h,
                 attention_mask=mask,
-                position_ids=stage_pos,
+                position_ids=self._layer_positions(stage_pos),
                 use_cache=use_cache,
                 position_embeddings=pe,
                 **{self.cache_kwarg: cache},

@@ -269,7 +269,7 @@ class LlavaAdapter(BackboneAdapter):
                 "this model already has a vtprune handle attached (or its language model's "
                 "forward is wrapped by someone else); detach the other handle first"
             )
-        self._decoder = PrunedDecoder(self.lm, handle, self.num_visual_tokens, self.grid)
+        self._decoder = PrunedDecoder(self.lm, handle, self.grid)
         self._hooks = [
             self.llava.register_forward_pre_hook(self._capture, with_kwargs=True),
             self.model.register_forward_pre_hook(self._refuse_labels, with_kwargs=True),

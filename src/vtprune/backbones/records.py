@@ -19,16 +19,22 @@ class PruneRecord:
 
     Attributes:
         layer: decoder layer the point runs before (None = before the LLM).
-        indices: [B, K] long, kept visual indices per sample (original visual index space,
-            ascending; -1 padding past ``counts`` — counts are equal in practice).
-        counts: [B] long, visual tokens each sample keeps.
-        original_count: N, visual tokens per sample before any pruning.
+        indices: [M, K] long, kept tokens of each of the call's M images, as indices into
+            the image's own raster-ordered grid (ascending; -1 padding past ``counts``). One
+            image per sample (LLaVA): M = B.
+        counts: [M] long, visual tokens each image keeps.
+        original_count: N, cells of the images' common grid (LLaVA: visual tokens per
+            sample); images of different sizes: the canvas ``grids`` fit in.
         kept_positions: [B, T'] long, original position of every token that survives this
-            point, in sequence order (the layout of the layers after it).
+            point, in sequence order (the layout of the layers after it); -1 for *filler*
+            slots, which pad a sample that keeps fewer tokens than another (at its front).
         new_index: [B, T] long, original position -> pruned position after this point, -1 for
             tokens dropped here or earlier.
-        position_ids: [B, T'] long, the RoPE position ids the layers after this point use.
+        position_ids: [B, T'] long (M-RoPE: [3, B, T']), the RoPE position ids the layers
+            after this point use.
         seconds: wall-clock time of the pruning step (context, strategy, gather).
+        image_sample: [M] long, the sample each image belongs to (None: image m is sample m).
+        grids: [M, 2] long, each image's own token grid (h, w) (None: the model's one grid).
     """
 
     layer: int | None
@@ -39,6 +45,8 @@ class PruneRecord:
     new_index: torch.Tensor
     position_ids: torch.Tensor
     seconds: float
+    image_sample: torch.Tensor | None = None
+    grids: torch.Tensor | None = None
 
     @property
     def removed(self) -> torch.Tensor:
@@ -49,7 +57,7 @@ class PruneRecord:
         """Pruned position after this point of original position(s) ``original``, per sample.
 
         ``original`` is an int or a [B] / [B, M] long tensor of original positions (positions
-        past the prompt — generated tokens — are shifted down by the removed count). Returns
+        past the prompt — generated tokens — follow the pruned prompt's T' slots). Returns
         [B] (or [B, M]) long, -1 where the token was pruned.
         """
         b, t = self.new_index.shape
@@ -60,7 +68,7 @@ class PruneRecord:
             raise ValueError(f"original positions must be >= 0, got {pos.tolist()}")
         inside = pos < t
         mapped = self.new_index.gather(1, pos.clamp(max=t - 1))
-        after = pos - self.removed.to(pos.device)[:, None]
+        after = pos - (t - self.kept_positions.shape[1])  # generated tokens follow the T' slots
         out = torch.where(inside, mapped, after)
         return out.squeeze(1) if squeeze else out
 
