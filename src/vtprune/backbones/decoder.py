@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..core.budget import keep_count
 from ..core.errors import ContractError
 from ..core.schedule import PrunePoint
 from ..core.types import PruneContext
