@@ -311,13 +311,12 @@ def qwen_patches(image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int
     return x.reshape(gh * gw, c * tp * p * p), (1, gh, gw)
 
 
-def qwen_image(patches: torch.Tensor, grid_thw: tuple[int, int, int] | Sequence[int]) -> torch.Tensor:
+def qwen_image(patches: torch.Tensor, grid_thw: Sequence[int]) -> torch.Tensor:
     """Inverse of :func:`qwen_patches` for the first frame: patches -> image [3, H, W]."""
-    t, gh, gw = (int(v) for v in grid_thw)
-    p, m, tp = QWEN_PATCH, QWEN_MERGE, QWEN_TEMPORAL
-    c = patches.shape[-1] // (tp * p * p)
-    x = patches.reshape(t, gh // m, gw // m, m, m, c, tp, p, p)[0, ..., 0, :, :]  # (h/m, w/m, m, m, c, p, p)
-    return x.permute(4, 0, 2, 5, 1, 3, 6).reshape(c, gh * p, gw * p)
+    from .backbones.qwen2_vl import patches_to_image
+
+    t, h, w = (int(v) for v in grid_thw)
+    return patches_to_image(patches, (t, h, w), QWEN_PATCH, QWEN_MERGE, QWEN_TEMPORAL)
 
 
 def make_qwen_inputs(
@@ -338,9 +337,9 @@ def make_qwen_inputs(
         padding_side: ``"left"`` (for ``generate``) or ``"right"``.
 
     Returns:
-        ``input_ids`` / ``attention_mask`` [B, T], ``pixel_values`` [patches, 1176],
-        ``image_grid_thw`` [M, 3], and ``mm_token_type_ids`` [B, T] (1 on image tokens) where
-        this transformers release takes it.
+        ``input_ids`` / ``attention_mask`` [B, T], ``pixel_values`` [patches, 1176] and
+        ``image_grid_thw`` [M, 3] (when there are images), and ``mm_token_type_ids`` [B, T]
+        (1 on image tokens) where this transformers release takes it.
     """
     import inspect
 
@@ -382,12 +381,10 @@ def make_qwen_inputs(
         input_ids[b, span] = torch.tensor(ids, dtype=torch.long)
         mask[b, span] = 1
     dev = model.device
-    out = {
-        "input_ids": input_ids.to(dev),
-        "attention_mask": mask.to(dev),
-        "pixel_values": torch.cat(patches).to(device=dev, dtype=model.dtype),
-        "image_grid_thw": torch.tensor(grids, dtype=torch.long, device=dev),
-    }
+    out = {"input_ids": input_ids.to(dev), "attention_mask": mask.to(dev)}
+    if patches:
+        out["pixel_values"] = torch.cat(patches).to(device=dev, dtype=model.dtype)
+        out["image_grid_thw"] = torch.tensor(grids, dtype=torch.long, device=dev)
     if "mm_token_type_ids" in inspect.signature(type(model).forward).parameters:
         out["mm_token_type_ids"] = (input_ids == image_id).long().to(dev)
     return out

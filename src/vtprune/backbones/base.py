@@ -74,13 +74,20 @@ class BackboneAdapter(ABC):
 
     @property
     @abstractmethod
-    def grid(self) -> tuple[int, int]:
-        """Visual token grid (h, w) of one image; ``h * w`` tokens per image."""
+    def grid(self) -> tuple[int, int] | None:
+        """Visual token grid (h, w) of one image; ``h * w`` tokens per image. None for
+        dynamic-resolution families, whose every image has its own grid."""
 
     @property
-    def num_visual_tokens(self) -> int:
-        h, w = self.grid
-        return h * w
+    def num_visual_tokens(self) -> int | None:
+        """Visual tokens per image, or None when images differ (then a ``keep`` count is
+        checked against each image at run time)."""
+        grid = self.grid
+        return None if grid is None else grid[0] * grid[1]
+
+    def missing_signal_hint(self, signal: str) -> str:
+        """Why this family cannot supply ``signal`` and what to do instead ('' = no hint)."""
+        return ""
 
     @abstractmethod
     def visual_spans(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -441,7 +441,7 @@ class PrunedDecoder:
                 f"layer {point.layer}; the budget is {budget.tolist()}"
             )
         kept = torch.cat([sel.token_mask(nc).reshape(-1), torch.zeros(1, dtype=torch.bool, device=h.device)])
-        keep = torch.where(is_vis, kept[target], torch.ones_like(is_vis))  # [B, T]
+        keep = torch.where(is_vis, kept[target], layout.slots >= 0)  # [B, T]; old fillers go
         t_new = int(keep.sum(dim=1).max())
         pos = torch.arange(t, device=h.device).expand(b, t)
         # dropped tokens sort first, so the last t_new slots hold each sample's kept tokens in

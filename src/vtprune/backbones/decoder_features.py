@@ -15,9 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_vl_text", "qwen2_5_vl_text")
 """Text model types whose decoder layers are Llama-style (pre-norm, q/k/v/o projections with
 optional biases, RoPE from the model's ``rotary_emb``, grouped-query attention, gated MLP)."""
+
+
+_QWEN_TYPES = ("qwen2", "qwen2_vl_text", "qwen2_5_vl_text")
+"""Qwen2 decoders window attention only with ``use_sliding_window=True``."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ def sliding_window(cfg: Any) -> int | None:
     types = getattr(cfg, "layer_types", None)
     if types is not None and "sliding_attention" not in types:
         return None
-    if getattr(cfg, "model_type", None) == "qwen2" and not getattr(cfg, "use_sliding_window", False):
+    if getattr(cfg, "model_type", None) in _QWEN_TYPES and not getattr(cfg, "use_sliding_window", False):
         return None
     return int(window)
 

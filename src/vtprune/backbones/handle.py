@@ -158,7 +158,8 @@ def attach(
     attention_source = schedule.attention
     adapter.attention_source = attention_source
     schedule.check_depth(adapter.num_layers)
-    schedule.counts(adapter.num_visual_tokens)
+    if adapter.num_visual_tokens is not None:
+        schedule.counts(adapter.num_visual_tokens)
     for point in schedule.points:
         missing = sorted(strategy.needs - adapter.signals(point.layer))
         if missing:
@@ -168,6 +169,7 @@ def attach(
                 f"supply {where} (it supplies {sorted(adapter.signals(point.layer))}). Attention "
                 "exists only inside the LLM (from layer 1 on with attention_source='previous'): "
                 "use an in-LLM schedule for attention-scored strategies."
+                + "".join(f" {h}." for h in map(adapter.missing_signal_hint, missing) if h)
             )
     handle = PruneHandle(adapter, strategy, schedule, attention_source)
     adapter.install(handle)

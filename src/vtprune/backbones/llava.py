@@ -27,7 +27,13 @@ from ..core.hookspecs import AdapterSpec, hookimpl
 from .attention import cls_attention
 from .base import BackboneAdapter
 from .decoder import Pending, PrunedDecoder
-from .decoder_features import unsupported_decoder_feature
+from .hf_common import (
+    call_argument,
+    decoder_reason,
+    is_prefill,
+    refuse_labels,
+    transformers_version,
+)
 
 if TYPE_CHECKING:
     from .handle import PruneHandle
@@ -35,18 +41,6 @@ if TYPE_CHECKING:
 MIN_TRANSFORMERS = (5, 0)
 PIXELS_ATTR = "_vtprune_pixels"
 CLS_ATTR = "_vtprune_cls_attention"
-_LAYER_PARTS = ("input_layernorm", "self_attn", "mlp")
-_ATTN_PARTS = ("q_proj", "k_proj", "head_dim", "num_key_value_groups", "scaling")
-
-
-def _version() -> tuple[int, ...]:
-    import transformers
-
-    parts = []
-    for piece in transformers.__version__.split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
 
 
 class LlavaAdapter(BackboneAdapter):
@@ -66,7 +60,7 @@ class LlavaAdapter(BackboneAdapter):
     def unsupported_reason(cls, model: Any) -> str | None:
         import transformers
 
-        if _version() < MIN_TRANSFORMERS:
+        if transformers_version() < MIN_TRANSFORMERS:
             return (
                 f"the LLaVA adapter needs transformers >= {'.'.join(map(str, MIN_TRANSFORMERS))}, "
                 f"found {transformers.__version__}; upgrade transformers"
@@ -77,25 +71,7 @@ class LlavaAdapter(BackboneAdapter):
                 "the LLaVA adapter needs vision_feature_select_strategy='default' (patch tokens "
                 f"only, a square grid); this model uses {cfg.vision_feature_select_strategy!r}"
             )
-        lm = cls._llava(model).language_model
-        for attr in ("layers", "norm", "rotary_emb", "embed_tokens"):
-            if not hasattr(lm, attr):
-                return f"language model {type(lm).__name__} has no .{attr}; it is not Llama-like"
-        layer = lm.layers[0]
-        missing = [p for p in _LAYER_PARTS if not hasattr(layer, p)]
-        missing += [p for p in _ATTN_PARTS if not hasattr(getattr(layer, "self_attn", None), p)]
-        if missing:
-            return f"decoder layer {type(layer).__name__} lacks {missing}; it is not Llama-like"
-        feature = unsupported_decoder_feature(lm)
-        if feature is not None:
-            return feature
-        impl = getattr(lm.config, "_attn_implementation", None)
-        if impl not in (None, "sdpa", "eager"):
-            return (
-                f"attention implementation {impl!r} is not supported while pruning (per-sample "
-                "padding masks are needed); load the model with attn_implementation='sdpa' or 'eager'"
-            )
-        return None
+        return decoder_reason(cls._llava(model).language_model)
 
     @staticmethod
     def _llava(model: Any) -> Any:
@@ -165,14 +141,8 @@ class LlavaAdapter(BackboneAdapter):
     # -- hooks ----------------------------------------------------------------------------------
 
     def _argument(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """The call's value of ``name`` (None when not passed, or when this transformers
-        release has no such parameter: ``mm_encoder_outputs`` arrived in 5.18)."""
-        if name in kwargs:
-            return kwargs[name]
-        if name not in self._forward_params:
-            return None
-        i = self._forward_params.index(name)
-        return args[i] if i < len(args) else None
+        """The call's value of ``name`` (``mm_encoder_outputs`` arrived in 5.18)."""
+        return call_argument(self._forward_params, name, args, kwargs)
 
     def _capture(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         assert self._decoder is not None
@@ -204,7 +174,7 @@ class LlavaAdapter(BackboneAdapter):
             )
         visual = None if input_ids is None else self.visual_spans(input_ids)
         cache = self._argument("cache", args, kwargs) or self._argument("past_key_values", args, kwargs)
-        prefill = cache is None or not hasattr(cache, "get_seq_length") or cache.get_seq_length() == 0
+        prefill = is_prefill(cache)
         # (a decode step may feed back a generated image-token id: that is text, not an image)
         if prefill and visual is not None and pixels is None and image_out is None and bool(visual.any()):
             raise ContractError(
@@ -223,19 +193,6 @@ class LlavaAdapter(BackboneAdapter):
                 "exactly one image per prompt"
             )
         self._decoder.pending = Pending(visual, pixels, cls)
-
-    @staticmethod
-    def _refuse_labels(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Pre-hook on the model: the model's own loss would pair logits of the pruned sequence
-        with labels of the unpruned one, so a call with ``labels`` is refused."""
-        if kwargs.get("labels") is not None:
-            raise ContractError(
-                "labels are not supported while vtprune pruning is attached: the logits cover "
-                "only the kept tokens, so the model's loss would pair them with the wrong labels. "
-                "Call the model without labels and compute the loss from the logits, realigning "
-                "labels with handle.records[-1].kept_positions (labels.gather(1, kept_positions)); "
-                "see docs/adapters.md"
-            )
 
     def _remember_pixels(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         """Vision-tower hook: tie the pixels to the encoder output that carries their features."""
@@ -272,7 +229,7 @@ class LlavaAdapter(BackboneAdapter):
         self._decoder = PrunedDecoder(self.lm, handle, self.grid)
         self._hooks = [
             self.llava.register_forward_pre_hook(self._capture, with_kwargs=True),
-            self.model.register_forward_pre_hook(self._refuse_labels, with_kwargs=True),
+            self.model.register_forward_pre_hook(refuse_labels, with_kwargs=True),
             self.llava.register_forward_hook(self._release, with_kwargs=True, always_call=True),
             self.llava.vision_tower.register_forward_hook(self._remember_pixels, with_kwargs=True),
         ]
