@@ -28,7 +28,13 @@ from ..core.errors import ContractError
 from ..core.hookspecs import AdapterSpec, hookimpl
 from .base import BackboneAdapter
 from .decoder import Pending, PrunedDecoder
-from .hf_common import call_argument, decoder_reason, is_prefill, refuse_labels, transformers_version
+from .hf_common import (
+    call_argument,
+    decoder_reason,
+    is_prefill,
+    refuse_labels,
+    transformers_version,
+)
 
 if TYPE_CHECKING:
     from .handle import PruneHandle

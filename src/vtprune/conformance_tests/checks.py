@@ -282,11 +282,12 @@ def check_row_grids_own_grid(strategy: Strategy, ctx: PruneContext) -> None:
     """With per-row grids (``ctx.grids``, a canvas), each row keeps the tokens it keeps alone
     on its own grid (the context cropped to its block), mapped to canvas indices. Applies to
     stages that declare ``capabilities.row_grids``; contexts without grids pass."""
-    if ctx.grids is None:
+    grids = ctx.grids
+    if grids is None:
         return
     ctx = replace(ctx, generator=None)
     rows = run_stages(strategy, ctx).selection.per_sample()
-    for i, (h, w) in enumerate(ctx.grids.tolist()):
+    for i, (h, w) in enumerate(grids.tolist()):
         alone = run_stages(strategy, crop(ctx, torch.tensor([i]), (h, w))).selection.per_sample()[0]
         mine = block_indices((h, w), ctx.grid)[alone.cpu()]
         if not torch.equal(rows[i].cpu(), mine):
@@ -360,7 +361,7 @@ def check_deterministic_across_processes(strategy: Strategy, ctx: PruneContext) 
 
 # -- the table -----------------------------------------------------------------------------------
 
-Requirement = Literal["deterministic", "batch_consistent"]
+Requirement = Literal["deterministic", "batch_consistent", "row_grids"]
 
 
 @dataclass(frozen=True)
