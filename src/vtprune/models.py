@@ -247,6 +247,15 @@ _QWEN_VISION: dict[str, dict[str, Any]] = {
 }
 
 
+def mrope_section(head_dim: int) -> list[int]:
+    """M-RoPE's (temporal, height, width) frequency bands for a head of ``head_dim``, in the
+    proportions of Qwen2-VL's [16, 24, 24] for 128: [2, 3, 3] for 16, [8, 12, 12] for 64."""
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
 def tiny_qwen_config(
     family: str = "qwen2_5_vl",
     vision: dict[str, Any] | None = None,
@@ -263,8 +272,12 @@ def tiny_qwen_config(
         raise ContractError(f"family must be one of {list(classes)}, got {family!r}")
     common = {"patch_size": QWEN_PATCH, "spatial_merge_size": QWEN_MERGE, "temporal_patch_size": QWEN_TEMPORAL}
     config_class = getattr(transformers, classes[family])
+    text_config = {**_QWEN_TEXT, **(text or {})}
+    if "rope_parameters" not in (text or {}):
+        head_dim = int(text_config["hidden_size"]) // int(text_config["num_attention_heads"])
+        text_config["rope_parameters"] = {**_QWEN_TEXT["rope_parameters"], "mrope_section": mrope_section(head_dim)}
     return config_class(
-        text_config={**_QWEN_TEXT, **(text or {})},
+        text_config=text_config,
         vision_config={**common, **_QWEN_VISION[family], **(vision or {})},
         image_token_id=IMAGE_ID,
         video_token_id=VIDEO_ID,
@@ -394,5 +407,5 @@ __all__ = [
     "PAD_ID", "BOS_ID", "EOS_ID", "IMAGE_ID", "TOY_VOCAB_SIZE",
     "VISION_START_ID", "VISION_END_ID", "VIDEO_ID", "QWEN_FAMILIES",
     "tiny_llava_config", "build_tiny_llava", "make_inputs", "encode", "decode",
-    "tiny_qwen_config", "build_tiny_qwen", "make_qwen_inputs", "qwen_patches", "qwen_image",
+    "tiny_qwen_config", "build_tiny_qwen", "make_qwen_inputs", "qwen_patches", "qwen_image", "mrope_section",
 ]

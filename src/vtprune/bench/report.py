@@ -25,14 +25,19 @@ def format_header(result: dict[str, Any]) -> str:
     """One paragraph: machine, threads, model and run settings."""
     env, model, cfg = result["environment"], result["model"], result["config"]
     llm, vis = model["llm"], model["vision"]
+    if model.get("family", "llava") == "llava":
+        tower = (f"CLIP {vis['image_size']} px / patch {vis['patch_size']}, hidden {vis['hidden_size']}, "
+                 f"{vis['num_hidden_layers']} layers")
+    else:
+        tower = (f"{model['family']} patch {vis['patch_size']} + {vis['spatial_merge_size']}x"
+                 f"{vis['spatial_merge_size']} merger, hidden {vis['hidden_size']}, {vis['depth']} layers")
     return (
         f"Machine: {env['cpu_count']}-core {env['processor']} CPU, GPU: {'yes' if env['gpu'] else 'no'}, "
         f"torch {env['torch']} with {env['torch_threads']} threads, {env['date']}.\n"
         f"Model (random weights): LLM hidden {llm['hidden_size']}, MLP {llm['intermediate_size']} "
         f"(gated), {llm['num_hidden_layers']} layers, {llm['num_attention_heads']} heads / "
         f"{llm['num_key_value_heads']} KV heads, {model['llm_params'] / 1e6:.1f}M parameters; vision "
-        f"tower CLIP {vis['image_size']} px / patch {vis['patch_size']}, hidden {vis['hidden_size']}, "
-        f"{vis['num_hidden_layers']} layers ({model['vision_params'] / 1e6:.2f}M); "
+        f"tower {tower} ({model['vision_params'] / 1e6:.2f}M); "
         f"{model['visual_tokens']} visual tokens; {model['dtype']}, {model['attn_implementation']}.\n"
         f"Runs: {cfg['repeats']} interleaved pruned/unpruned pairs per cell (speed-up = median "
         f"unpruned time / median pruned time; min–max of the pairwise ratios in brackets), "

@@ -75,8 +75,14 @@ class BenchConfig:
     threads: int = 1
     seed: int = 0
     kv_dtype: str = "float32"
+    family: str = "llava"
+    """``"llava"``, or a Qwen2-VL family (``"qwen2_5_vl"``, ``"qwen2_vl"``): the same LLM and
+    vision sizes in that family's classes (M-RoPE decoder, patch-merger vision tower), with a
+    672 x 672 image per prompt = a 24 x 24 grid of 576 visual tokens, like LLaVA's."""
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
         if not self.keeps or any(not 0.0 < k <= 1.0 for k in self.keeps):
             raise ValueError(f"keeps must be ratios in (0, 1], got {self.keeps}")
         if not self.batches or any(b < 1 or b > len(PROMPTS) for b in self.batches):
@@ -87,6 +93,10 @@ class BenchConfig:
                 f"{self.repeats}, {self.new_tokens}, {self.threads}, {self.warmup}"
             )
 
+
+FAMILIES = ("llava", "qwen2_5_vl", "qwen2_vl")
+QWEN_IMAGE_SIZE = 672
+"""Pixels per side of the Qwen benchmark image: 672 / 28 = 24 tokens per side, 576 in all."""
 
 FULL = BenchConfig()
 LARGE = BenchConfig(
@@ -109,21 +119,36 @@ QUICK = BenchConfig(
 
 def build_model(config: BenchConfig) -> Any:
     """The benchmark model: random weights, eval mode, SDPA attention."""
-    from ..models import build_tiny_llava
+    from ..models import build_tiny_llava, build_tiny_qwen
 
-    return build_tiny_llava(seed=config.seed, text=dict(config.text), vision=dict(config.vision))
+    if config.family == "llava":
+        return build_tiny_llava(seed=config.seed, text=dict(config.text), vision=dict(config.vision))
+    v = config.vision  # CLIP-style sizes -> the family's vision config
+    hidden, width = int(v["hidden_size"]), int(config.text["hidden_size"])
+    common = {"depth": int(v["num_hidden_layers"]), "num_heads": int(v["num_attention_heads"])}
+    vision = (
+        {**common, "hidden_size": hidden, "intermediate_size": int(v["intermediate_size"]), "out_hidden_size": width}
+        if config.family == "qwen2_5_vl"
+        else {**common, "embed_dim": hidden, "hidden_size": width, "mlp_ratio": int(v["intermediate_size"]) / hidden}
+    )
+    return build_tiny_qwen(config.family, seed=config.seed, text=dict(config.text), vision=vision)
 
 
 def make_batches(model: Any, config: BenchConfig) -> dict[int, dict[str, torch.Tensor]]:
     """Inputs per batch size: the bundled sample image, one prompt per sample (left-padded)."""
-    from ..models import make_inputs
+    from ..models import make_inputs, make_qwen_inputs
 
-    size = int(model.config.vision_config.image_size)
-    image = sample_image(size=size)
-    return {
-        b: make_inputs(model, [image] * b, list(PROMPTS[:b]), padding_side="left")
-        for b in sorted(set(config.batches) | {1})
-    }
+    sizes = sorted(set(config.batches) | {1})
+    if config.family != "llava":
+        image = sample_image(size=QWEN_IMAGE_SIZE)
+        return {b: make_qwen_inputs(model, [image] * b, list(PROMPTS[:b])) for b in sizes}
+    image = sample_image(size=int(model.config.vision_config.image_size))
+    return {b: make_inputs(model, [image] * b, list(PROMPTS[:b]), padding_side="left") for b in sizes}
+
+
+def visual_tokens(model: Any, batches: Mapping[int, Mapping[str, torch.Tensor]]) -> int:
+    """Visual tokens of the one-sample batch (every sample has as many)."""
+    return int((batches[1]["input_ids"] == int(model.config.image_token_id)).sum())
 
 
 class LLMTimer:
@@ -244,13 +269,17 @@ def environment(threads: int) -> dict[str, Any]:
 def describe_model(model: Any, config: BenchConfig) -> dict[str, Any]:
     text, vis = model.config.text_config, model.config.vision_config
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    qwen = config.family != "llava"
+    vision_keys = ("patch_size", "spatial_merge_size", "hidden_size", "depth") if qwen else (
+        "image_size", "patch_size", "hidden_size", "num_hidden_layers")
+    tower = model.model.visual if qwen else model.model.vision_tower
     return {
+        "family": config.family,
         "llm": {k: getattr(text, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                "num_attention_heads", "num_key_value_heads", "vocab_size")},
-        "vision": {k: getattr(vis, k) for k in ("image_size", "patch_size", "hidden_size",
-                                                 "num_hidden_layers")},
-        "visual_tokens": int(model.config.image_seq_length),
-        "llm_params": count(model.model.language_model), "vision_params": count(model.model.vision_tower),
+        "vision": {k: getattr(vis, k) for k in vision_keys},
+        "visual_tokens": (QWEN_IMAGE_SIZE // 28) ** 2 if qwen else int(model.config.image_seq_length),
+        "llm_params": count(model.model.language_model), "vision_params": count(tower),
         "dtype": str(model.dtype).removeprefix("torch."),
         "attn_implementation": getattr(text, "_attn_implementation", None),
     }
@@ -330,7 +359,7 @@ def _bench_strategy(
     batches: Mapping[int, Mapping[str, torch.Tensor]], baseline: list[dict[str, float]], bar: Any,
 ) -> list[dict[str, Any]]:
     dims = ModelDims.from_config(model.config)
-    n_vis = int(model.config.image_seq_length)
+    n_vis = visual_tokens(model, batches)
     rows: dict[float, dict[str, Any]] = {}
     for keep in config.keeps:
         try:
@@ -391,10 +420,12 @@ def _finish_row(
 
 def with_overrides(
     config: BenchConfig, keeps: Sequence[float] | None = None, repeats: int | None = None,
-    threads: int | None = None, new_tokens: int | None = None,
+    threads: int | None = None, new_tokens: int | None = None, family: str | None = None,
 ) -> BenchConfig:
     """``config`` with the given fields replaced (None leaves a field as it is)."""
     changes: dict[str, Any] = {}
+    if family is not None:
+        changes["family"] = family
     if keeps is not None:
         changes["keeps"] = tuple(float(k) for k in keeps)
     if repeats is not None:

@@ -15,7 +15,7 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     from ..bench.speed import QUICK, SIZES, run_speed, with_overrides
 
     config = with_overrides(QUICK if args.quick else SIZES[args.size], keeps=args.keeps, repeats=args.repeats,
-                            threads=args.threads, new_tokens=args.new_tokens)
+                            threads=args.threads, new_tokens=args.new_tokens, family=args.family)
     result = run_speed(config, strategies=args.strategies, progress=not args.no_progress, log=print)
     return _print_outputs(format_markdown(result), write_outputs(result, args.out))
 
@@ -101,6 +101,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--quick", action="store_true", help="tiny model, one keep, one repeat (seconds)")
     p.add_argument("--size", choices=("base", "large"), default="base",
                    help="benchmark model: base (LLM hidden 512) or large (hidden 1024); default base")
+    p.add_argument("--family", choices=("llava", "qwen2_5_vl", "qwen2_vl"), default="llava",
+                   help="model family of the benchmark model (default llava); Qwen: 672 px images, 576 tokens")
     p.add_argument("--out", default="out/bench", help="output directory (default: out/bench)")
     p.add_argument("--strategies", type=csv, default=None, help="comma-separated names (default: all registered)")
     p.add_argument("--keeps", type=ratios, default=None, help="comma-separated keep ratios (default 0.5,0.25,0.1)")

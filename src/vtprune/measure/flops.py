@@ -108,7 +108,10 @@ class ModelDims:
         )
 
 
-_GATED_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "vicuna"}
+_GATED_FAMILIES = {
+    "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "vicuna",
+    "qwen2_vl", "qwen2_vl_text", "qwen2_5_vl", "qwen2_5_vl_text",
+}
 
 
 def layer_flops(dims: ModelDims, queries: int, keys: int | None = None, formula: Formula = "exact") -> int:
