@@ -135,3 +135,19 @@ def test_bad_inputs_raise_clear_errors():
 def test_describe_schedule():
     assert describe_schedule(Schedule.pre_llm(0.25), 576) == "pre:144"
     assert describe_schedule(Schedule.at_layers([(8, 0.5), (16, 0.25)]), 576) == "L8:288 L16:144"
+
+
+def test_from_config_reads_qwen2_vl_family_configs():
+    """Qwen2.5-VL-7B's decoder: GQA (28 heads / 4 KV), SwiGLU MLP, untied sizes."""
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+
+    text = {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+            "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064}
+    for config_class in (Qwen2_5_VLConfig, Qwen2VLConfig):
+        dims = ModelDims.from_config(config_class(text_config=text))
+        assert (dims.hidden, dims.intermediate, dims.layers, dims.heads, dims.kv_heads, dims.head_dim) == (
+            3584, 18944, 28, 28, 4, 128)
+        assert dims.gated and dims.kv_width == 512
+        n = 1000  # MACs per layer: q, o (d x d), k, v (d x 512), scores and values (n^2 d), gated MLP
+        expected = n * (2 * 3584 * 3584 + 2 * 3584 * 512) + 2 * n * n * 3584 + 3 * n * 3584 * 18944
+        assert layer_flops(dims, n) == expected
