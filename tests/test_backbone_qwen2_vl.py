@@ -283,3 +283,18 @@ def test_text_only_batch_is_unchanged(model):
     with attach(model, "altp", keep=0.1) as handle:
         assert torch.equal(logits(model, batch), before)
         assert handle.records == []
+
+
+@pytest.mark.parametrize("name", ["altp", "fastv"])
+def test_beam_search_expands_each_prompts_images(model, images, name):
+    """num_beams repeats every prompt inside generate while image_grid_thw lists each image
+    once: the adapter repeats the images with their prompts, and beams stay per sample."""
+    with attach(model, name, keep=0.25) as handle:
+        with torch.no_grad():
+            together = model.generate(**inputs(model, images), max_new_tokens=3, min_new_tokens=3, num_beams=2)
+        assert handle.records[0].image_sample.tolist() == [0, 1, 2, 2, 3, 3, 4, 5]  # 2 beams a prompt
+        for b in range(3):
+            alone = inputs(model, images, [b])
+            with torch.no_grad():
+                out = model.generate(**alone, max_new_tokens=3, min_new_tokens=3, num_beams=2)
+            assert torch.equal(out[0, alone["input_ids"].shape[1]:], together[b, -3:]), b

@@ -87,6 +87,24 @@ def canvas_pixels(pixel_values: torch.Tensor, grid_thw: torch.Tensor, vision_con
     return canvas
 
 
+def _expanded_images(counts: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
+    """Image order [M'] for a batch whose prompts ``generate`` repeated (``num_beams``,
+    ``num_return_sequences``: each prompt c times in a row) while ``image_grid_thw`` still
+    lists each image once; the identity when the images already match the prompts."""
+    areas = grids[:, 0] * grids[:, 1]
+    total, once = int(counts.sum()), int(areas.sum())
+    identity = torch.arange(grids.shape[0])
+    if total == once or once == 0 or total % once or counts.shape[0] % (total // once):
+        return identity  # ImageRows checks the match and says what is wrong
+    copies = total // once
+    first = counts[::copies]
+    if not torch.equal(counts.view(-1, copies), first[:, None].expand(-1, copies)):
+        return identity
+    owner = torch.searchsorted(torch.cumsum(first, 0), torch.cumsum(areas, 0) - areas, right=True)
+    groups = [identity[owner == s] for s in range(first.shape[0])]  # host metadata, one per prompt
+    return torch.cat([g.repeat(copies) for g in groups]) if groups else identity
+
+
 class Qwen2VLAdapter(BackboneAdapter):
     """Qwen2-VL / Qwen2.5-VL: dynamic resolution, several images per prompt, M-RoPE."""
 
@@ -207,6 +225,8 @@ class Qwen2VLAdapter(BackboneAdapter):
             raise ContractError(f"images must have one temporal patch (t = 1), got grids {grid_thw.tolist()}")
         grids = grid_thw[:, 1:] // self.merge  # token grid of each image after the merger
         counts = visual.sum(dim=1).cpu()
+        order = _expanded_images(counts, grids)  # generate(num_beams=...) repeats the prompts
+        grids = grids[order]
         areas = grids[:, 0] * grids[:, 1]
         starts = torch.cumsum(areas, 0) - areas
         sample = torch.searchsorted(torch.cumsum(counts, 0), starts, right=True).clamp(max=max(0, counts.shape[0] - 1))
@@ -217,7 +237,7 @@ class Qwen2VLAdapter(BackboneAdapter):
                     f"strategy {self._decoder.handle.strategy.name!r} needs the image, but these "
                     "image features were encoded outside the model; pass pixel_values instead"
                 )
-            image = canvas_pixels(pixels, grid_thw, self.config.vision_config)
+            image = canvas_pixels(pixels, grid_thw, self.config.vision_config)[order.to(pixels.device)]
         self._decoder.pending = Pending(visual, image=image, grids=grids, image_sample=sample)
 
     def _remember_pixels(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
