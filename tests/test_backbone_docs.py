@@ -20,7 +20,7 @@ def _blocks() -> list[str]:
     # skip the signature sketch, the adapter skeleton and the (slow) timing recipe
     return [
         b for b in blocks
-        if not b.lstrip().startswith("attach(") and "class Qwen2VLAdapter" not in b and "perf_counter" not in b
+        if not b.lstrip().startswith("attach(") and "class MyVLMAdapter" not in b and "perf_counter" not in b
     ]
 
 
