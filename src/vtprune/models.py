@@ -135,6 +135,18 @@ def decode(ids: Sequence[int] | torch.Tensor) -> str:
     return "".join(out)
 
 
+def _pad(rows: list[list[int]], pad_id: int, padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> ``input_ids`` and ``attention_mask`` [B, T] long, padded on one side."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, ids in enumerate(rows):
+        span = slice(width - len(ids), width) if padding_side == "left" else slice(0, len(ids))
+        input_ids[b, span] = torch.tensor(ids, dtype=torch.long)
+        mask[b, span] = 1
+    return input_ids, mask
+
+
 def _pixels(model: Any, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
     size = int(model.config.vision_config.image_size)
     if isinstance(images, torch.Tensor):
@@ -209,13 +221,7 @@ def make_inputs(
                 f"{n_img} (one image per prompt)"
             )
         rows.append(ids)
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for b, ids in enumerate(rows):
-        span = slice(width - len(ids), width) if padding_side == "left" else slice(0, len(ids))
-        input_ids[b, span] = torch.tensor(ids, dtype=torch.long)
-        mask[b, span] = 1
+    input_ids, mask = _pad(rows, pad_id, padding_side)
     return {
         "input_ids": input_ids.to(model.device),
         "attention_mask": mask.to(model.device),
@@ -386,13 +392,7 @@ def make_qwen_inputs(
             tokens = thw[1] * thw[2] // QWEN_MERGE**2
             ids += [start_id, *[image_id] * tokens, end_id, *encode(text)]
         rows.append(ids)
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for b, ids in enumerate(rows):
-        span = slice(width - len(ids), width) if padding_side == "left" else slice(0, len(ids))
-        input_ids[b, span] = torch.tensor(ids, dtype=torch.long)
-        mask[b, span] = 1
+    input_ids, mask = _pad(rows, PAD_ID, padding_side)
     dev = model.device
     out = {"input_ids": input_ids.to(dev), "attention_mask": mask.to(dev)}
     if patches:

@@ -25,13 +25,12 @@ import torch
 from ..core.errors import ContractError
 from ..core.hookspecs import AdapterSpec, hookimpl
 from .attention import cls_attention
-from .base import BackboneAdapter
 from .decoder import Pending, PrunedDecoder
 from .hf_common import (
+    DecoderAdapter,
     call_argument,
     decoder_reason,
     is_prefill,
-    refuse_labels,
     transformers_version,
 )
 
@@ -43,7 +42,7 @@ PIXELS_ATTR = "_vtprune_pixels"
 CLS_ATTR = "_vtprune_cls_attention"
 
 
-class LlavaAdapter(BackboneAdapter):
+class LlavaAdapter(DecoderAdapter):
     """LLaVA-1.5-style models: one image per prompt, Llama-like language model."""
 
     name = "hf-llava"
@@ -78,12 +77,9 @@ class LlavaAdapter(BackboneAdapter):
         return model.model if hasattr(model, "lm_head") else model
 
     def __init__(self, model: Any) -> None:
-        super().__init__(model)
-        self.llava = self._llava(model)
-        self.lm = self.llava.language_model
+        super().__init__(model, self._llava(model))
+        self.llava = self.vlm
         self.config = self.llava.config
-        self._hooks: list[Any] = []
-        self._decoder: PrunedDecoder | None = None
         self._cls_buffer: torch.Tensor | None = None
         self._forward_params = list(inspect.signature(type(self.llava).forward).parameters)[1:]
 
@@ -216,37 +212,18 @@ class LlavaAdapter(BackboneAdapter):
         with torch.no_grad():
             self._cls_buffer = cls_attention(module, hidden)
 
-    def _release(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
-        if self._decoder is not None:
-            self._decoder.pending = None
-
     def install(self, handle: PruneHandle) -> None:
-        if "forward" in vars(self.lm):
-            raise ContractError(
-                "this model already has a vtprune handle attached (or its language model's "
-                "forward is wrapped by someone else); detach the other handle first"
-            )
-        self._decoder = PrunedDecoder(self.lm, handle, self.grid)
-        self._hooks = [
-            self.llava.register_forward_pre_hook(self._capture, with_kwargs=True),
-            self.model.register_forward_pre_hook(refuse_labels, with_kwargs=True),
-            self.llava.register_forward_hook(self._release, with_kwargs=True, always_call=True),
-            self.llava.vision_tower.register_forward_hook(self._remember_pixels, with_kwargs=True),
-        ]
+        self._ensure_free()
+        hooks = [self.llava.vision_tower.register_forward_hook(self._remember_pixels, with_kwargs=True)]
         if "cls_attention" in handle.strategy.needs:
             layer = self._cls_layer()
             assert layer is not None  # attach() checked signals()
-            self._hooks.append(layer.register_forward_pre_hook(self._remember_cls, with_kwargs=True))
-        self.lm.forward = self._decoder
+            hooks.append(layer.register_forward_pre_hook(self._remember_cls, with_kwargs=True))
+        self._install(PrunedDecoder(self.lm, handle, self.grid), self._capture, *hooks)
 
     def remove(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
+        super().remove()
         self._cls_buffer = None
-        if vars(self.lm).get("forward") is self._decoder:
-            del self.lm.forward
-        self._decoder = None
 
 
 @hookimpl

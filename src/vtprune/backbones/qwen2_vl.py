@@ -26,13 +26,12 @@ import torch
 
 from ..core.errors import ContractError
 from ..core.hookspecs import AdapterSpec, hookimpl
-from .base import BackboneAdapter
 from .decoder import Pending, PrunedDecoder
 from .hf_common import (
+    DecoderAdapter,
     call_argument,
     decoder_reason,
     is_prefill,
-    refuse_labels,
     transformers_version,
 )
 
@@ -105,7 +104,7 @@ def _expanded_images(counts: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
     return torch.cat([g.repeat(copies) for g in groups]) if groups else identity
 
 
-class Qwen2VLAdapter(BackboneAdapter):
+class Qwen2VLAdapter(DecoderAdapter):
     """Qwen2-VL / Qwen2.5-VL: dynamic resolution, several images per prompt, M-RoPE."""
 
     name = "hf-qwen2-vl"
@@ -138,13 +137,10 @@ class Qwen2VLAdapter(BackboneAdapter):
         return model.model if hasattr(model, "lm_head") else model
 
     def __init__(self, model: Any) -> None:
-        super().__init__(model)
-        self.base = self._base(model)
-        self.lm = self.base.language_model
+        super().__init__(model, self._base(model))
+        self.base = self.vlm
         self.config = self.base.config
         self.merge = int(self.config.vision_config.spatial_merge_size)
-        self._hooks: list[Any] = []
-        self._decoder: PrunedDecoder | None = None
         self._forward_params = list(inspect.signature(type(self.base).forward).parameters)[1:]
 
     @property
@@ -250,32 +246,10 @@ class Qwen2VLAdapter(BackboneAdapter):
             except (AttributeError, TypeError):
                 pass
 
-    def _release(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
-        if self._decoder is not None:
-            self._decoder.pending = None
-
     def install(self, handle: PruneHandle) -> None:
-        if "forward" in vars(self.lm):
-            raise ContractError(
-                "this model already has a vtprune handle attached (or its language model's "
-                "forward is wrapped by someone else); detach the other handle first"
-            )
-        self._decoder = PrunedDecoder(self.lm, handle, grid=None, rope_rows=3)
-        self._hooks = [
-            self.base.register_forward_pre_hook(self._capture, with_kwargs=True),
-            self.model.register_forward_pre_hook(refuse_labels, with_kwargs=True),
-            self.base.register_forward_hook(self._release, with_kwargs=True, always_call=True),
-            self.base.visual.register_forward_hook(self._remember_pixels, with_kwargs=True),
-        ]
-        self.lm.forward = self._decoder
-
-    def remove(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
-        if vars(self.lm).get("forward") is self._decoder:
-            del self.lm.forward
-        self._decoder = None
+        self._ensure_free()
+        tower = self.base.visual.register_forward_hook(self._remember_pixels, with_kwargs=True)
+        self._install(PrunedDecoder(self.lm, handle, grid=None, rope_rows=3), self._capture, tower)
 
 
 @hookimpl
