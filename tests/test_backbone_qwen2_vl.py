@@ -298,3 +298,16 @@ def test_beam_search_expands_each_prompts_images(model, images, name):
             with torch.no_grad():
                 out = model.generate(**alone, max_new_tokens=3, min_new_tokens=3, num_beams=2)
             assert torch.equal(out[0, alone["input_ids"].shape[1]:], together[b, -3:]), b
+
+
+@pytest.mark.parametrize("name,keep", [("altp", 0.5), ("fastv", 0.5), ("uniform", 0)])
+def test_a_text_only_prompt_beside_an_image_prompt(model, name, keep):
+    """A batch mixing a prompt without images and one with: each as alone (keep 0 included)."""
+    image = [torch.rand(3, 56, 84, generator=torch.Generator().manual_seed(1))]
+    rows, prompts = [[], image], ["just text here", "<image> what is it?"]
+    with attach(model, name, keep=keep) as handle:
+        together, _ = greedy(model, make_qwen_inputs(model, rows, prompts))
+        assert handle.records[0].image_sample.tolist() == [1]
+        for b in range(2):
+            alone, _ = greedy(model, make_qwen_inputs(model, rows[b : b + 1], prompts[b : b + 1]))
+            assert torch.equal(alone[0], together[b]), b
