@@ -202,9 +202,7 @@ class Qwen2VLAdapter(DecoderAdapter):
                 )
             self._decoder.pending = Pending()
             return
-        visual = self.visual_spans(input_ids)
-        if int(self.config.video_token_id) in input_ids:
-            raise ContractError("the prompt holds video tokens; videos are not supported by vtprune's Qwen2-VL adapter yet")
+        visual = self.visual_spans(input_ids)  # (video pad ids without video inputs are text)
         if not prefill:
             self._decoder.pending = Pending(visual)
             return
