@@ -125,13 +125,18 @@ class VTPrune(lmms):
         self._publish()
         return [r for r in out if r is not None]
 
-    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+    def loglikelihood(self, requests: list[Instance]) -> list[Any]:
         """Log-probability of each continuation after its context, and whether it is greedy.
 
         The context is pruned at prefill exactly as in ``generate`` (the query token of
         attention-scored strategies is the context's last token, never the continuation's);
         the continuation is then fed token by token through the KV cache (teacher-forced
         ``generate``), in padded batches.
+
+        Each ``(logprob, is_greedy)`` pair is returned inside a ``GenerationResult``: lmms-eval
+        0.7.3 passes every response through ``unwrap_generation_output``, which turns a bare
+        tuple into its string (and then ``multiple_choice`` fails unpacking it), but hands a
+        ``GenerationResult``'s ``text`` on untouched.
         """
         if not self.family.loglikelihood:
             raise NotImplementedError(
@@ -142,7 +147,7 @@ class VTPrune(lmms):
             for i, res in zip(idx, self._score([requests[i] for i in idx])):
                 out[i] = res
         self._publish()
-        return [r for r in out if r is not None]
+        return [GenerationResult(text=r) for r in out if r is not None]  # type: ignore[arg-type,unused-ignore]
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
         raise NotImplementedError(

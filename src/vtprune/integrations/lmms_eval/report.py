@@ -70,7 +70,7 @@ class PruneLog:
         n = max(self.samples, 1)
         return {
             "vtprune_keep": float(self.keep),
-            "vtprune_samples": float(self.samples),
+            "vtprune_requests": float(self.samples),
             "vtprune_visual_tokens": self.visual_tokens / n,
             "vtprune_visual_tokens_per_layer": self.layer_visual_tokens / n,
             "vtprune_prefill_flops_ratio": (self.pruned_macs / self.unpruned_macs
