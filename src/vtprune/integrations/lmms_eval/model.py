@@ -85,7 +85,7 @@ class VTPrune(lmms):
         self.family, self.loaded = load(str(pretrained), torch_dtype, str(device), attn_implementation)
         self._device = torch.device(device)
         self.strategy = str(strategy)
-        self.keep = float(keep)
+        self.keep = float(keep) if self.strategy != UNPRUNED else 1.0
         self.handle = None
         if self.strategy != UNPRUNED:
             import vtprune
@@ -126,16 +126,20 @@ class VTPrune(lmms):
         return [r for r in out if r is not None]
 
     def loglikelihood(self, requests: list[Instance]) -> list[Any]:
-        """Log-probability of each continuation after its context, and whether it is greedy.
+        """Per request ``(loss, is_greedy)``: the mean negative log-likelihood per token of the
+        continuation after its context — lmms-eval's own convention (its ``llava_hf`` returns
+        the model's ``loss``; ``multiple_choice`` picks ``argmin``, see lmms-eval issue #370),
+        not the summed log-probability its base-class docstring describes — and whether
+        greedy decoding would produce the continuation.
 
         The context is pruned at prefill exactly as in ``generate`` (the query token of
         attention-scored strategies is the context's last token, never the continuation's);
         the continuation is then fed token by token through the KV cache (teacher-forced
         ``generate``), in padded batches.
 
-        Each ``(logprob, is_greedy)`` pair is returned inside a ``GenerationResult``: lmms-eval
-        0.7.3 passes every response through ``unwrap_generation_output``, which turns a bare
-        tuple into its string (and then ``multiple_choice`` fails unpacking it), but hands a
+        Each pair is returned inside a ``GenerationResult``: lmms-eval 0.7.3 passes every
+        response through ``unwrap_generation_output``, which turns a bare tuple into its
+        string (``multiple_choice`` then fails unpacking it), but hands a
         ``GenerationResult``'s ``text`` on untouched.
         """
         if not self.family.loglikelihood:
@@ -255,7 +259,7 @@ class VTPrune(lmms):
         greedy = logits.argmax(dim=-1) == forced                              # [B, S]
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         self._log_batch(requests, lengths, seconds, [len(t) for t in targets], 1)
-        return [(float(logp[b, :len(t)].sum()), bool(greedy[b, :len(t)].all()))
+        return [(-float(logp[b, :len(t)].mean()), bool(greedy[b, :len(t)].all()))
                 for b, t in enumerate(targets)]
 
     # -- pruning log ----------------------------------------------------------------------
