@@ -68,6 +68,39 @@ def test_scene_tasks_score_what_they_ask() -> None:
     assert len(lengths) == 3, "vqa questions must differ in length so batches get padded"
 
 
+def test_loglikelihood_is_lmms_evals_loss_and_matches_a_plain_forward() -> None:
+    """Teacher-forced scoring through ``generate`` (unpruned) equals the mean token loss of a
+    plain forward over context + continuation, and the true first phrase wins ``argmin``."""
+    import torch
+    from lmms_eval.api.instance import Instance
+
+    from vtprune.integrations.lmms_eval.model import VTPrune
+    from vtprune.integrations.lmms_eval.scenes_task import doc_to_visual
+
+    model = VTPrune("vtprune:grounding", strategy="none", batch_size=4)
+    docs = documents(scenes=2)["vtprune_scenes_choice"]
+    model.task_dict = {"t": {"test": docs}}
+    reqs = [Instance("loglikelihood", (d["question"], " " + c, doc_to_visual, i, "t", "test"),
+                     idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1})
+            for i, d in enumerate(docs) for c in d["choices"]]
+    losses = [r.text[0] for r in model.loglikelihood(reqs)]
+    loaded, tok = model.loaded, model.tokenizer
+    for k, req in enumerate(reqs):
+        context, cont, _, i, _, _ = req.args
+        inputs = loaded.processor(text=[loaded.prompt(context) + cont],
+                                  images=doc_to_visual(docs[i]), return_tensors="pt")
+        n = len(tok(cont, add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            logp = loaded.model(**inputs).logits.log_softmax(-1)[0]
+        ids = inputs["input_ids"][0]
+        t = len(ids)
+        expected = -sum(float(logp[t - n - 1 + j, ids[t - n + j]]) for j in range(n)) / n
+        assert losses[k] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    for i, d in enumerate(docs):
+        per_choice = losses[4 * i:4 * i + 4]
+        assert per_choice.index(min(per_choice)) == d["answer"]
+
+
 # -- end to end -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
