@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-oldest test-newest test-versions lint typecheck check clean
+.PHONY: venv demo test test-oldest test-newest test-versions test-lmms lint typecheck check clean
 
 venv: $(STAMP)
 
@@ -57,7 +57,21 @@ test-newest: .venv-newest/.installed
 
 test-versions: test-oldest test-newest
 
+# The lmms-eval plugin (extra [lmms]) in its own venv: lmms-eval pulls torchvision, which
+# imports only beside torch 2.14, so this env is pinned whole by constraints-lmms.txt
+# (lmms-eval, torch, torchvision, transformers and everything they pull). It runs the
+# plugin's tests only; the default venv has no lmms-eval and those tests skip there.
+.venv-lmms/.installed: pyproject.toml Makefile constraints-lmms.txt
+	$(PYTHON) -m venv .venv-lmms
+	.venv-lmms/bin/python -m pip install -q --upgrade pip setuptools wheel
+	.venv-lmms/bin/python -m pip install -q -c constraints-lmms.txt -e ".[test,lmms]"
+	.venv-lmms/bin/python -c "import lmms_eval, torch, torchvision, transformers; print('versions:', torch.__version__, torchvision.__version__, transformers.__version__)"
+	touch $@
+
+test-lmms: .venv-lmms/.installed
+	.venv-lmms/bin/python -m pytest -q -p no:cacheprovider tests/test_lmms_eval.py
+
 check: test lint typecheck
 
 clean:
-	rm -rf $(VENV) .venv-oldest .venv-newest .pytest_cache .hypothesis build src/*.egg-info
+	rm -rf $(VENV) .venv-oldest .venv-newest .venv-lmms .pytest_cache .hypothesis build src/*.egg-info

@@ -58,3 +58,48 @@ def test_the_conformance_kit_needs_no_extra() -> None:
     `pip install vtprune` (it used to need the [test] extra and failed with a bare
     ModuleNotFoundError)."""
     assert "hypothesis" in _requirements()
+
+
+# -- the [lmms] extra: tested in its own venv (`make test-lmms`) on constraints-lmms.txt ------
+def _constraints(name: str) -> dict[str, Version]:
+    pins = {}
+    for line in (ROOT / name).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            pkg, version = line.split("==", 1)
+            pins[pkg.strip().lower().replace("_", "-")] = Version(version.strip())
+    return pins
+
+
+def _extra(extra: str) -> dict[str, Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for r in project["optional-dependencies"][extra]]
+    return {r.name.lower(): r for r in reqs}
+
+
+@pytest.mark.parametrize("name", ["lmms-eval", "torchvision"])
+def test_lmms_extra_range_is_the_tested_pin(name: str) -> None:
+    lower, upper = _bounds(_extra("lmms")[name])
+    tested = _constraints("constraints-lmms.txt")[name]
+    assert tested == lower, f"{name}: the tested pin ({tested}) must be the [lmms] floor ({lower})"
+    assert upper == Version(f"{tested.major}.{tested.minor + 1}"), (
+        f"{name}: [lmms] upper bound {upper} must be the minor release after the tested {tested}"
+    )
+
+
+def test_lmms_env_lies_inside_the_declared_ranges() -> None:
+    pins = _constraints("constraints-lmms.txt")
+    for name in ("torch", "transformers"):
+        assert pins[name] in _requirements()[name].specifier, (
+            f"constraints-lmms.txt pins {name} {pins[name]}, outside pyproject.toml's range"
+        )
+
+
+def test_ci_runs_the_lmms_env() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    make = (ROOT / "Makefile").read_text()
+    tox = (ROOT / "tox.ini").read_text()
+    assert "make test-lmms" in ci
+    assert re.search(r"^\.venv-lmms/\.installed:.*constraints-lmms\.txt", make, re.MULTILINE)
+    assert '-c constraints-lmms.txt -e ".[test,lmms]"' in make
+    assert "[testenv:lmms]" in tox and "constraints-lmms.txt" in tox
