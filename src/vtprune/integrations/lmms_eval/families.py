@@ -2,8 +2,10 @@
 
 A family says how to load a model and its processor from ``pretrained`` and how to turn an
 lmms-eval context into the prompt text the processor expands (one ``<image>`` per image).
-Adding a family (Qwen2-VL, once its vtprune adapter lands) is one more entry in
-:data:`FAMILIES`; ``vtprune.attach`` then decides at load time whether it can prune it.
+Families: ``llava``, ``qwen2_vl`` and ``qwen2_5_vl`` (Qwen's processor resizes each image to
+its own grid, so a batch mixes visual-token counts) and the grounding stand-in. Adding one is
+one more entry in :data:`FAMILIES`; ``vtprune.attach`` then decides at load time whether it
+can prune it.
 
 ``pretrained`` is a local directory (``save_pretrained`` layout, nothing is downloaded when
 ``HF_HUB_OFFLINE=1``) or ``vtprune:grounding``: the trained grounding stand-in shipped as
@@ -29,7 +31,8 @@ class Loaded:
         processor: callable as ``processor(text=[...], images=[...], return_tensors="pt",
             padding=True)``; ``processor.tokenizer`` is the tokenizer.
         prompt: context string -> full prompt text containing one image placeholder.
-        family: the family's name (``llava``, ``vtprune_grounding``).
+        family: the family's name (``llava``, ``qwen2_vl``, ``qwen2_5_vl``,
+            ``vtprune_grounding``).
     """
 
     model: Any
@@ -81,6 +84,40 @@ def _load_llava(pretrained: str, dtype: Any, device: str, attn: str | None) -> L
                   "llava")
 
 
+def _qwen_prompt(processor: Any) -> Callable[[str], str]:
+    """The processor's chat template, one user turn: the image, then the context. The
+    processor expands the template's one image pad token to the image's own token count."""
+
+    def prompt(context: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": context}]}]
+        return str(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+    return prompt
+
+
+def _qwen_loader(family: str) -> Callable[[str, Any, str, str | None], Loaded]:
+    classes = {"qwen2_vl": "Qwen2VLForConditionalGeneration",
+               "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+
+    def load_qwen(pretrained: str, dtype: Any, device: str, attn: str | None) -> Loaded:
+        import transformers
+        from transformers import AutoProcessor
+
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if attn is not None:
+            kwargs["attn_implementation"] = attn
+        model: Any = getattr(transformers, classes[family]).from_pretrained(pretrained, **kwargs)
+        processor = AutoProcessor.from_pretrained(pretrained)
+        processor.tokenizer.padding_side = "left"
+        if not getattr(processor, "chat_template", None):
+            raise ValueError(
+                f"{pretrained}: the {family} processor has no chat template (chat_template.jinja); "
+                "the plugin builds Qwen prompts with it")
+        return Loaded(model.to(device).eval(), processor, _qwen_prompt(processor), family)
+
+    return load_qwen
+
+
 def _load_grounding(pretrained: str, dtype: Any, device: str, attn: str | None) -> Loaded:
     """The shipped stand-in: its stock LLaVA, word tokenizer and (x - 0.5) / 0.25 pixels."""
     from transformers import CLIPImageProcessor, LlavaProcessor
@@ -112,9 +149,11 @@ def _load_grounding(pretrained: str, dtype: Any, device: str, attn: str | None) 
 
 FAMILIES: dict[str, Family] = {
     "llava": Family("llava", _load_llava),
+    "qwen2_vl": Family("qwen2_vl", _qwen_loader("qwen2_vl")),
+    "qwen2_5_vl": Family("qwen2_5_vl", _qwen_loader("qwen2_5_vl")),
     "vtprune_grounding": Family("vtprune_grounding", _load_grounding),
 }
-"""model_type -> family. Qwen2-VL will be ``"qwen2_vl": Family("qwen2_vl", _load_qwen2_vl)``."""
+"""model_type -> family."""
 
 
 def model_type(pretrained: str) -> str:
