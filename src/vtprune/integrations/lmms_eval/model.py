@@ -227,7 +227,7 @@ class VTPrune(lmms):
                     text = text[:text.index(stop)]
             texts.append(text)
             counts.append(TokenCounts(input_tokens=int(lengths[b]), output_tokens=len(row)))
-        self._log_batch(requests, lengths, seconds, [c.output_tokens or 0 for c in counts], beams)
+        self._log_batch(requests, inputs, seconds, [c.output_tokens or 0 for c in counts], beams)
         return texts, counts
 
     # -- scoring --------------------------------------------------------------------------
@@ -257,8 +257,7 @@ class VTPrune(lmms):
         logits = torch.stack(list(out.logits), dim=1).float()                 # [B, S, V]
         logp = torch.log_softmax(logits, dim=-1).gather(2, forced[..., None])[..., 0]  # [B, S]
         greedy = logits.argmax(dim=-1) == forced                              # [B, S]
-        lengths = inputs["attention_mask"].sum(dim=1).tolist()
-        self._log_batch(requests, lengths, seconds, [len(t) for t in targets], 1)
+        self._log_batch(requests, inputs, seconds, [len(t) for t in targets], 1)
         return [(-float(logp[b, :len(t)].mean()), bool(greedy[b, :len(t)].all()))
                 for b, t in enumerate(targets)]
 
@@ -266,13 +265,15 @@ class VTPrune(lmms):
     def _new_log(self) -> PruneLog:
         return PruneLog(self.strategy, self.keep, self.dims.layers)
 
-    def _log_batch(self, requests: Sequence[Instance], lengths: list[int], seconds: float,
+    def _log_batch(self, requests: Sequence[Instance], inputs: Any, seconds: float,
                    new_tokens: list[int], beams: int) -> None:
         records = list(self.handle.records) if self.handle is not None else []
         if beams > 1:  # records hold one row per beam; beams of a sample are pruned alike
             records = [_every(r, beams) for r in records]
         schedule = self.handle.schedule if self.handle is not None else None
-        visual = int(self.model.config.image_seq_length) if not records else None
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        # each row's own visual tokens: the processor's image tokens (Qwen: each image its grid)
+        visual = (inputs["input_ids"] == int(self.model.config.image_token_id)).sum(dim=1).tolist()
         self.log.add_batch(records, lengths, self._real(requests), self.dims, schedule, seconds,
                            new_tokens, visual=visual)
 

@@ -34,17 +34,19 @@ class PruneLog:
 
     def add_batch(self, records: list[Any], lengths: list[int], real: list[bool],
                   dims: ModelDims, schedule: Any, seconds: float, new_tokens: list[int],
-                  visual: int | None = None) -> None:
+                  visual: list[int] | None = None) -> None:
         """One ``generate`` (or scoring) call: ``records`` its prefill's prune records
-        (empty when unpruned: then ``visual`` is the image's token count), ``lengths`` each
-        row's unpadded prompt length, ``real`` False for padding-only rows."""
+        (empty when unpruned), ``lengths`` each row's unpadded prompt length, ``real`` False
+        for padding-only rows, ``visual`` each row's visual token count before pruning (its
+        image tokens in ``input_ids``: Qwen2-VL images differ; default: the records'
+        ``original_count``). One image per row, so image m of a record is row m."""
         self.batches += 1
         self.prune_seconds += sum(float(r.seconds) for r in records)
         self.generate_seconds += seconds
         for b, (length, keep_row) in enumerate(zip(lengths, real)):
             if not keep_row:
                 continue
-            n = records[0].original_count if records else int(visual or 0)
+            n = int(visual[b]) if visual is not None else (records[0].original_count if records else 0)
             per_layer = []
             for layer in range(self.layers):
                 count = n
