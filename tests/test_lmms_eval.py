@@ -2,8 +2,8 @@
 
 Runs only where lmms-eval is installed (``make test-lmms``: its own venv, constraints-lmms.txt);
 the default venv skips the whole module. Nothing is downloaded: the tasks are the local scene
-tasks (``vtprune.integrations.lmms_eval.scenes_task``), the models a tiny random LLaVA saved
-with ``save_pretrained`` and the shipped grounding stand-in (package data).
+tasks (``vtprune.integrations.lmms_eval.scenes_task``), the models a tiny random LLaVA and a tiny
+random Qwen2.5-VL saved with ``save_pretrained`` and the shipped grounding stand-in (package data).
 
 Exactness: per-sample outputs and metrics with ``--batch_size 4`` equal those of
 ``--batch_size 1``, and ``accelerate launch --num_processes 2 --cpu`` equals one process.
@@ -30,7 +30,7 @@ from vtprune.integrations.lmms_eval.scenes_task import (  # noqa: E402
     parse_phrases,
     write_tasks,
 )
-from vtprune.integrations.lmms_eval.tiny import save_tiny_llava  # noqa: E402
+from vtprune.integrations.lmms_eval.tiny import save_tiny_llava, save_tiny_qwen  # noqa: E402
 
 TIMEOUT = 900
 
@@ -53,6 +53,26 @@ def test_families_refuse_what_they_cannot_load(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="model_type 'bert' is not supported"):
         families.family_of(str(tmp_path))
     assert families.family_of(families.GROUNDING).name == "vtprune_grounding"
+
+
+def test_qwen_family_expands_each_image_to_its_own_grid(tmp_path: Path) -> None:
+    """The tiny Qwen2.5-VL checkpoint loads as the qwen2_5_vl family; its processor gives
+    every image of a batch its own grid (the sizes task's images: 4 to 10 visual tokens)."""
+    from vtprune.integrations.lmms_eval.scenes_task import doc_to_visual
+
+    save_tiny_qwen(tmp_path)
+    family, loaded = families.load(str(tmp_path))
+    assert family.name == loaded.family == "qwen2_5_vl"
+    cfg = loaded.model.config
+    tok = loaded.processor.tokenizer
+    assert [tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>")] == [
+        cfg.image_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id]
+    docs = documents(scenes=4)["vtprune_scenes_vqa_sizes"]
+    inputs = loaded.processor(text=[loaded.prompt(d["question"]) for d in docs],
+                              images=[doc_to_visual(d)[0] for d in docs], return_tensors="pt", padding=True)
+    per_image = (inputs["image_grid_thw"].prod(dim=1) // 4).tolist()
+    assert per_image == [9, 4, 10, 10]
+    assert (inputs["input_ids"] == cfg.image_token_id).sum(dim=1).tolist() == per_image
 
 
 def test_scene_tasks_score_what_they_ask() -> None:
@@ -107,7 +127,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("lmms")
     write_tasks(root / "tasks", scenes=8)
     save_tiny_llava(root / "tiny")
-    return {"root": root, "tasks": root / "tasks", "tiny": root / "tiny"}
+    save_tiny_qwen(root / "qwen")
+    return {"root": root, "tasks": root / "tasks", "tiny": root / "tiny", "qwen": root / "qwen"}
 
 
 def _env(root: Path) -> dict[str, str]:
@@ -177,6 +198,7 @@ def _pruning(data: dict[str, Any]) -> dict[str, float]:
 
 TINY = "vtprune_scenes_vqa,vtprune_scenes_choice"
 GCG = "vtprune_scenes_gcg,vtprune_scenes_choice"
+SIZES = "vtprune_scenes_vqa_sizes,vtprune_scenes_choice"
 FASTV = "strategy=fastv,keep=0.25,threads=1"
 ALTP = "pretrained=vtprune:grounding,strategy=altp,keep=0.1,threads=1"
 # name -> (model_args, tasks, batch size, processes), all four at once: most of a run is
@@ -184,6 +206,8 @@ ALTP = "pretrained=vtprune:grounding,strategy=altp,keep=0.1,threads=1"
 RUNS: dict[str, tuple[str, str, int, int]] = {
     "tiny_b1": ("pretrained={tiny}," + FASTV, TINY, 1, 1),
     "tiny_b4": ("pretrained={tiny}," + FASTV, TINY, 4, 1),
+    "qwen_b1": ("pretrained={qwen},strategy=altp,keep=0.25,threads=1", SIZES, 1, 1),
+    "qwen_b4": ("pretrained={qwen},strategy=altp,keep=0.25,threads=1", SIZES, 4, 1),
     "g_altp_b1": (ALTP, GCG, 1, 1),
     "g_altp_p2": (ALTP, GCG, 4, 2),
 }
@@ -195,7 +219,8 @@ def runs(workspace: dict[str, Path]) -> dict[str, dict[str, Any]]:
 
     def one(name: str) -> dict[str, Any]:
         args, tasks, batch, processes = RUNS[name]
-        return _run(workspace, name, args.format(tiny=workspace["tiny"]), tasks, batch, processes)
+        args = args.format(tiny=workspace["tiny"], qwen=workspace["qwen"])
+        return _run(workspace, name, args, tasks, batch, processes)
 
     with ThreadPoolExecutor(max_workers=len(RUNS)) as pool:
         return dict(zip(RUNS, pool.map(one, RUNS)))
@@ -227,3 +252,21 @@ def test_two_processes_and_batches_equal_one_process(runs: dict[str, dict[str, A
     assert _pruning(one) == pytest.approx(_pruning(two))
     assert _pruning(one)["avg_vtprune_visual_tokens_per_layer"] == 14
     assert _pruning(one)["avg_vtprune_prefill_flops_ratio"] < 0.15
+
+
+@pytest.mark.slow
+def test_qwen_mixed_image_sizes_batch_like_alone(runs: dict[str, dict[str, Any]]) -> None:
+    """Tiny Qwen2.5-VL, ALTP at keep 0.25: images of six sizes (4 to 15 visual tokens each,
+    Qwen's own grids) and questions of three lengths, so every batch of 4 mixes visual-token
+    counts and padding; batch 4 gives what batch 1 gives, generation and scoring alike."""
+    one, four = runs["qwen_b1"], runs["qwen_b4"]
+    assert set(one["_samples"]) == set(SIZES.split(","))
+    _same_samples(one, four)
+    assert _metrics(one) == _metrics(four)
+    summary = _pruning(one)
+    assert _pruning(four) == pytest.approx(summary)
+    # 8 sizes-task images (9, 4, 10, 10, 15, 10, 9, 4 tokens) and 32 choice requests at 9
+    # tokens; ALTP keeps about a quarter of each, pre-LLM (every layer sees the pruned count)
+    assert 4 < summary["avg_vtprune_visual_tokens"] < 15
+    assert summary["avg_vtprune_visual_tokens_per_layer"] < summary["avg_vtprune_visual_tokens"] / 2
+    assert 0 < summary["avg_vtprune_prefill_flops_ratio"] < 1

@@ -10,6 +10,9 @@
   the true first phrase against three others; metric ``acc``.
 - ``vtprune_scenes_vqa`` (generate_until): English questions of different lengths (count,
   yes/no, colour) for any LLaVA checkpoint; metric ``exact_match``.
+- ``vtprune_scenes_vqa_sizes`` (generate_until): the same questions with each image resized to
+  one of :data:`SIZES` (height x width, cycled by index), so a batch mixes image sizes — what
+  Qwen2-VL's dynamic resolution turns into different visual-token counts per sample.
 
 Images are generated from the scene index at evaluation time (``doc_to_visual``), so the
 directory holds only YAML, one JSONL file per task and a two-line ``utils.py``.
@@ -24,7 +27,9 @@ from typing import Any
 from vtprune.grounding.scenes import COLOURS, SHAPES, Scene, make_scene
 
 PROMPT = "describe and segment :"
-TASKS = ("vtprune_scenes_gcg", "vtprune_scenes_choice", "vtprune_scenes_vqa")
+TASKS = ("vtprune_scenes_gcg", "vtprune_scenes_choice", "vtprune_scenes_vqa", "vtprune_scenes_vqa_sizes")
+SIZES = ((192, 192), (64, 64), (96, 192), (192, 96), (128, 80), (80, 160))
+"""Image sizes (height, width) of ``vtprune_scenes_vqa_sizes``, cycled over the documents."""
 
 
 # -- documents ----------------------------------------------------------------------------
@@ -62,17 +67,24 @@ def documents(split: str = "test", scenes: int = 16) -> dict[str, list[dict[str,
                                               "answer": answer})
         question, reply = _question(scene, i)
         rows["vtprune_scenes_vqa"].append({**base, "question": question, "answer": reply})
+        rows["vtprune_scenes_vqa_sizes"].append({**base, "question": question, "answer": reply,
+                                                 "size": list(SIZES[i % len(SIZES)])})
     return rows
 
 
 # -- task hooks (``utils.py`` in the task directory re-exports these) ----------------------
 def doc_to_visual(doc: dict[str, Any]) -> list[Any]:
-    """The scene's image as one RGB ``PIL.Image`` (regenerated from split and index)."""
+    """The scene's image as one RGB ``PIL.Image`` (regenerated from split and index), resized
+    to the document's ``size`` (height, width) when it has one."""
     import numpy as np
     from PIL import Image
 
     image = make_scene(str(doc["split"]), int(doc["scene"])).image
-    return [Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8), "RGB")]
+    out = Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8), "RGB")
+    if doc.get("size"):
+        height, width = (int(v) for v in doc["size"])
+        out = out.resize((width, height), Image.Resampling.BICUBIC)
+    return [out]
 
 
 def doc_to_text(doc: dict[str, Any]) -> str:
