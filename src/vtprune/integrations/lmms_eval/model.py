@@ -186,7 +186,7 @@ class VTPrune(lmms):
             if len(visuals) != 1:
                 raise ValueError(
                     f"{task} doc {doc_id}: the vtprune model takes exactly one image per request "
-                    f"(vtprune's adapters prune one image per prompt), got {len(visuals)}")
+                    f"(its pruning log maps image m of a batch to request m), got {len(visuals)}")
             prompts.append(self.loaded.prompt(str(context)) + (suffixes[j] if suffixes else ""))
             images.append(visuals[0].convert("RGB") if hasattr(visuals[0], "convert") else visuals[0])
         inputs = self.loaded.processor(text=prompts, images=images, return_tensors="pt", padding=True)
