@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..core import ContractError
+
 GRAM_RATIO = 6
 """Use one Gram matrix when ``quota * GRAM_RATIO >= rows`` (measured crossover, 1 thread)."""
 
@@ -218,4 +220,185 @@ def _farthest(
     return taken
 
 
-__all__ = ["GRAM_RATIO", "farthest_points", "farthest_points_batched", "unit_rows", "unit_rows_batched"]
+# -- grouped, CPU -------------------------------------------------------------------------------
+
+
+NORM_LIMIT = 1.0e18
+"""Rows with a norm above this (or non-finite entries) make a sample take the reference
+per-region path (:func:`unit_rows` repairs them; raw products could overflow)."""
+
+
+class _Runs:
+    """Host bookkeeping of :func:`farthest_points_grouped`: every sample's tokens sorted by
+    (sample, region, priority descending, index) into one flat order of B * N positions.
+
+    Attributes (numpy): ``tok`` [B*N] flat token index (b * N + t) at each position; ``seg``
+    [B*N] segment id b * (R + 1) + region (R = invalid tokens) at each position;
+    ``counts``, ``starts``, ``quota`` [B * (R + 1)] per segment.
+    """
+
+    def __init__(self, regs: np.ndarray, quotas: np.ndarray, prio: np.ndarray) -> None:
+        b, n = regs.shape
+        r = quotas.shape[1]
+        key = np.where(regs >= 0, regs, r)  # [B, N]; invalid tokens last
+        index = np.broadcast_to(np.arange(n), (b, n))
+        order = np.lexsort((index, -prio, key), axis=-1)  # [B, N] per sample
+        self.n, self.r = n, r
+        self.tok = (order + (np.arange(b) * n)[:, None]).reshape(-1)
+        self.seg = (np.take_along_axis(key, order, axis=1) + (np.arange(b) * (r + 1))[:, None]).reshape(-1)
+        self.counts = np.bincount(self.seg, minlength=b * (r + 1))
+        self.starts = np.cumsum(self.counts) - self.counts
+        self.quota = np.concatenate([quotas, np.zeros((b, 1), dtype=np.int64)], axis=1).reshape(-1)
+
+    def check(self) -> None:
+        over = np.flatnonzero(self.quota > self.counts)
+        if over.size:
+            i, bad = divmod(int(over[0]), self.r + 1)
+            raise ContractError(
+                f"region {bad} of sample {i} has {int(self.counts[over[0]])} tokens but quota "
+                f"{int(self.quota[over[0]])}; quotas must not exceed region sizes"
+            )
+
+
+def _distances(
+    x: torch.Tensor, norms: torch.Tensor, rows: np.ndarray, picks: np.ndarray, runs: np.ndarray, work: torch.Tensor
+) -> np.ndarray:
+    """1 - cosine of rows ``rows`` [M] of one sample's features ``x`` [N, D] to their region's
+    newest pick ``picks`` [K] -> float32 [M]; ``runs`` [K + 1] are the run boundaries in
+    ``rows`` (one run per region, in order). The rows are gathered once (a contiguous,
+    cache-resident copy, into ``work`` [>= M, D]: a buffer reused across samples and steps,
+    because a fresh allocation of this size costs page faults) and each run is one
+    matrix-vector product with its pick; products are divided by the norms [N]. Shapes
+    depend on the sample alone."""
+    gathered = torch.index_select(x, 0, torch.from_numpy(rows), out=work[: rows.size])
+    dots = torch.cat([
+        torch.mv(gathered[lo:hi], x[p]) for lo, hi, p in zip(runs[:-1].tolist(), runs[1:].tolist(), picks.tolist())
+    ])
+    scale = norms[torch.from_numpy(rows)] * norms[torch.from_numpy(np.repeat(picks, np.diff(runs)))]
+    return (1.0 - dots / scale).numpy()
+
+
+def _first_max(values: np.ndarray, run_starts: np.ndarray) -> np.ndarray:
+    """Index of the first maximum of each run of ``values`` (runs start at ``run_starts``)."""
+    best = np.maximum.reduceat(values, run_starts)
+    lengths = np.diff(np.append(run_starts, values.size))
+    where = np.where(values == np.repeat(best, lengths), np.arange(values.size), values.size)
+    return np.minimum.reduceat(where, run_starts)
+
+
+def farthest_points_grouped(
+    features: torch.Tensor, regions: torch.Tensor, quotas: torch.Tensor, priority: torch.Tensor
+) -> torch.Tensor:
+    """Greedy max-min picks inside every region of every sample, on the CPU.
+
+    Args:
+        features: [B, N, D] token features (cosine distance is used).
+        regions: [B, N] long region id 0..R-1, -1 = never pick.
+        quotas: [B, R] long picks per region (<= region size, checked here).
+        priority: [B, N] float, finite; tie-break order inside a region is priority
+            descending, then lower token index; a region's first pick is its first token
+            in that order.
+
+    Returns [B, N] bool (CPU), exactly ``quotas[b, r]`` True entries in region r of sample b.
+
+    One host sort orders every sample's tokens by (region, priority descending, index).
+    Regions kept whole are taken as they are; the others with quota >= 2 advance together,
+    one pick per step (steps = the largest quota). A step costs, per sample, one row-wise
+    product of its feature rows with the newest pick of their region (raw rows, divided by
+    the norms computed once: no normalised copy of the features), and a few numpy
+    operations over the whole batch pick the first maximum of every region. A sample's
+    products have shapes that depend on that sample alone, so its picks never depend on its
+    batch-mates. Samples with non-finite features or norms above :data:`NORM_LIMIT` take the
+    per-region reference path (:func:`unit_rows`, :func:`farthest_points`).
+    """
+    b, n = regions.shape
+    taken = torch.zeros(b, n, dtype=torch.bool)
+    if b == 0 or n == 0 or quotas.numel() == 0:
+        return taken
+    regs = regions.detach().cpu().long().numpy()
+    quota_all = quotas.detach().cpu().long().numpy()
+    r = quota_all.shape[1]
+    if regs.size and int(regs.max()) >= r:
+        raise ContractError(f"region id {int(regs.max())} has no quota (quotas has {r} regions)")
+    prio = torch.nan_to_num(priority.detach().cpu().float(), nan=0.0, posinf=3.0e38, neginf=-3.0e38).numpy()
+    runs = _Runs(regs, quota_all, prio)
+    runs.check()
+    full = (runs.quota == runs.counts) & (runs.quota > 0)
+    first = (runs.quota > 0) & ~full
+    picks = [runs.tok[np.repeat(full, runs.counts)], runs.tok[runs.starts[first]]]
+    choosing = (runs.quota >= 2) & ~full
+    if choosing.any():
+        picks.extend(_grouped_steps(features.detach().cpu(), runs, choosing))
+    taken.view(-1)[torch.from_numpy(np.concatenate(picks))] = True
+    return taken
+
+
+def _grouped_steps(feats: torch.Tensor, runs: _Runs, choosing: np.ndarray) -> list[np.ndarray]:
+    """The greedy steps of :func:`farthest_points_grouped` for the ``choosing`` segments
+    [B * (R + 1)] bool; returns the flat token indices picked after the first picks."""
+    b, n, _ = feats.shape
+    per_sample = choosing.reshape(b, -1).any(axis=1)
+    xs: dict[int, torch.Tensor] = {}
+    norms: dict[int, torch.Tensor] = {}
+    out: list[np.ndarray] = []
+    for i in np.flatnonzero(per_sample).tolist():
+        x = feats[i].float()
+        nrm = torch.linalg.vector_norm(x, dim=-1)
+        if not bool(np.isfinite(nrm.numpy()).all()) or float(nrm.numpy().max(initial=0.0)) > NORM_LIMIT:
+            seg = choosing.reshape(b, -1)[i]
+            out.append(_reference_sample(feats[i], runs, i, seg) + i * n)
+            choosing = choosing.copy()
+            choosing.reshape(b, -1)[i] = False
+            continue
+        xs[i], norms[i] = x, nrm.clamp_min(1e-12)
+    if not choosing.any():
+        return out
+    mind = np.full(runs.tok.size, np.inf, dtype=np.float32)  # nearest-pick distance per position
+    newest = runs.starts.copy()  # position of each segment's newest pick
+    mind[newest[choosing]] = -np.inf
+    in_choosing = choosing[runs.seg]
+    work = torch.empty(n, feats.shape[2], dtype=torch.float32)
+    for step in range(1, int(runs.quota[choosing].max())):
+        live_pos = np.flatnonzero(in_choosing & (runs.quota[runs.seg] > step))  # sorted by sample
+        pick_pos = newest[runs.seg[live_pos]]
+        seg = runs.seg[live_pos]
+        run_starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])  # one run per live region
+        rows, partners = runs.tok[live_pos], runs.tok[pick_pos[run_starts]]
+        bounds = np.searchsorted(rows // n, np.arange(b + 1))  # rows of sample i: bounds[i]:bounds[i+1]
+        run_bounds = np.searchsorted(run_starts, bounds)  # their runs
+        dist = np.empty(live_pos.size, dtype=np.float32)
+        for i in np.flatnonzero(np.diff(bounds)).tolist():
+            lo, hi, r0, r1 = int(bounds[i]), int(bounds[i + 1]), int(run_bounds[i]), int(run_bounds[i + 1])
+            local_runs = np.append(run_starts[r0:r1], hi) - lo
+            dist[lo:hi] = _distances(xs[i], norms[i], rows[lo:hi] - i * n, partners[r0:r1] - i * n, local_runs, work)
+        np.minimum(mind[live_pos], dist, out=dist)
+        mind[live_pos] = dist
+        winners = live_pos[_first_max(dist, run_starts)]
+        mind[winners] = -np.inf
+        newest[seg[run_starts]] = winners
+        out.append(runs.tok[winners])
+    return out
+
+
+def _reference_sample(x: torch.Tensor, runs: _Runs, i: int, choosing: np.ndarray) -> np.ndarray:
+    """Picks after the first of sample ``i``'s ``choosing`` segments [R + 1] by the per-region
+    reference kernel (:func:`unit_rows` + :func:`farthest_points`); token indices."""
+    base = i * (runs.r + 1)
+    out = [np.empty(0, dtype=np.int64)]
+    for s in (np.flatnonzero(choosing) + base).tolist():
+        lo = int(runs.starts[s])
+        rows = runs.tok[lo : lo + int(runs.counts[s])] - i * runs.n
+        got = farthest_points(unit_rows(x, torch.from_numpy(rows)), int(runs.quota[s]), 0)
+        out.append(rows[got[1:]])
+    return np.concatenate(out)
+
+
+__all__ = [
+    "GRAM_RATIO",
+    "NORM_LIMIT",
+    "farthest_points",
+    "farthest_points_batched",
+    "farthest_points_grouped",
+    "unit_rows",
+    "unit_rows_batched",
+]
