@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from vtprune.strategies.altp import farthest_point_groups, farthest_point_groups_reference
-from vtprune.strategies.divprune import max_min_diverse, max_min_diverse_batched
+from vtprune.strategies.divprune import max_min_diverse, max_min_diverse_batched, max_min_diverse_reference
 from vtprune.strategies.farthest import farthest_points_batched, unit_rows_batched
 
 
@@ -72,7 +72,19 @@ def test_divprune_picks_equal_the_reference(b, n, d, seed):
     mean = torch.nn.functional.normalize((unit * valid[..., None]).sum(dim=1), dim=-1)
     far = torch.where(valid, 1 - (unit * mean[:, None]).sum(-1), -1.0).sort(dim=1, descending=True).values
     assume(bool(((far[:, 0] - far[:, 1]).abs() > 1e-5)[valid.sum(dim=1) >= 2].all()) if n > 1 else True)
-    assert torch.equal(max_min_diverse_batched(feats, valid, budget), max_min_diverse(feats, valid, budget))
+    want = max_min_diverse_reference(feats, valid, budget)
+    assert torch.equal(max_min_diverse_batched(feats, valid, budget), want)
+    assert torch.equal(max_min_diverse(feats, valid, budget), want)  # the CPU kernel (raw rows)
+
+
+def test_divprune_cpu_kernel_takes_the_reference_path_for_non_finite_or_huge_rows():
+    g = torch.Generator().manual_seed(5)
+    feats = torch.randn(3, 20, 6, generator=g)
+    feats[0, 4, 1] = float("inf")
+    feats[1, 2] *= 1e30
+    valid = torch.ones(3, 20, dtype=torch.bool)
+    budget = torch.tensor([5, 7, 3])
+    assert torch.equal(max_min_diverse(feats, valid, budget), max_min_diverse_reference(feats, valid, budget))
 
 
 def test_a_sample_picks_the_same_alone_and_in_a_batch():

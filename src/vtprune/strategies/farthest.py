@@ -81,6 +81,34 @@ def farthest_points(unit: torch.Tensor, quota: int, first: int) -> np.ndarray:
 
 
 
+def farthest_points_raw(x: torch.Tensor, norms: np.ndarray, quota: int, first: int) -> np.ndarray:
+    """:func:`farthest_points` on raw rows: ``x`` [S, D] float32 (any scale, finite, norms
+    below :data:`NORM_LIMIT`), ``norms`` [S] float32 their norms clamped to >= 1e-12; the
+    distance of rows i, j is 1 - x_i . x_j / (|x_i| |x_j|). No normalised copy of the rows:
+    each step is one matrix-vector product on ``x`` itself. Same picks as
+    :func:`farthest_points` on the unit rows, up to rounding (tie-free inputs: the same)."""
+    s = int(x.shape[0])
+    picks = np.empty(quota, dtype=np.int64)
+    if quota == 0:
+        return picks
+    picks[0] = first
+    mind = np.empty(s, dtype=np.float32)
+    dist = np.empty(s, dtype=np.float32)
+    p = first
+    for i in range(1, quota):
+        np.divide(torch.mv(x, x[p]).numpy(), norms, out=dist)
+        np.divide(dist, norms[p], out=dist)
+        if i == 1:
+            np.subtract(1.0, dist, out=mind)
+        else:
+            np.subtract(1.0, dist, out=dist)
+            np.minimum(mind, dist, out=mind)
+        mind[p] = -np.inf
+        p = int(mind.argmax())
+        picks[i] = p
+    return picks
+
+
 # -- batched ------------------------------------------------------------------------------------
 
 
@@ -260,22 +288,13 @@ class _Runs:
             )
 
 
-def _distances(
-    x: torch.Tensor, norms: torch.Tensor, rows: np.ndarray, picks: np.ndarray, runs: np.ndarray, work: torch.Tensor
-) -> np.ndarray:
-    """1 - cosine of rows ``rows`` [M] of one sample's features ``x`` [N, D] to their region's
-    newest pick ``picks`` [K] -> float32 [M]; ``runs`` [K + 1] are the run boundaries in
-    ``rows`` (one run per region, in order). The rows are gathered once (a contiguous,
-    cache-resident copy, into ``work`` [>= M, D]: a buffer reused across samples and steps,
-    because a fresh allocation of this size costs page faults) and each run is one
-    matrix-vector product with its pick; products are divided by the norms [N]. Shapes
-    depend on the sample alone."""
-    gathered = torch.index_select(x, 0, torch.from_numpy(rows), out=work[: rows.size])
-    dots = torch.cat([
-        torch.mv(gathered[lo:hi], x[p]) for lo, hi, p in zip(runs[:-1].tolist(), runs[1:].tolist(), picks.tolist())
-    ])
-    scale = norms[torch.from_numpy(rows)] * norms[torch.from_numpy(np.repeat(picks, np.diff(runs)))]
-    return (1.0 - dots / scale).numpy()
+def _run_dots(rows: torch.Tensor, picks: torch.Tensor, runs: np.ndarray) -> torch.Tensor:
+    """Products of each run of ``rows`` [M, D] with its pick: run k is rows
+    ``runs[k]:runs[k + 1]`` and its pick is ``picks[k]`` [D]; -> [M]. One matrix-vector
+    product per run (the fastest form measured here: a padded batched product, an expanded
+    copy of the picks, or one product against every pick were 1.2-3x slower)."""
+    bounds = runs.tolist()
+    return torch.cat([torch.mv(rows[lo:hi], picks[k]) for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))])
 
 
 def _first_max(values: np.ndarray, run_starts: np.ndarray) -> np.ndarray:
@@ -335,49 +354,86 @@ def farthest_points_grouped(
 
 def _grouped_steps(feats: torch.Tensor, runs: _Runs, choosing: np.ndarray) -> list[np.ndarray]:
     """The greedy steps of :func:`farthest_points_grouped` for the ``choosing`` segments
-    [B * (R + 1)] bool; returns the flat token indices picked after the first picks."""
-    b, n, _ = feats.shape
-    per_sample = choosing.reshape(b, -1).any(axis=1)
+    [B * (R + 1)] bool; returns the flat token indices picked after the first picks.
+
+    First, per sample: its choosing rows are gathered once (in region order, into a buffer
+    reused across samples: a fresh allocation of this size costs page faults), their norms
+    taken, and the distances to each region's first pick computed. Then each step picks the
+    first maximum of every live region over the whole batch; steps after the first gather
+    only the rows of regions still picking.
+    """
+    b, n, d = feats.shape
+    choosing = choosing.copy()
+    pos_all = np.flatnonzero(choosing[runs.seg])  # every choosing row, sorted by sample
+    bounds = np.searchsorted(runs.tok[pos_all] // n, np.arange(b + 1))
+    mind = np.full(runs.tok.size, np.inf, dtype=np.float32)  # nearest-pick distance per position
+    norm_pos = np.ones(runs.tok.size, dtype=np.float32)
+    work = torch.empty(n, d, dtype=torch.float32)
     xs: dict[int, torch.Tensor] = {}
-    norms: dict[int, torch.Tensor] = {}
     out: list[np.ndarray] = []
-    for i in np.flatnonzero(per_sample).tolist():
+    for i in np.flatnonzero(np.diff(bounds)).tolist():
+        pos = pos_all[bounds[i] : bounds[i + 1]]
         x = feats[i].float()
-        nrm = torch.linalg.vector_norm(x, dim=-1)
-        if not bool(np.isfinite(nrm.numpy()).all()) or float(nrm.numpy().max(initial=0.0)) > NORM_LIMIT:
-            seg = choosing.reshape(b, -1)[i]
-            out.append(_reference_sample(feats[i], runs, i, seg) + i * n)
-            choosing = choosing.copy()
+        rows = torch.index_select(x, 0, torch.from_numpy(runs.tok[pos] - i * n), out=work[: pos.size])
+        norms = torch.linalg.vector_norm(rows, dim=-1).numpy()
+        if not np.isfinite(norms).all() or float(norms.max()) > NORM_LIMIT:
+            segs = choosing.reshape(b, -1)[i].copy()
+            out.append(_reference_sample(feats[i], runs, i, segs) + i * n)
             choosing.reshape(b, -1)[i] = False
             continue
-        xs[i], norms[i] = x, nrm.clamp_min(1e-12)
+        seg = runs.seg[pos]
+        starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])  # each region's first pick
+        dots = _run_dots(rows, rows[torch.from_numpy(starts)], np.append(starts, pos.size)).numpy()
+        norms = np.maximum(norms, np.float32(1e-12))
+        mind[pos] = 1.0 - dots / (norms * np.repeat(norms[starts], np.diff(np.append(starts, pos.size))))
+        norm_pos[pos] = norms
+        xs[i] = x
     if not choosing.any():
         return out
-    mind = np.full(runs.tok.size, np.inf, dtype=np.float32)  # nearest-pick distance per position
     newest = runs.starts.copy()  # position of each segment's newest pick
     mind[newest[choosing]] = -np.inf
     in_choosing = choosing[runs.seg]
-    work = torch.empty(n, feats.shape[2], dtype=torch.float32)
     for step in range(1, int(runs.quota[choosing].max())):
         live_pos = np.flatnonzero(in_choosing & (runs.quota[runs.seg] > step))  # sorted by sample
-        pick_pos = newest[runs.seg[live_pos]]
         seg = runs.seg[live_pos]
         run_starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])  # one run per live region
-        rows, partners = runs.tok[live_pos], runs.tok[pick_pos[run_starts]]
-        bounds = np.searchsorted(rows // n, np.arange(b + 1))  # rows of sample i: bounds[i]:bounds[i+1]
-        run_bounds = np.searchsorted(run_starts, bounds)  # their runs
-        dist = np.empty(live_pos.size, dtype=np.float32)
-        for i in np.flatnonzero(np.diff(bounds)).tolist():
-            lo, hi, r0, r1 = int(bounds[i]), int(bounds[i + 1]), int(run_bounds[i]), int(run_bounds[i + 1])
-            local_runs = np.append(run_starts[r0:r1], hi) - lo
-            dist[lo:hi] = _distances(xs[i], norms[i], rows[lo:hi] - i * n, partners[r0:r1] - i * n, local_runs, work)
-        np.minimum(mind[live_pos], dist, out=dist)
-        mind[live_pos] = dist
-        winners = live_pos[_first_max(dist, run_starts)]
+        if step > 1:
+            _update(feats, xs, runs, mind, norm_pos, live_pos, newest[seg[run_starts]], run_starts, work)
+        winners = live_pos[_first_max(mind[live_pos], run_starts)]
         mind[winners] = -np.inf
         newest[seg[run_starts]] = winners
         out.append(runs.tok[winners])
     return out
+
+
+def _update(
+    feats: torch.Tensor,
+    xs: dict[int, torch.Tensor],
+    runs: _Runs,
+    mind: np.ndarray,
+    norm_pos: np.ndarray,
+    live_pos: np.ndarray,
+    pick_pos: np.ndarray,
+    run_starts: np.ndarray,
+    work: torch.Tensor,
+) -> None:
+    """Lower ``mind`` at the positions ``live_pos`` (one run per live region, starting at
+    ``run_starts``) to their distance from their region's newest pick (position
+    ``pick_pos`` [runs]), sample by sample."""
+    n = feats.shape[1]
+    rows_tok = runs.tok[live_pos]
+    bounds = np.searchsorted(rows_tok // n, np.arange(feats.shape[0] + 1))
+    run_bounds = np.searchsorted(run_starts, bounds)
+    for i in np.flatnonzero(np.diff(bounds)).tolist():
+        lo, hi, r0, r1 = int(bounds[i]), int(bounds[i + 1]), int(run_bounds[i]), int(run_bounds[i + 1])
+        x = xs[i]
+        rows = torch.index_select(x, 0, torch.from_numpy(rows_tok[lo:hi] - i * n), out=work[: hi - lo])
+        picks = x[torch.from_numpy(runs.tok[pick_pos[r0:r1]] - i * n)]
+        local = np.append(run_starts[r0:r1], hi) - lo
+        dots = _run_dots(rows, picks, local).numpy()
+        pos = live_pos[lo:hi]
+        scale = norm_pos[pos] * np.repeat(norm_pos[pick_pos[r0:r1]], np.diff(local))
+        mind[pos] = np.minimum(mind[pos], 1.0 - dots / scale)
 
 
 def _reference_sample(x: torch.Tensor, runs: _Runs, i: int, choosing: np.ndarray) -> np.ndarray:
@@ -399,6 +455,7 @@ __all__ = [
     "farthest_points",
     "farthest_points_batched",
     "farthest_points_grouped",
+    "farthest_points_raw",
     "unit_rows",
     "unit_rows_batched",
 ]
