@@ -9,7 +9,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from vtprune.strategies.altp import farthest_point_groups, farthest_point_groups_reference
-from vtprune.strategies.divprune import max_min_diverse, max_min_diverse_batched, max_min_diverse_reference
+from vtprune.strategies.divprune import (
+    max_min_diverse,
+    max_min_diverse_batched,
+    max_min_diverse_reference,
+)
 from vtprune.strategies.farthest import farthest_points_batched, unit_rows_batched
 
 

@@ -265,16 +265,29 @@ def labels_to_grid(labels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
         key = token * n_labels + dense
         counts = np.bincount(key.ravel(), minlength=h * w * n_labels)
         return np.asarray(counts.reshape(h * w, n_labels).argmax(axis=1), dtype=np.int64)
+    area = np.zeros(h * w * n_labels, dtype=np.float64)
+    flat = dense.ravel()
+    for token, weight in _share_tables(big_h, big_w, h, w):
+        area += np.bincount(token * n_labels + flat, weights=weight, minlength=area.size)
+    return np.asarray(area.reshape(h * w, n_labels).argmax(axis=1), dtype=np.int64)
+
+
+@lru_cache(maxsize=16)
+def _share_tables(big_h: int, big_w: int, h: int, w: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """The four (token [H * W] int64, area share [H * W] float64) tables of
+    :func:`labels_to_grid` for an H x W label map on an h x w grid (first/second overlapped
+    patch along each axis); cached, read-only (they depend only on the shapes)."""
     ry0, wy0, ry1, wy1 = _overlaps(big_h, h)
     cx0, wx0, cx1, wx1 = _overlaps(big_w, w)
-    area = np.zeros(h * w * n_labels, dtype=np.float64)
+    tables = []
     for rows, wy in ((ry0, wy0), (ry1, wy1)):
         for cols, wx in ((cx0, wx0), (cx1, wx1)):
-            weight = wy[:, None] * wx[None, :]  # [H, W]
-            token = rows[:, None] * w + cols[None, :]
-            key = token * n_labels + dense
-            area += np.bincount(key.ravel(), weights=weight.ravel(), minlength=area.size)
-    return np.asarray(area.reshape(h * w, n_labels).argmax(axis=1), dtype=np.int64)
+            token = (rows[:, None] * w + cols[None, :]).ravel()
+            weight = (wy[:, None] * wx[None, :]).ravel()
+            token.setflags(write=False)
+            weight.setflags(write=False)
+            tables.append((token, weight))
+    return tuple(tables)
 
 
 def relabel(regions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
