@@ -322,10 +322,11 @@ def farthest_points_grouped(
 
     One host sort orders every sample's tokens by (region, priority descending, index).
     Regions kept whole are taken as they are; the others with quota >= 2 advance together,
-    one pick per step (steps = the largest quota). A step costs, per sample, one row-wise
-    product of its feature rows with the newest pick of their region (raw rows, divided by
-    the norms computed once: no normalised copy of the features), and a few numpy
-    operations over the whole batch pick the first maximum of every region. A sample's
+    one pick per step (steps = the largest quota). Per sample and step, the rows of its
+    regions still picking are gathered (once for the first step, into a reused buffer) and
+    each region's run is one matrix-vector product with its newest pick (raw rows divided by
+    the norms taken at the first gather: no normalised copy of the features); a few numpy
+    operations over the whole batch then pick the first maximum of every region. A sample's
     products have shapes that depend on that sample alone, so its picks never depend on its
     batch-mates. Samples with non-finite features or norms above :data:`NORM_LIMIT` take the
     per-region reference path (:func:`unit_rows`, :func:`farthest_points`).
