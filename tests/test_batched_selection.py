@@ -1,5 +1,6 @@
 """Batched farthest-point selection (ALTP's spread, DivPrune) picks what the per-sample
-numpy references pick, on tie-free inputs."""
+numpy references pick, on tie-free inputs: the accelerator kernel and the grouped CPU kernel
+of ``spread`` against the per-region reference."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from vtprune.strategies.altp import farthest_point_groups
-from vtprune.strategies.divprune import max_min_diverse, max_min_diverse_batched
+from vtprune.strategies.altp import farthest_point_groups, farthest_point_groups_reference
+from vtprune.strategies.divprune import (
+    max_min_diverse,
+    max_min_diverse_batched,
+    max_min_diverse_reference,
+)
 from vtprune.strategies.farthest import farthest_points_batched, unit_rows_batched
 
 
@@ -35,6 +40,30 @@ def test_spread_picks_equal_the_reference(case):
     assert torch.equal(got, want)
 
 
+@settings(max_examples=150, deadline=None)
+@given(grouped())
+def test_grouped_cpu_kernel_picks_equal_the_per_region_reference(case):
+    feats, regions, quotas, prio = case
+    want = farthest_point_groups_reference(feats, regions, quotas, prio)
+    assert torch.equal(farthest_point_groups(feats, regions, quotas, prio), want)
+
+
+def test_grouped_cpu_kernel_takes_the_reference_path_for_non_finite_or_huge_rows():
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(3, 30, 8, generator=g)
+    feats[0, 5, 2] = float("nan")
+    feats[1, 7] *= 1e30  # norm overflows float32 products
+    regions = torch.randint(0, 4, (3, 30), generator=g)
+    sizes = torch.stack([(regions == i).sum(dim=1) for i in range(4)], dim=1)
+    quotas = torch.minimum(torch.tensor([[3, 2, 4, 2]]).expand(3, 4), sizes)
+    prio = torch.randn(3, 30, generator=g)
+    got = farthest_point_groups(feats, regions, quotas, prio)
+    assert torch.equal(got, farthest_point_groups_reference(feats, regions, quotas, prio))
+    for i in range(3):  # and each sample alone picks what it picks in the batch
+        alone = farthest_point_groups(feats[i : i + 1], regions[i : i + 1], quotas[i : i + 1], prio[i : i + 1])
+        assert torch.equal(alone[0], got[i])
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 4), st.integers(1, 50), st.integers(2, 16), st.integers(0, 2**31 - 1))
 def test_divprune_picks_equal_the_reference(b, n, d, seed):
@@ -47,7 +76,19 @@ def test_divprune_picks_equal_the_reference(b, n, d, seed):
     mean = torch.nn.functional.normalize((unit * valid[..., None]).sum(dim=1), dim=-1)
     far = torch.where(valid, 1 - (unit * mean[:, None]).sum(-1), -1.0).sort(dim=1, descending=True).values
     assume(bool(((far[:, 0] - far[:, 1]).abs() > 1e-5)[valid.sum(dim=1) >= 2].all()) if n > 1 else True)
-    assert torch.equal(max_min_diverse_batched(feats, valid, budget), max_min_diverse(feats, valid, budget))
+    want = max_min_diverse_reference(feats, valid, budget)
+    assert torch.equal(max_min_diverse_batched(feats, valid, budget), want)
+    assert torch.equal(max_min_diverse(feats, valid, budget), want)  # the CPU kernel (raw rows)
+
+
+def test_divprune_cpu_kernel_takes_the_reference_path_for_non_finite_or_huge_rows():
+    g = torch.Generator().manual_seed(5)
+    feats = torch.randn(3, 20, 6, generator=g)
+    feats[0, 4, 1] = float("inf")
+    feats[1, 2] *= 1e30
+    valid = torch.ones(3, 20, dtype=torch.bool)
+    budget = torch.tensor([5, 7, 3])
+    assert torch.equal(max_min_diverse(feats, valid, budget), max_min_diverse_reference(feats, valid, budget))
 
 
 def test_a_sample_picks_the_same_alone_and_in_a_batch():

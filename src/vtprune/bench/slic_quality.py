@@ -34,6 +34,7 @@ from scipy import ndimage
 
 from ..strategies.altp import segments_for
 from ..strategies.superpixels import (
+    PATCH_PIXELS,
     fast_slic_available,
     labels_to_grid,
     slic_factor,
@@ -107,7 +108,7 @@ def _upscale(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def run_quality(split: str = "test", limit: int | None = None, keeps: Sequence[float] = KEEPS,
-                backends: Sequence[str] | None = None, patch_pixels: int | None = 7) -> dict[str, Any]:
+                backends: Sequence[str] | None = None, patch_pixels: int | None = PATCH_PIXELS) -> dict[str, Any]:
     """Mean BR/UE/ASA per (backend, keep, level) over the scenes of ``split`` (default scene
     geometry of the grounding stand-in). ``level`` is ``pixel`` or ``token``."""
     from ..grounding.evaluate import split_items
@@ -265,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="first N scenes only")
     p.add_argument("--backends", default=None, help="comma-separated SLIC backends (default: all installed; "
                    "grounding: auto,torch)")
+    p.add_argument("--patch-pixels", type=int, default=PATCH_PIXELS,
+                   help=f"quality: SLIC at ~this many pixels per token patch (default {PATCH_PIXELS}, ALTP's)")
     p.add_argument("--repeats", type=int, default=3, help="speed: interleaved repeats (default 3)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--out", default="out/bench", help="output directory (default out/bench)")
@@ -274,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     backends = [b for b in args.backends.split(",") if b] if args.backends else None
     if args.report == "quality":
-        result = run_quality(args.split, args.limit, backends=backends)
+        result = run_quality(args.split, args.limit, backends=backends, patch_pixels=args.patch_pixels)
         table = format_quality(result)
     elif args.report == "speed":
         result = run_speed(repeats=args.repeats, backends=backends)

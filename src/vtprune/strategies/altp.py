@@ -41,10 +41,17 @@ from ..core import (
     StrategySpec,
     hookimpl,
 )
-from .farthest import farthest_points, farthest_points_batched, unit_rows, unit_rows_batched
+from .farthest import (
+    farthest_points,
+    farthest_points_batched,
+    farthest_points_grouped,
+    unit_rows,
+    unit_rows_batched,
+)
 from .quotas import allocate_quotas_batched
 from .superpixels import (
     BACKENDS,
+    PATCH_PIXELS,
     normalise_image,
     resolve_backend,
     slic_factor,
@@ -64,18 +71,24 @@ def make_distinct() -> Scorer:
     def score(ctx: PruneContext) -> torch.Tensor:
         valid = ctx.valid_mask()  # [B, N]
         x = ctx.features.detach().float()  # [B, N, D]
-        norms = x.norm(dim=-1).clamp_min(1e-12)  # [B, N]
-        # element-wise products and sums, not bmm: a batched matmul may round differently
-        # at different batch sizes, and a sample's scores must not depend on its batch-mates
-        # one matrix-vector product per sample, the same call alone or in a batch: a batched
-        # matmul may round differently at different batch sizes (no host reads involved)
-        weights = valid.float() / norms  # [B, N]
-        mean = [weights[b] @ x[b] for b in range(x.shape[0])]  # [D] each: sum of valid unit vectors
-        cos = torch.stack([x[b] @ m / m.norm().clamp_min(1e-12) for b, m in enumerate(mean)]) if mean else norms
-        cos = cos / norms
-        return torch.where(valid, 1.0 - cos, 0.0)
+        if x.shape[0] == 0:
+            return torch.zeros(valid.shape, dtype=torch.float32, device=x.device)
+        # one sample at a time, all three passes over its rows back to back (they stay in
+        # cache: one pass from memory per sample instead of two), and matrix-vector products
+        # with the same shapes alone or in a batch: a batched matmul may round differently at
+        # different batch sizes, and a sample's scores must not depend on its batch-mates
+        return torch.stack([_distinct_one(x[b], valid[b]) for b in range(x.shape[0])])
 
     return score
+
+
+def _distinct_one(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """1 - cosine of each row of ``x`` [N, D] to the sum of its ``valid`` [N] unit rows; 0 on
+    invalid rows -> [N]."""
+    norms = x.norm(dim=-1).clamp_min(1e-12)  # [N]
+    mean = (valid.float() / norms) @ x  # [D]: the sum of the valid unit vectors
+    cos = x @ mean / mean.norm().clamp_min(1e-12) / norms
+    return torch.where(valid, 1.0 - cos, 0.0)
 
 
 # -- quota arithmetic (pure numpy, one sample) ---------------------------------------------------
@@ -349,7 +362,7 @@ def make_ddc(
     min_quota: int = 1,
     density: str = "dispersion",
     backend: str = "auto",
-    patch_pixels: int | None = 7,
+    patch_pixels: int | None = PATCH_PIXELS,
 ) -> Allocator:
     """Allocator ``ddc``: superpixel regions, ``min_quota`` per region, rest by region size.
 
@@ -362,8 +375,8 @@ def make_ddc(
         backend: ``"auto"`` (fast-slic if installed, else scikit-image), ``"fast_slic"``,
             ``"skimage"``.
         patch_pixels: SLIC runs on the image block-mean downscaled so that a token patch is
-            about this many pixels wide (default 7: 336 px / 24 tokens -> half resolution);
-            None = full resolution.
+            about this many pixels wide (default 3: 336 px / 24 tokens -> a quarter of the
+            resolution, 84 x 84; it was 7 = half resolution); None = full resolution.
     """
     return make_region_allocator(
         "size", n_segments, segment_ratio, compactness, min_quota, density, backend, patch_pixels
@@ -377,7 +390,7 @@ def make_ddf(
     min_quota: int = 1,
     density: str = "dispersion",
     backend: str = "auto",
-    patch_pixels: int | None = 7,
+    patch_pixels: int | None = PATCH_PIXELS,
 ) -> Allocator:
     """Allocator ``ddf``: DDC's regions and minimum quotas, the rest of the budget in proportion
     to density x region size, largest-remainder rounding, no quota above its region's size.
@@ -398,7 +411,18 @@ def make_ddf(
 def farthest_point_groups(
     features: torch.Tensor, regions: torch.Tensor, quotas: torch.Tensor, priority: torch.Tensor
 ) -> torch.Tensor:
-    """Farthest-point sampling inside every region of every sample.
+    """Farthest-point sampling inside every region of every sample: ``spread``'s CPU kernel,
+    :func:`~vtprune.strategies.farthest.farthest_points_grouped` (all regions of all samples
+    advance together). Same arguments and result as :func:`farthest_point_groups_reference`,
+    the per-region oracle it is tested against (same picks on tie-free inputs)."""
+    return farthest_points_grouped(features, regions, quotas, priority)
+
+
+def farthest_point_groups_reference(
+    features: torch.Tensor, regions: torch.Tensor, quotas: torch.Tensor, priority: torch.Tensor
+) -> torch.Tensor:
+    """Farthest-point sampling inside every region of every sample, one region at a time
+    (the previous CPU kernel of ``spread``, kept as the test oracle).
 
     Args:
         features: [B, N, D] token features (cosine distance is used).
@@ -475,7 +499,7 @@ def make_spread() -> Selector:
             regions = alloc.regions.to(dev).long()
             quotas = alloc.quotas.to(dev).long()
         prio = torch.nan_to_num(scores.detach().float().to(dev), nan=0.0, posinf=3.0e38, neginf=-3.0e38)
-        if dev.type == "cpu":  # per-region BLAS products on cache-resident rows: fastest here
+        if dev.type == "cpu":  # all regions together, one row-wise product per sample and step
             taken = farthest_point_groups(ctx.features, regions, quotas, torch.where(valid, prio, -3.0e38))
         else:  # accelerators: every sample and region in one program, no host loop
             taken = farthest_points_batched(unit_rows_batched(ctx.features), regions, quotas, prio)

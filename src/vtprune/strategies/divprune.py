@@ -26,11 +26,60 @@ from ..core import (
     StrategySpec,
     hookimpl,
 )
-from .farthest import farthest_points, farthest_points_batched, unit_rows, unit_rows_batched
+from .farthest import (
+    NORM_LIMIT,
+    farthest_points,
+    farthest_points_batched,
+    farthest_points_raw,
+    unit_rows,
+    unit_rows_batched,
+)
 
 
 def max_min_diverse(features: torch.Tensor, valid: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-    """Greedy max-min selection, one sample at a time.
+    """Greedy max-min selection, one sample at a time (the CPU kernel).
+
+    Args:
+        features: [B, N, D]; valid: [B, N] bool; budget: [B] long (<= valid count).
+
+    Returns [B, N] bool (on ``features``' device), ``budget[b]`` True entries per row, only
+    on valid tokens: the picks of :func:`max_min_diverse_reference` (same on tie-free inputs)
+    without its normalised copy of the rows: the products run on the sample's rows as they
+    are (a view when every token is valid) and are divided by the norms, computed once
+    (:func:`~vtprune.strategies.farthest.farthest_points_raw`). Samples with non-finite
+    features or huge norms take the reference path. Shapes depend only on the sample.
+    """
+    b, n, _ = features.shape
+    taken = torch.zeros(b, n, dtype=torch.bool)
+    ks = budget.detach().cpu().tolist()
+    ok = valid.detach().cpu()
+    feats = features.detach().cpu()
+    for i in range(b):
+        k = int(ks[i])
+        if k == 0:
+            continue
+        rows = ok[i].nonzero().squeeze(1)
+        if k > rows.numel():
+            raise ContractError(f"budget {k} exceeds the {rows.numel()} valid tokens of sample {i}")
+        x = feats[i] if rows.numel() == n else feats[i].index_select(0, rows)
+        x = x.float()
+        norms = torch.linalg.vector_norm(x, dim=-1).numpy()
+        if not np.isfinite(norms).all() or float(norms.max()) > NORM_LIMIT:
+            got = max_min_diverse_reference(feats[i : i + 1], ok[i : i + 1], budget[i : i + 1].cpu())[0]
+            taken[i] = got.cpu()
+            continue
+        norms = np.maximum(norms, np.float32(1e-12))
+        inv = torch.from_numpy(1.0 / norms)
+        total = inv @ x  # [D]: the sum of the unit rows
+        cos = (x @ (total / total.norm().clamp_min(1e-12))).numpy() / norms
+        first = int(np.argmax(1.0 - cos))  # first maximum: lower index
+        taken[i, rows[torch.from_numpy(farthest_points_raw(x, norms, k, first))]] = True
+    return taken.to(features.device)
+
+
+def max_min_diverse_reference(features: torch.Tensor, valid: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """Greedy max-min selection, one sample at a time, on normalised copies of the rows (the
+    previous CPU kernel, kept as the test oracle of :func:`max_min_diverse`).
 
     Args:
         features: [B, N, D]; valid: [B, N] bool; budget: [B] long (<= valid count).
@@ -60,7 +109,7 @@ def max_min_diverse(features: torch.Tensor, valid: torch.Tensor, budget: torch.T
 
 
 def max_min_diverse_batched(features: torch.Tensor, valid: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-    """:func:`max_min_diverse` (the one-sample reference) for a whole batch at once: one
+    """:func:`max_min_diverse_reference` (the one-sample reference) for a whole batch at once: one
     region per sample, ties to the lower index, first pick = the valid row farthest (cosine)
     from the normalised sum of the sample's valid unit rows. [B, N] bool on ``features``'
     device; iterations = the largest budget."""
