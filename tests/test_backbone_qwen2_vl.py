@@ -15,7 +15,17 @@ import vtprune
 from vtprune import ContractError, MissingSignalError, keep_count
 from vtprune.backbones import attach
 from vtprune.backbones.attention import query_attention
-from vtprune.models import QWEN_FAMILIES, VIDEO_ID, build_tiny_qwen, make_qwen_inputs
+from vtprune.models import (
+    IMAGE_ID,
+    QWEN_FAMILIES,
+    VIDEO_ID,
+    VISION_END_ID,
+    VISION_START_ID,
+    build_tiny_qwen,
+    make_qwen_inputs,
+)
+
+SPECIAL_IDS = [IMAGE_ID, VIDEO_ID, VISION_START_ID, VISION_END_ID]
 
 PROMPTS = ["what is it?", "<image>left or <image> right?", "count them"]
 STEPS = 4
@@ -52,7 +62,10 @@ def inputs(model, images, rows=None, padding_side="left"):
 
 
 def greedy(model, batch, steps=STEPS, **kw):
-    """Tokens [B, steps] and per-step logits [B, steps, V]; no early stop at EOS."""
+    """Tokens [B, steps] and per-step logits [B, steps, V]; no early stop at EOS. A random
+    model could generate an image pad id, which fed back without the cache is an image
+    placeholder without an image (the model itself raises): special ids are suppressed."""
+    kw.setdefault("suppress_tokens", SPECIAL_IDS)
     with torch.no_grad():
         out = model.generate(
             **batch, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
