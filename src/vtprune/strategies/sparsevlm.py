@@ -391,56 +391,6 @@ def sparsevlm_schedule(
         return Schedule.at_layers(list(zip(bounds, authors_counts(keep))), attention="current")
     p = _check_profile(profile, len(bounds))
     lengths = [b2 - b1 for b1, b2 in zip(bounds, [*bounds[1:], num_layers])]
-    return float(sum(n * v for n, v in zip(lengths, p)) / sum(lengths))
-
-
-def authors_counts(retain: int, original: int = 576) -> list[int]:
-    """The authors' visual-token counts after each layer for a "retain" setting: their top-k
-    count plus their recycled tokens, chained (192 -> [309, 204, 113] of 576)."""
-    if retain not in AUTHORS_COUNTS:
-        raise ContractError(
-            f"sparsevlm budget='authors' takes keep in {sorted(AUTHORS_COUNTS)} (the authors' "
-            f"settings for 576 tokens), got {retain!r}; use budget='average' for any other keep"
-        )
-    out, alive = [], original
-    for k in AUTHORS_COUNTS[retain]:
-        alive = k + int(recycled_count(torch.tensor([alive - k]))[0])
-        out.append(alive)
-    return out
-
-
-def sparsevlm_schedule(
-    num_layers: int,
-    keep: Keep,
-    layers: Sequence[int] | None = None,
-    profile: Sequence[float] = PROFILE,
-    budget: str = "average",
-) -> Schedule:
-    """Prune before each of ``layers`` (default :func:`sparsevlm_layers`), each scored with that
-    layer's own attention on its input (``attention="current"``).
-
-    ``budget="average"`` (default): ``keep`` is the mean share of the original visual tokens
-    over the layers from the first point to the last layer (as FastV's and PyramidDrop's
-    default), stage i keeping ``k * p_i`` with ``p`` = ``profile`` / ``profile[0]`` (default
-    the authors' 300 : 200 : 110); an int ``keep`` is a mean count (each stage rounded half
-    up). A ``keep`` above :func:`max_average_keep` raises. ``budget="authors"``: ``keep`` is
-    one of the authors' settings 192 / 128 / 96 / 64 and the counts are theirs
-    (:func:`authors_counts`, for 576 tokens). ``keep=1.0`` keeps every token in both.
-    """
-    if budget not in BUDGETS:
-        raise ContractError(f"sparsevlm budget must be one of {list(BUDGETS)}, got {budget!r}")
-    bounds = _check_layers(num_layers, layers)
-    if isinstance(keep, bool) or not isinstance(keep, (int, float)):
-        raise ContractError(f"keep must be an int count or a float ratio, got {keep!r}")
-    if isinstance(keep, float) and keep == 1.0:
-        return Schedule.at_layers([(v, 1.0) for v in bounds], attention="current")
-    if budget == "authors":
-        if len(bounds) != 3:
-            raise ContractError(f"sparsevlm budget='authors' has 3 layers, got layers={bounds}")
-        return Schedule.at_layers(list(zip(bounds, authors_counts(int(keep)) if isinstance(keep, int) else [])) or
-                                  _refuse_float(keep), attention="current")
-    p = _check_profile(profile, len(bounds))
-    lengths = [b2 - b1 for b1, b2 in zip(bounds, [*bounds[1:], num_layers])]
     span, weight = Fraction(sum(lengths)), sum((n * v for n, v in zip(lengths, p)), Fraction(0))
     if isinstance(keep, int):
         if keep < 0:
