@@ -83,17 +83,20 @@ def recycled_count(deleted: torch.Tensor) -> torch.Tensor:
     return torch.where(deleted > 0, recycle_candidates(deleted) // 10 + 1, 0)
 
 
-def split_budget(alive: torch.Tensor, budget: torch.Tensor, recycle: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def split_budget(
+    alive: torch.Tensor, budget: torch.Tensor, recycle: bool = True, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(top, recycled)`` counts [B] long (CPU) with ``top + recycled == budget``.
 
     ``top`` is the largest k <= budget with ``k + recycled_count(alive - k) <= budget``;
-    ``recycled = budget - top``. ``alive`` [B]: tokens alive (valid); ``budget`` [B] <= alive.
+    ``recycled = budget - top``. ``alive`` [B]: tokens alive (valid); ``budget`` [B] <= alive;
+    ``width``: an upper bound of ``alive`` (N; None reads ``alive.max()``).
     Without ``recycle``: ``(budget, 0)``.
     """
     alive, budget = alive.cpu().long(), budget.cpu().long()
     if not recycle or alive.numel() == 0:
         return budget.clone(), torch.zeros_like(budget)
-    n_max = int(alive.max())
+    n_max = int(alive.max()) if width is None else width
     ks = torch.arange(n_max + 1)[None, :]  # [1, n_max + 1]
     deleted = (alive[:, None] - ks).clamp(min=0)
     total = ks + recycled_count(deleted)
@@ -161,13 +164,14 @@ def _round32(x: torch.Tensor) -> torch.Tensor:
 
 
 def cluster_merge(
-    x: torch.Tensor, member: torch.Tensor, clusters: torch.Tensor
+    x: torch.Tensor, member: torch.Tensor, clusters: torch.Tensor, c_max: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DPC-kNN clustering and mean merge of each sample's candidate tokens.
 
     Args:
         x: [B, M, D] candidates (a sample's real ones first, in priority order);
-        member: [B, M] bool, real candidates; clusters: [B] long C_b <= real candidates.
+        member: [B, M] bool, real candidates; clusters: [B] long C_b <= real candidates;
+        c_max: ``clusters.max()`` when the caller knows it (None reads it).
 
     Returns ``(centres [B, Cmax] long positions in 0..M-1 (-1 past C_b), merged [B, Cmax, D]
     float32 means of each cluster, sizes [B, Cmax] long)``. Density of a token = exp(-mean
@@ -178,7 +182,8 @@ def cluster_merge(
     """
     b, m, d = x.shape
     dev = x.device
-    c_max = int(clusters.max()) if b else 0
+    if c_max is None:
+        c_max = int(clusters.max()) if b else 0
     xw = x.detach().double()
     sq = (xw * xw).sum(dim=-1)
     dist2 = (sq[:, :, None] + sq[:, None, :] - 2.0 * torch.bmm(xw, xw.transpose(1, 2))).clamp(min=0.0)
@@ -233,10 +238,12 @@ def sparsevlm_select(
     b, n, d = features.shape
     dev = features.device
     valid = valid.to(dev)
-    alive = valid.sum(dim=1).cpu()  # the one host read
+    alive = valid.sum(dim=1).cpu()  # the one device read
     budget = budget.cpu().long()
-    top_n, rec_n = split_budget(alive, budget, recycle)
-    k_max = int(budget.max()) if b else 0
+    top_n, rec_n = split_budget(alive, budget, recycle, width=n)
+    cand_n = torch.where(rec_n > 0, recycle_candidates(alive - top_n), 0)
+    # every width this call needs, from host tensors in one read
+    k_max, m_max, c_max = torch.stack([budget.max(), cand_n.max(), rec_n.max()]).tolist() if b else (0, 0, 0)
     pos = torch.arange(n, device=dev).expand(b, n)
     prio = torch.where(valid, scores.float(), -torch.inf)
     order = torch.sort(prio, dim=1, descending=True, stable=True).indices  # [B, N]
@@ -245,15 +252,13 @@ def sparsevlm_select(
     centre_of = torch.full((b, n + 1), -1, dtype=torch.long, device=dev)  # token -> its cluster
     merged = torch.zeros(b, 1, d, dtype=torch.float32, device=dev)
     sizes = torch.zeros(b, 1, dtype=torch.long, device=dev)
-    cand_n = torch.where(rec_n > 0, recycle_candidates(alive - top_n), 0)
-    m_max = int(cand_n.max()) if b else 0
     if m_max > 0:
         # candidates: the deleted tokens of highest score = the next ranks after the top ones
         ranks = top_n[:, None] + torch.arange(m_max)[None, :]  # [B, M] (CPU)
         member = (torch.arange(m_max)[None, :] < cand_n[:, None]).to(dev)
         cand = order.gather(1, ranks.clamp(max=n - 1).to(dev))  # [B, M] token indices
         x = features.gather(1, cand[..., None].expand(b, m_max, d))
-        centres, merged, sizes = cluster_merge(x, member, rec_n)
+        centres, merged, sizes = cluster_merge(x, member, rec_n, c_max)
         has = centres >= 0
         tokens = torch.where(has, cand.gather(1, centres.clamp(min=0)), n)  # [B, Cmax]; n = none
         ids = torch.arange(centres.shape[1], device=dev).expand_as(centres)
