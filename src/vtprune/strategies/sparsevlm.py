@@ -272,7 +272,7 @@ def sparsevlm_select(
     out = features.gather(1, idx[..., None].expand(b, k_max, d))
     cluster = centre_of.gather(1, idx)  # [B, K]
     use = real & (cluster >= 0)
-    if bool(m_max):
+    if m_max > 0:
         pick = merged.gather(1, cluster.clamp(min=0)[..., None].expand(b, k_max, d)).to(features.dtype)
         grown = sizes.gather(1, cluster.clamp(min=0)) > 1
         out = torch.where((use & grown)[..., None], pick, out)
