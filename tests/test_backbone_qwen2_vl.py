@@ -240,6 +240,28 @@ def test_recomputed_attention_rows_equal_eager_probabilities(images):
         torch.testing.assert_close(mine, out.attentions[layer][:, :, -1, :].float(), atol=1e-5, rtol=1e-4)
 
 
+def test_recomputed_text_rows_equal_eager_probabilities(images):
+    """SparseVLM's signal under M-RoPE: several query rows at once (rows_attention) equal the
+    eager model's attention probabilities of those rows."""
+    from vtprune.backbones.attention import rows_attention
+
+    net = build_tiny_qwen(attn_implementation="eager")
+    batch = inputs(net, images)
+    with torch.no_grad():
+        out = net(**batch, output_attentions=True, output_hidden_states=True)
+    lm = net.model.language_model
+    pos = unpruned_position_ids(net, batch)
+    t = batch["input_ids"].shape[1]
+    rows = torch.tensor([t - 5, t - 3, t - 2, t - 1]).expand(3, 4)
+    valid = batch["attention_mask"].bool()
+    for layer in (0, 2):
+        h_in = out.hidden_states[layer]
+        pe = lm.rotary_emb(h_in, position_ids=pos)
+        with torch.no_grad():
+            mine = rows_attention(lm.layers[layer], h_in, pe, rows, valid)
+        torch.testing.assert_close(mine, out.attentions[layer][:, :, t - 5 :, :][:, :, [0, 2, 3, 4]].float(), atol=1e-5, rtol=1e-4)
+
+
 def test_detach_restores_the_model_exactly(model, images):
     batch = inputs(model, images)
     before = logits(model, batch)

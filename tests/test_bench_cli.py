@@ -8,11 +8,11 @@ from vtprune.cli import main
 
 
 def test_bench_overhead_quick_writes_table_and_json(tmp_path, capsys):
-    rc = main(["bench", "overhead", "--quick", "--strategies", "uniform,random,visionzip,cdpruner,dart",
+    rc = main(["bench", "overhead", "--quick", "--strategies", "uniform,random,visionzip,cdpruner,dart,sparsevlm",
                "--repeats", "2", "--dim", "32", "--out", str(tmp_path)])
     assert rc == 0
     rows = json.loads((tmp_path / "overhead.json").read_text())  # signals the new methods need
-    assert {r["strategy"] for r in rows} == {"uniform", "random", "visionzip", "cdpruner", "dart"}
+    assert {r["strategy"] for r in rows} == {"uniform", "random", "visionzip", "cdpruner", "dart", "sparsevlm"}
     table = (tmp_path / "overhead.md").read_text()
     out = capsys.readouterr().out
     assert "uniform" in table and table.strip() in out

@@ -9,6 +9,7 @@ import vtprune
 from vtprune import ContractError, PruneContext
 from vtprune.backbones.image_rows import ImageRows
 from vtprune.core.canvas import block_indices, crop, grid_groups
+from vtprune.core.types import grid_blocks
 
 GRIDS = [(4, 6), (6, 6), (3, 2), (4, 6)]  # rows 0 and 3 share a grid
 CANVAS = (6, 6)
@@ -24,7 +25,11 @@ def canvas_context(keep=0.25, seed=0):
         image[row, :, gh * 14 :] = 0
         image[row, :, :, gw * 14 :] = 0
     text = torch.randn(b, 5, 16, generator=g)
-    ctx = PruneContext.create(feats, keep=keep, grid=CANVAS, grids=grids, image=image, text_features=text)
+    block = grid_blocks(grids, CANVAS)  # the instruction rows' attention: zero off each row's block
+    text_att = torch.rand(b, 2, 5, h * w, generator=g).softmax(dim=-1) * block[:, None, None, :]
+    ctx = PruneContext.create(
+        feats, keep=keep, grid=CANVAS, grids=grids, image=image, text_features=text, text_attention=text_att
+    )
     return ctx.with_budget(torch.tensor([max(1, round(keep * gh * gw)) for gh, gw in GRIDS]))
 
 

@@ -23,6 +23,7 @@ def context(batch: int, ragged: bool = False) -> vtprune.PruneContext:
         image=torch.rand(batch, 3, 168, 168, generator=g), attention=torch.rand(batch, 144, generator=g),
         text_features=torch.randn(batch, 5, 32, generator=g), text_valid=torch.rand(batch, 5, generator=g) > 0.3,
         cls_attention=torch.rand(batch, 4, 144, generator=g),
+        text_attention=torch.rand(batch, 2, 5, 144, generator=g).softmax(dim=-1),
     )
 
 
@@ -35,7 +36,7 @@ def syncs(name: str, ctx: vtprune.PruneContext) -> int:
 
 
 def test_every_built_in_is_covered():
-    assert {"altp", "altp_ddc", "divprune", "pool", "uniform", "random", "fastv", "pyramiddrop", "visionzip", "dart"} <= set(BUILT_INS)
+    assert {"altp", "altp_ddc", "divprune", "pool", "uniform", "random", "fastv", "pyramiddrop", "visionzip", "dart", "sparsevlm"} <= set(BUILT_INS)
 
 
 @pytest.mark.parametrize("name", BUILT_INS)

@@ -94,7 +94,107 @@ def query_attention(
     return torch.softmax(logits, dim=-1)
 
 
+def rows_attention(
+    layer: Any,
+    hidden_in: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    query_rows: torch.Tensor,
+    key_valid: torch.Tensor,
+) -> torch.Tensor:
+    """Attention probabilities of several query rows per sample over every key:
+    [B, heads, Q, T] (fp32) — :func:`query_attention` for Q rows at once.
 
+    Args:
+        layer, hidden_in, position_embeddings, key_valid: as for :func:`query_attention`.
+        query_rows: [B, Q] long, sequence index of each query row (any order; padding rows
+            may point anywhere, e.g. 0, and are the caller's to ignore).
+
+    Row q sees keys ``<= query_rows[b, q]`` that are valid (causal + padding masks); a row
+    with no such key (a padding row) is all zeros instead of NaN.
+    """
+    attn = layer.self_attn
+    b, t, _ = hidden_in.shape
+    nq = query_rows.shape[1]
+    hd = int(attn.head_dim)
+    rows = torch.arange(b, device=hidden_in.device)[:, None]
+    x = layer.input_layernorm(hidden_in)  # [B, T, D]
+    q = attn.q_proj(x[rows, query_rows]).view(b, nq, -1, hd).transpose(1, 2)  # [B, H, Q, hd]
+    k = attn.k_proj(x).view(b, t, -1, hd).transpose(1, 2)  # [B, Hkv, T, hd]
+    cos, sin = position_embeddings
+    if cos.dim() == 4:  # M-RoPE sections left to the attention (as in query_attention)
+        section = attn.config.rope_parameters["mrope_section"]
+        cos, sin = mrope_sections(cos, section), mrope_sections(sin, section)
+    cos, sin = cos.expand(b, -1, -1), sin.expand(b, -1, -1)
+    rope = _rope_fn(attn)
+    q, _ = rope(q, q, cos[rows, query_rows], sin[rows, query_rows])
+    k, _ = rope(k, k, cos, sin)
+    groups = int(attn.num_key_value_groups)
+    if groups > 1:  # repeat_kv: [B, Hkv, T, hd] -> [B, H, T, hd]
+        k = k[:, :, None].expand(b, k.shape[1], groups, t, hd).reshape(b, -1, t, hd)
+    logits = torch.matmul(q, k.transpose(2, 3)) * attn.scaling  # [B, H, Q, T]
+    keys = torch.arange(t, device=hidden_in.device)
+    allowed = (keys[None, None, :] <= query_rows[:, :, None]) & key_valid[:, None, :]  # [B, Q, T]
+    logits = logits.float().masked_fill(~allowed[:, None], float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.nan_to_num(probs, nan=0.0)  # rows without any key: zeros
+
+
+def instruction_rows(valid: torch.Tensor, is_vis: torch.Tensor, n_visual: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The instruction rows of ``backbones.decoder.instruction_states``, as indices.
+
+    Args:
+        valid: [B, T] bool, False on padding; is_vis: [B, T] bool, the visual tokens (every
+            row holds ``n_visual`` of them).
+
+    Returns ``(order [B, W], real [B, W])``, W = T - ``n_visual``: each sample's real text
+    tokens after its last visual token, in sequence order, then padding rows (``real``
+    False, ``order`` pointing at other tokens). No host read.
+    """
+    b, t = valid.shape
+    pos = torch.arange(t, device=valid.device).expand(b, t)
+    last_visual = torch.where(is_vis, pos, -1).amax(dim=1, keepdim=True)  # [B, 1]
+    instruction = valid & ~is_vis & (pos > last_visual)  # [B, T]
+    order = torch.where(instruction, pos, pos + t).argsort(dim=1)[:, : t - n_visual]  # real rows first
+    return order, instruction.gather(1, order)
+
+
+def instruction_attention(
+    layer: Any,
+    hidden_in: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    valid: torch.Tensor,
+    is_vis: torch.Tensor,
+    n_visual: int,
+    flat_target: torch.Tensor,
+    image_rows: int,
+    cells: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``text_attention`` signal at a prune point before ``layer``: attention of each
+    sample's instruction rows to its visual tokens, on the image rows' canvas.
+
+    Args:
+        layer: the decoder layer the point runs before (its own norm, q/k, RoPE are used).
+        hidden_in: [B, T, D] states entering ``layer``; position_embeddings: (cos, sin) of
+            the current layout, as the layer receives them.
+        valid: [B, T] bool, False on padding; is_vis: [B, T] bool, visual tokens; n_visual:
+            visual tokens every sample still holds (the width of ``instruction_states``).
+        flat_target: [B * T] long, each sequence slot's flat place ``row * cells + cell`` on the
+            canvas of ``image_rows`` image rows, ``image_rows * cells`` for non-visual slots.
+
+    Returns ``(text_attention [M, heads, W, cells] fp32, real [B, W] bool)``: row r holds its
+    sample's instruction rows (those of ``instruction_states``, same W and order; select
+    ``real`` by each image row's sample for ``text_valid``); softmax over every key the row sees
+    (a row sums to at most 1 over the visual tokens); zero on pruned cells and padding rows.
+    """
+    b, t = valid.shape
+    order, real = instruction_rows(valid, is_vis, n_visual)
+    probs = rows_attention(layer, hidden_in, position_embeddings, order, valid)  # [B, H, W, T]
+    probs = probs * real[:, None, :, None].to(probs.dtype)
+    heads, w = probs.shape[1], probs.shape[2]
+    out = torch.zeros(image_rows * cells + 1, heads * w, dtype=probs.dtype, device=probs.device)
+    out.index_copy_(0, flat_target, probs.permute(0, 3, 1, 2).reshape(b * t, heads * w))
+    out = out[: image_rows * cells].view(image_rows, cells, heads, w)
+    return out.permute(0, 2, 3, 1).contiguous(), real
 
 
 def cls_attention(layer: Any, hidden_in: torch.Tensor) -> torch.Tensor:
@@ -113,4 +213,6 @@ def cls_attention(layer: Any, hidden_in: torch.Tensor) -> torch.Tensor:
     k = attn.k_proj(x).view(b, t, -1, hd).transpose(1, 2)  # [B, H, 1+N, hd]
     logits = torch.matmul(q, k.transpose(2, 3)).squeeze(2) * attn.scale  # [B, H, 1+N]
     return torch.softmax(logits.float(), dim=-1)[:, :, 1:]
-__all__ = ["query_attention", "cls_attention", "mrope_sections"]
+
+
+__all__ = ["query_attention", "rows_attention", "instruction_rows", "instruction_attention", "cls_attention", "mrope_sections"]

@@ -26,7 +26,7 @@ import torch
 from ..core.errors import ContractError
 from ..core.schedule import PrunePoint
 from ..core.types import PruneContext
-from .attention import query_attention
+from .attention import instruction_attention, query_attention  # instruction_attention: SparseVLM
 from .compat import cache_kwarg, model_output
 from .decoder_features import sliding_window
 from .image_rows import ImageRows
@@ -418,6 +418,19 @@ class PrunedDecoder:
             fewest = int(is_vis.sum(dim=1).min())  # visual tokens every sample still holds
             text, text_valid = instruction_states(h, layout, is_vis, fewest)
             text, text_valid = text.index_select(0, sample), text_valid.index_select(0, sample)
+        # -- text_attention (SparseVLM) -- a self-contained block: re-apply by hand if _prune is
+        # rewritten. Needs h (the states entering point.layer), layout, is_vis, flat_target, the
+        # image rows; its rows are those of instruction_states, so text_valid is the same mask.
+        # Logic: backbones/attention.py.
+        text_att = None
+        if "text_attention" in self.handle.strategy.needs and point.layer is not None:
+            fewest_vis = int(is_vis.sum(dim=1).min())
+            text_att, att_real = instruction_attention(
+                self.layers[point.layer], h, self._rope(h, layout.position_ids), layout.valid,
+                is_vis, fewest_vis, flat_target, m, nc,
+            )
+            text_valid = att_real.index_select(0, sample)
+        # -- end text_attention --
         budget = rows.budgets(point.keep)
         ctx = PruneContext(
             features=feats,
@@ -432,6 +445,7 @@ class PrunedDecoder:
             original_count=nc,
             text_valid=text_valid,
             grids=None if rows.uniform else rows.grids,
+            text_attention=text_att,  # text_attention (SparseVLM)
         )
         sel = self.handle.strategy(ctx)
         counts = sel.counts.cpu()

@@ -113,6 +113,8 @@ class LlavaAdapter(DecoderAdapter):
         first = 1 if self.attention_source == "previous" else 0
         if layer is not None and layer >= first:
             out.add("attention")
+        if layer is not None:  # the prune layer's own instruction rows (SparseVLM)
+            out.add("text_attention")
         return frozenset(out)
 
     def _cls_layer(self) -> Any:

@@ -8,7 +8,9 @@ its per-sample cost as a multiple of FastV's in the same run, plus host syncs pe
 with a SLIC backend (ALTP and its hybrids) are timed with fast-slic and with scikit-image.
 Features are random [1, N, dim] (default dim 1024, CLIP ViT-L/14's width); attention (and
 [CLS] attention) is the pixel stand-in of :mod:`vtprune.viz`; the instruction is 16 random
-rows of the features' width. One torch thread by default.
+rows of the features' width, and its attention to the visual tokens (``text_attention``, 32
+heads as LLaVA-1.5-7B) is the stand-in attention perturbed row by row, half of each row's mass
+on the visual tokens. One torch thread by default.
 
     rows = run_overhead(quick=True)
     print(format_table(rows))
@@ -32,6 +34,8 @@ SIZES: tuple[tuple[int, int], ...] = ((336, 24), (672, 48))
 INSTRUCTION_TOKENS = 16
 """Rows of the random stand-in instruction (``text_features``) for instruction-conditioned
 strategies; the pixel stand-in attention doubles as ``cls_attention``."""
+TEXT_ATTENTION_HEADS = 32
+"""Heads of the stand-in ``text_attention`` (LLaVA-1.5-7B's decoder)."""
 
 
 def _backends(name: str) -> list[str]:
@@ -68,9 +72,13 @@ def _context(
     feats = torch.randn(batch, grid * grid, dim, generator=gen)
     att = torch.stack([standin_attention(img, (grid, grid)) for img in imgs])
     text = torch.randn(batch, INSTRUCTION_TOKENS, dim, generator=gen)  # an instruction, LLM width
+    shape = (batch, TEXT_ATTENTION_HEADS, INSTRUCTION_TOKENS, grid * grid)
+    noise = torch.randn(shape, generator=gen)
+    text_att = 0.5 * torch.softmax(torch.log(att.float().clamp(min=1e-12))[:, None, None, :] + noise, dim=-1)
     return PruneContext.create(
         feats, grid=(grid, grid), keep=keep, image=imgs, attention=att, cls_attention=att,
         text_features=text, text_valid=torch.ones(batch, INSTRUCTION_TOKENS, dtype=torch.bool),
+        text_attention=text_att,
     )
 
 

@@ -17,7 +17,7 @@ own hypothesis tests::
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -58,12 +58,15 @@ class ContextSpec:
         features: how features are drawn (see :data:`FEATURE_KINDS`).
         seed: seeds every random tensor and ``ctx.generator``.
         signals: optional signals to supply (subset of ``vtprune.core.SIGNALS``).
-        heads: attention heads; 0 gives ``attention`` / ``cls_attention`` of shape [B, N].
-        text_tokens: T for ``text_features`` [B, T, D_text].
+        heads: attention heads; 0 gives ``attention`` / ``cls_attention`` of shape [B, N]
+            (``text_attention`` always has a heads axis: max(heads, 1)).
+        text_tokens: T for ``text_features`` [B, T, D_text] and ``text_attention``
+            [B, heads, T, N] (the same instruction rows).
         text_dim: D_text, the text width (None: D); the contract does not tie it to D
             (stages that declare ``text_in_feature_space`` get D).
         text_counts: real text rows per sample (``text_valid``; None: every row real); rows
-            past a sample's count are NaN, which no stage may let through.
+            past a sample's count are NaN (in ``text_features`` and ``text_attention``), which
+            no stage may let through.
         px_per_cell: image pixels per grid cell side, not necessarily an integer (the image
             is [B, 3, round(h*px), round(w*px)]).
         image_range: pixel values, see :data:`IMAGE_RANGES`.
@@ -185,6 +188,19 @@ def _attention(spec: ContextSpec, gen: torch.Generator, valid: torch.Tensor | No
     return att
 
 
+def _text_attention(
+    spec: ContextSpec, gen: torch.Generator, valid: torch.Tensor | None, text_valid: torch.Tensor | None
+) -> torch.Tensor:
+    """[B, max(heads, 1), T, N]: each instruction row a softmax slice over the visual tokens
+    (the rest of its mass on text keys), zero on invalid (pruned) tokens, NaN on padding rows."""
+    spec1 = replace(spec, heads=max(spec.heads, 1))
+    rows = [_attention(spec1, gen, valid) for _ in range(spec.text_tokens)]
+    att = torch.stack(rows, dim=2)  # [B, H, T, N]
+    if text_valid is not None:
+        att = torch.where(text_valid[:, None, :, None], att, torch.nan)
+    return att
+
+
 def image_size(spec: ContextSpec) -> tuple[int, int]:
     """(H, W) of the spec's image: round(side x px_per_cell), at least 1."""
     h, w = spec.grid
@@ -263,14 +279,18 @@ def build_context(spec: ContextSpec, device: str | torch.device = "cpu") -> Prun
             # In the LLM, cls_attention comes from before the LLM: pruned tokens keep theirs.
             unmasked = spec.layer is not None and name == "cls_attention"
             signals[name] = _attention(spec, gen, None if unmasked else valid)
+    text_valid = None
+    if spec.text_counts is not None and {"text_features", "text_attention"} & set(spec.signals):
+        text_valid = torch.arange(spec.text_tokens)[None, :] < torch.tensor(spec.text_counts)[:, None]
+        signals["text_valid"] = text_valid
     if "text_features" in spec.signals:
         text_dim = spec.dim if spec.text_dim is None else spec.text_dim
         text = torch.randn(spec.batch, spec.text_tokens, text_dim, generator=gen)
-        if spec.text_counts is not None:
-            text_valid = torch.arange(spec.text_tokens)[None, :] < torch.tensor(spec.text_counts)[:, None]
+        if text_valid is not None:
             text = torch.where(text_valid[..., None], text, torch.nan)
-            signals["text_valid"] = text_valid
         signals["text_features"] = text.to(DTYPES[spec.dtype])
+    if "text_attention" in spec.signals:
+        signals["text_attention"] = _text_attention(spec, gen, valid, text_valid)
     features = _features(spec, gen)
     in_llm = spec.layer is not None
     if in_llm and valid is not None:  # the adapter's survivors-in-their-slots, zeros elsewhere
@@ -289,6 +309,7 @@ def build_context(spec: ContextSpec, device: str | torch.device = "cpu") -> Prun
         cls_attention=_to(signals.get("cls_attention"), dev),
         text_features=_to(signals.get("text_features"), dev),
         text_valid=_to(signals.get("text_valid"), dev),
+        text_attention=_to(signals.get("text_attention"), dev),
         grids=None if spec.row_grids is None else torch.tensor(spec.row_grids, dtype=torch.long),
     )
 
@@ -384,9 +405,10 @@ def context_specs(
         budgets = tuple(keep_count(ratio, c) for c in counts)
     else:
         budgets = tuple(draw(st.integers(0, c)) for c in counts)
-    text_tokens = draw(st.integers(1, 4)) if "text_features" in signals else 2
+    has_text = bool({"text_features", "text_attention"} & set(signals))
+    text_tokens = draw(st.integers(1, 4)) if has_text else 2
     text_counts: tuple[int, ...] | None = None
-    if "text_features" in signals and draw(st.booleans()):  # instructions of different lengths
+    if has_text and draw(st.booleans()):  # instructions of different lengths
         text_counts = tuple(draw(st.lists(st.integers(0, text_tokens), min_size=batch, max_size=batch)))
     return ContextSpec(
         batch=batch,
@@ -402,7 +424,7 @@ def context_specs(
         signals=signals,
         heads=(
             draw(st.integers(0 if layer is None else 1, 3))
-            if {"attention", "cls_attention"} & set(signals)
+            if {"attention", "cls_attention", "text_attention"} & set(signals)
             else 0
         ),
         text_tokens=text_tokens,
@@ -466,8 +488,8 @@ def budget_sweep(
                 features=rng.choice(FEATURE_KINDS),
                 seed=rng.randint(0, 2**16),
                 signals=signals,
-                heads=rng.randint(0, 3) if {"attention", "cls_attention"} & set(signals) else 0,
-                text_tokens=rng.randint(1, 4) if "text_features" in signals else 2,
+                heads=rng.randint(0, 3) if {"attention", "cls_attention", "text_attention"} & set(signals) else 0,
+                text_tokens=rng.randint(1, 4) if {"text_features", "text_attention"} & set(signals) else 2,
                 text_dim=rng.randint(1, 16) if text_dim else None,
                 px_per_cell=rng.choice(PX_PER_CELL) if "image" in signals else 14,
                 image_range=rng.choice(IMAGE_RANGES) if "image" in signals else "unit",

@@ -67,6 +67,7 @@ def crop(ctx: PruneContext, rows: torch.Tensor, grid: Grid) -> PruneContext:
         cls_attention=tokens(ctx.cls_attention),
         text_features=samples(ctx.text_features),
         text_valid=samples(ctx.text_valid),
+        text_attention=tokens(ctx.text_attention),
         original_count=None if ctx.original_count is None else grid[0] * grid[1],
         grids=None,
     )

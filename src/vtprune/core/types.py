@@ -15,7 +15,7 @@ import torch
 from .budget import Keep, budgets
 from .errors import ContractError
 
-SIGNALS = ("image", "attention", "cls_attention", "text_features")
+SIGNALS = ("image", "attention", "cls_attention", "text_features", "text_attention")
 """Optional context signals a stage may declare it needs."""
 
 
@@ -63,8 +63,15 @@ class PruneContext:
         generator: random generator for stochastic stages (optional).
         original_count: tokens per sample before any pruning (for in-LLM schedules whose
             budgets are fractions of the original count); defaults to N.
-        text_valid: [B, T] bool, False on padding rows of ``text_features`` (samples with
-            instructions of different lengths); None = every row is real.
+        text_valid: [B, T] bool, False on padding rows of ``text_features`` and
+            ``text_attention`` (samples with instructions of different lengths); None = every
+            row is real.
+        text_attention: [B, heads, T, N] float, the attention probabilities of the
+            instruction's rows (the rows of ``text_features``, same T and order) to the visual
+            tokens at the prune layer (adapters: recomputed with that layer's own norm, q/k
+            projections and RoPE, softmax in fp32 over every key the row sees, so a row sums
+            to at most 1 over the visual tokens; zero on pruned tokens). Finite on real rows;
+            padding rows (``text_valid`` False) may hold anything, NaN included.
         grids: [B, 2] long on the CPU, each row's own token grid (h_b, w_b) when the rows are
             images of different sizes (dynamic-resolution adapters): ``grid`` (H, W) is then
             the batch's *canvas*, row b's tokens fill the top-left h_b x w_b block of it in
@@ -88,6 +95,7 @@ class PruneContext:
     original_count: int | None = None
     text_valid: torch.Tensor | None = None
     grids: torch.Tensor | None = None
+    text_attention: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         f = self.features
@@ -139,10 +147,19 @@ class PruneContext:
         if self.text_features is not None:
             _check_tensor("text_features", self.text_features, 3, (b,))
         if self.text_valid is not None:
-            _expect(self.text_features is not None, "text_valid is given without text_features")
-            assert self.text_features is not None
-            _check_tensor("text_valid", self.text_valid, 2, self.text_features.shape[:2])
+            _expect(
+                self.text_features is not None or self.text_attention is not None,
+                "text_valid is given without text_features or text_attention",
+            )
+            rows = self.text_features if self.text_features is not None else self.text_attention
+            assert rows is not None
+            if rows is self.text_attention:
+                _check_tensor("text_attention", rows, 4, (b, None, None, n))
+            shape = (rows.shape[0], rows.shape[1] if rows is self.text_features else rows.shape[2])
+            _check_tensor("text_valid", self.text_valid, 2, shape)
             _expect(self.text_valid.dtype == torch.bool, f"text_valid must be bool, got {self.text_valid.dtype}")
+        if self.text_attention is not None:
+            self._check_text_attention()
         if self.original_count is not None:
             _expect(
                 self.original_count >= n,
@@ -150,6 +167,25 @@ class PruneContext:
             )
         if self.grids is not None:
             self._check_grids()
+
+    def _check_text_attention(self) -> None:
+        a = self.text_attention
+        b, n = self.batch_size, self.num_tokens
+        _check_tensor("text_attention", a, 4, (b, None, None, n))
+        assert a is not None
+        _expect(a.is_floating_point(), f"text_attention must be floating point, got {a.dtype}")
+        rows = self.text_features if self.text_features is not None else self.text_valid
+        if rows is not None:
+            _expect(
+                a.shape[2] == rows.shape[1],
+                f"text_attention [B, heads, T, N] must have the T={rows.shape[1]} rows of "
+                f"text_features / text_valid, got shape {tuple(a.shape)}",
+            )
+        real = a if self.text_valid is None else a[self.text_valid.to(a.device)[:, None, :, None].expand_as(a)]
+        _expect(
+            bool(torch.isfinite(real).all()),
+            "text_attention contains NaN or inf values on real instruction rows (text_valid)",
+        )
 
     def _check_grids(self) -> None:
         g = self.grids
@@ -258,6 +294,7 @@ class PruneContext:
             text_features=pick(self.text_features),
             text_valid=pick(self.text_valid),
             grids=pick(self.grids),
+            text_attention=pick(self.text_attention),
         )
 
     @property
@@ -286,6 +323,7 @@ class PruneContext:
             cls_attention=move(self.cls_attention),
             text_features=move(self.text_features),
             text_valid=move(self.text_valid),
+            text_attention=move(self.text_attention),
         )
 
 
