@@ -140,11 +140,11 @@ def rows_attention(
 
 
 def instruction_rows(valid: torch.Tensor, is_vis: torch.Tensor, n_visual: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The instruction rows of ``backbones.decoder.instruction_states``, as indices.
+    """Where each sample's instruction sits: its real text tokens after its last visual token.
 
     Args:
         valid: [B, T] bool, False on padding; is_vis: [B, T] bool, the visual tokens (every
-            row holds ``n_visual`` of them).
+            row holds at least ``n_visual`` of them).
 
     Returns ``(order [B, W], real [B, W])``, W = T - ``n_visual``: each sample's real text
     tokens after its last visual token, in sequence order, then padding rows (``real``

@@ -26,7 +26,7 @@ import torch
 from ..core.errors import ContractError
 from ..core.schedule import PrunePoint
 from ..core.types import PruneContext
-from .attention import instruction_attention, query_attention  # instruction_attention: SparseVLM
+from .attention import instruction_attention, instruction_rows, query_attention
 from .compat import cache_kwarg, model_output
 from .decoder_features import sliding_window
 from .image_rows import ImageRows
@@ -126,13 +126,8 @@ def instruction_states(
     """Each sample's instruction — its real text tokens after its last visual token — as
     states ``h`` [B, T, D] at the prune point: a new tensor [B, W, D], W = T - ``n_visual``
     (the visual tokens every row holds), real rows first in sequence order, padding rows
-    zero; and their mask [B, W] bool. No host read."""
-    b, t, _ = h.shape
-    pos = torch.arange(t, device=h.device).expand(b, t)
-    last_visual = torch.where(is_vis, pos, -1).amax(dim=1, keepdim=True)  # [B, 1]
-    instruction = layout.valid & ~is_vis & (pos > last_visual)  # [B, T]
-    order = torch.where(instruction, pos, pos + t).argsort(dim=1)[:, : t - n_visual]  # real rows first
-    real = instruction.gather(1, order)
+    zero; and their mask [B, W] bool (rows: :func:`~.attention.instruction_rows`). No host read."""
+    order, real = instruction_rows(layout.valid, is_vis, n_visual)
     return _take_rows(h, order) * real[..., None].to(h.dtype), real
 
 
@@ -418,10 +413,8 @@ class PrunedDecoder:
             fewest = int(is_vis.sum(dim=1).min())  # visual tokens every sample still holds
             text, text_valid = instruction_states(h, layout, is_vis, fewest)
             text, text_valid = text.index_select(0, sample), text_valid.index_select(0, sample)
-        # -- text_attention (SparseVLM) -- a self-contained block: re-apply by hand if _prune is
-        # rewritten. Needs h (the states entering point.layer), layout, is_vis, flat_target, the
-        # image rows; its rows are those of instruction_states, so text_valid is the same mask.
-        # Logic: backbones/attention.py.
+        # text_attention (SparseVLM): the instruction rows' attention at this layer, on the
+        # canvas; its rows are those of instruction_states, so text_valid is the same mask
         text_att = None
         if "text_attention" in self.handle.strategy.needs and point.layer is not None:
             fewest_vis = int(is_vis.sum(dim=1).min())
@@ -430,7 +423,6 @@ class PrunedDecoder:
                 is_vis, fewest_vis, flat_target, m, nc,
             )
             text_valid = att_real.index_select(0, sample)
-        # -- end text_attention --
         budget = rows.budgets(point.keep)
         ctx = PruneContext(
             features=feats,
@@ -445,7 +437,7 @@ class PrunedDecoder:
             original_count=nc,
             text_valid=text_valid,
             grids=None if rows.uniform else rows.grids,
-            text_attention=text_att,  # text_attention (SparseVLM)
+            text_attention=text_att,
         )
         sel = self.handle.strategy(ctx)
         counts = sel.counts.cpu()
