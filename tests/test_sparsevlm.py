@@ -1,5 +1,5 @@
 """SparseVLM: instruction raters' attention (text_attention), top tokens plus recycled clusters
-of deleted tokens, exact budgets at layers 2/6/15 of 32; the text_attention signal itself."""
+of deleted tokens, exact budgets after layers 2/6/15 of 32; the text_attention signal itself."""
 
 from __future__ import annotations
 
@@ -97,16 +97,21 @@ def test_text_attention_matches_eager_probabilities():
 
     topk = vtprune.get_strategy("fastv").selector
     strategy = Strategy("spy", spy, allocate, topk, Capabilities(needs=frozenset({"text_attention"})))
-    for side in ("left", "right"):
+    # "current": a point before layer K is scored by layer K; "previous": by layer K - 1
+    sources = {"current": {0: 0, 2: 2}, "previous": {1: 0, 3: 2}}  # point layer -> scoring layer
+    for side, source in (("left", "current"), ("right", "current"), ("left", "previous"), ("right", "previous")):
         inputs = make_inputs(eager, images, PROMPTS, padding_side=side)
         with torch.no_grad():
             ref = eager(**inputs, output_attentions=True).attentions
-        with attach(eager, strategy, schedule=Schedule.at_layers([(0, 1.0), (2, 1.0)], attention="current")):
+        points = [(k, 1.0) for k in sources[source]]
+        seen.clear()
+        with attach(eager, strategy, schedule=Schedule.at_layers(points, attention=source)):
             with torch.no_grad():
                 eager(**inputs)
+        assert sorted(seen) == sorted(sources[source])
         mask, ids = inputs["attention_mask"].bool(), inputs["input_ids"]
-        for layer in (0, 2):
-            got, real = seen[layer]
+        for point, layer in sources[source].items():
+            got, real = seen[point]
             for b in range(2):
                 vis = ids[b] == IMAGE_ID
                 last = int(vis.nonzero().max())
@@ -132,7 +137,7 @@ def test_text_attention_is_zero_on_pruned_tokens_and_keeps_the_rows(model):
     with attach(model, strategy, keep=0.25):
         with torch.no_grad():
             model(**inputs)
-    assert [c.layer for c in seen] == [0, 1, 2]
+    assert [c.layer for c in seen] == [1, 2, 3]
     for ctx in seen[1:]:
         dead = ~ctx.valid
         assert dead.any() and not ctx.text_attention[dead[:, None, None, :].expand_as(ctx.text_attention)].any()
@@ -264,11 +269,21 @@ def test_schedule_layers_and_budgets():
     assert sparsevlm_layers(32) == [2, 6, 15] and sparsevlm_layers(4) == [0, 1, 2]
     s = vtprune.get_strategy("sparsevlm")
     sched = s.schedule(32, 0.1)
-    assert [p.layer for p in sched.points] == [2, 6, 15] and sched.attention == "current"
+    # the authors prune the outputs of layers 2 / 6 / 15 with the attention each computed
+    assert [p.layer for p in sched.points] == [3, 7, 16] and sched.attention == "previous"
     counts = sched.counts(576)
-    assert counts == [106, 71, 39]  # 300 : 200 : 110, mean over layers 2..31 ~ 58
-    assert abs((4 * counts[0] + 9 * counts[1] + 17 * counts[2]) / 30 - 57.6) < 1
-    assert abs(max_average_keep(32) - (4 + 9 * 2 / 3 + 17 * 11 / 30) / 30) < 1e-12
+    assert counts == [105, 70, 39]  # 300 : 200 : 110, mean over layers 3..31 ~ 58
+    assert abs((4 * counts[0] + 9 * counts[1] + 16 * counts[2]) / 29 - 57.6) < 1
+    assert abs(max_average_keep(32) - (4 + 9 * 2 / 3 + 16 * 11 / 30) / 29) < 1e-12
+    before = vtprune.get_strategy("sparsevlm", placement="input").schedule(32, 0.1)
+    assert [p.layer for p in before.points] == [2, 6, 15] and before.attention == "current"
+    assert before.counts(576) == [106, 71, 39]  # mean over layers 2..31
+    assert abs(max_average_keep(32, placement="input") - (4 + 9 * 2 / 3 + 17 * 11 / 30) / 30) < 1e-12
+    assert [p.layer for p in s.schedule(4, 0.25).points] == [1, 2, 3]
+    with pytest.raises(ContractError, match="last"):
+        vtprune.get_strategy("sparsevlm", layers=[0, 1, 3]).schedule(4, 0.25)
+    with pytest.raises(ContractError, match="placement"):
+        vtprune.get_strategy("sparsevlm", placement="after").schedule(32, 0.1)
     with pytest.raises(ContractError, match="at most"):
         s.schedule(32, 0.6)
     assert s.schedule(32, 1.0).counts(576) == [576, 576, 576]
@@ -309,8 +324,8 @@ def test_llava_generate_batch_of_two_left_padded_equals_each_alone(model):
             out = model.generate(**batch, **kw)
         together, scores = out.sequences[:, batch["input_ids"].shape[1]:], torch.stack(out.logits, dim=1)
         recs = handle.records
-        assert [r.layer for r in recs] == [0, 1, 2]
-        assert [r.counts.tolist() for r in recs] == [[240, 240], [160, 160], [88, 88]]
+        assert [r.layer for r in recs] == [1, 2, 3]
+        assert [r.counts.tolist() for r in recs] == [[212, 212], [142, 142], [78, 78]]
         for b in range(2):
             alone_in = make_inputs(model, images[b : b + 1], PROMPTS[b : b + 1])
             with torch.no_grad():
@@ -349,7 +364,7 @@ def test_cached_greedy_equals_no_cache_recompute(model):
     with attach(model, spy, keep=0.25):
         with torch.no_grad():
             cached = model.generate(**inputs, max_new_tokens=5, do_sample=False)
-    assert sorted(chosen) == [0, 1, 2]
+    assert sorted(chosen) == [1, 2, 3]
 
     def replay(ctx, scores, alloc):
         return chosen[ctx.layer]

@@ -62,6 +62,16 @@ class Layout:
 
 
 @dataclass
+class Scoring:
+    """Where a prune point's attention signals come from: a decoder layer and the states
+    entering it ([B, T, D], (cos, sin)) in the point's token layout."""
+
+    layer: Any
+    hidden: torch.Tensor
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
 class DecodeState:
     """What decode steps need to know about a pruned prefill (kept on the cache object)."""
 
@@ -299,7 +309,11 @@ class PrunedDecoder:
         layout = Layout(slots, valid, vis_rank, pos, pos)
         records: list[PruneRecord] = []
         by_layer = {p.layer: p for p in points}
-        needs_attention = "attention" in self.handle.strategy.needs
+        needs = self.handle.strategy.needs
+        needs_attention = "attention" in needs
+        # attention-like signals of a point before layer i are scored by layer i - 1 on its
+        # input ("previous": FastV, SparseVLM's code) or by layer i on its own ("current")
+        keeps_input = ("attention" in needs or "text_attention" in needs) and self.handle.attention_source == "previous"
         if None in by_layer:
             assert rows is not None
             h, layout = self._prune(by_layer[None], h, layout, None, signals, rows, records, t)
@@ -308,25 +322,27 @@ class PrunedDecoder:
         stage_of_layer: list[int] = []
         layouts = [layout]
         hidden: list[torch.Tensor] = []
-        saved: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], Layout] | None = None
+        saved: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
         for i, layer in enumerate(self.layers):
             if i in by_layer:
                 assert rows is not None
+                # the layer whose attention scores this point, and the states entering it (the
+                # layout is the same: ``saved`` is taken after any pruning before layer i - 1)
+                if self.handle.attention_source == "previous" and saved is not None:
+                    scorer = Scoring(self.layers[i - 1], saved[0], saved[1])
+                else:
+                    scorer = Scoring(layer, h, pe)
                 attention = None
                 if needs_attention:
-                    # "previous": the attention layer i-1 computed (FastV); "current": the one
-                    # layer i would compute on its input before pruning (PyramidDrop's code)
-                    source = i - 1 if self.handle.attention_source == "previous" else i
-                    h_in, pe_in, lay_in = saved if source == i - 1 and saved is not None else (h, pe, layout)
-                    query = (lay_in.valid.long() * torch.arange(lay_in.valid.shape[1], device=dev)).argmax(dim=1)
-                    attention = query_attention(self.layers[source], h_in, pe_in, query, lay_in.valid)
-                h, layout = self._prune(by_layer[i], h, layout, attention, signals, rows, records, t)
+                    query = (layout.valid.long() * torch.arange(layout.valid.shape[1], device=dev)).argmax(dim=1)
+                    attention = query_attention(scorer.layer, scorer.hidden, scorer.position_embeddings, query, layout.valid)
+                h, layout = self._prune(by_layer[i], h, layout, attention, signals, rows, records, t, scorer)
                 layouts.append(layout)
                 mask = self._prefill_mask(layout.valid, h.dtype)
                 pe = self._rope(h, layout.position_ids)
             stage_of_layer.append(len(layouts) - 1)
-            if needs_attention and (i + 1) in by_layer and self.handle.attention_source == "previous":
-                saved = (h, pe, layout)
+            if keeps_input and (i + 1) in by_layer:
+                saved = (h, pe)
             if want_hidden:
                 hidden.append(h)
             out = layer(
@@ -381,9 +397,11 @@ class PrunedDecoder:
         rows: ImageRows,
         records: list[PruneRecord],
         original_len: int,
+        scorer: Scoring | None = None,
     ) -> tuple[torch.Tensor, Layout]:
         """Run the strategy at one prune point (one context row per image) and drop the
-        tokens it does not keep."""
+        tokens it does not keep. ``scorer``: the layer whose attention gives ``text_attention``
+        and its input (None before the LLM)."""
         start = time.perf_counter()
         b, t, d = h.shape
         m, (gh, gw) = rows.count, rows.canvas
@@ -416,10 +434,10 @@ class PrunedDecoder:
         # text_attention (SparseVLM): the instruction rows' attention at this layer, on the
         # canvas; its rows are those of instruction_states, so text_valid is the same mask
         text_att = None
-        if "text_attention" in self.handle.strategy.needs and point.layer is not None:
+        if "text_attention" in self.handle.strategy.needs and scorer is not None:
             fewest_vis = int(is_vis.sum(dim=1).min())
             text_att, att_real = instruction_attention(
-                self.layers[point.layer], h, self._rope(h, layout.position_ids), layout.valid,
+                scorer.layer, scorer.hidden, scorer.position_embeddings, layout.valid,
                 is_vis, fewest_vis, flat_target, m, nc,
             )
             text_valid = att_real.index_select(0, sample)

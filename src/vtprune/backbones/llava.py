@@ -111,10 +111,8 @@ class LlavaAdapter(DecoderAdapter):
         if self._cls_layer() is not None:
             out.add("cls_attention")
         first = 1 if self.attention_source == "previous" else 0
-        if layer is not None and layer >= first:
-            out.add("attention")
-        if layer is not None:  # the prune layer's own instruction rows (SparseVLM)
-            out.add("text_attention")
+        if layer is not None and layer >= first:  # the scoring layer's query / instruction rows
+            out |= {"attention", "text_attention"}
         return frozenset(out)
 
     def _cls_layer(self) -> Any:

@@ -162,10 +162,8 @@ class Qwen2VLAdapter(DecoderAdapter):
     def signals(self, layer: int | None) -> frozenset[str]:
         out = {"image", "text_features"}
         first = 1 if self.attention_source == "previous" else 0
-        if layer is not None and layer >= first:
-            out.add("attention")
-        if layer is not None:  # the prune layer's own instruction rows (SparseVLM)
-            out.add("text_attention")
+        if layer is not None and layer >= first:  # the scoring layer's query / instruction rows
+            out |= {"attention", "text_attention"}
         return frozenset(out)
 
     def missing_signal_hint(self, signal: str) -> str:

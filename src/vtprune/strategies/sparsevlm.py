@@ -1,11 +1,12 @@
 """SparseVLM (Zhang et al., arXiv 2410.04417, ICML 2025; reference code Gumpest/SparseVLMs).
 
-In-LLM, training-free, text-guided, at several layers (the authors' LLaVA-1.5 setting: layers
-2, 6 and 15 of 32, scaled to the model's depth):
+In-LLM, training-free, text-guided, at several layers (the authors' LLaVA-1.5 setting: the
+outputs of layers 2, 6 and 15 of 32, scaled to the model's depth, each pruned with the
+attention that layer computed):
 
 1. raters (scorer ``text_raters``): the instruction's text tokens relevant to the image rate
    the visual tokens. From ``ctx.text_attention`` [B, heads, T, N] (the instruction rows'
-   attention to the visual tokens at the prune layer, mean over heads = ``A`` [B, T, N]),
+   attention to the visual tokens in the pruned layer, mean over heads = ``A`` [B, T, N]),
    each real row j gets the relevance ``r_j = mean_v A[j, v] / sum_j' A[j', v]`` (every visual
    token spreads a unit of "which instruction token looks at me" over the rows); the raters
    are the rows with ``r_j`` strictly above the mean relevance (every real row when none is).
@@ -66,6 +67,7 @@ PROFILE = (300, 200, 110)
 """Relative stage sizes for ``budget="average"``: the retain-192 row of :data:`AUTHORS_COUNTS`."""
 RATERS = ("mean", "all")
 BUDGETS = ("average", "authors")
+PLACEMENTS = ("output", "input")
 
 
 # -- the recycling rule ---------------------------------------------------------------------------
@@ -339,9 +341,34 @@ def _check_profile(profile: Sequence[float], stages: int) -> list[Fraction]:
     return [v / shares[0] for v in shares]
 
 
-def max_average_keep(num_layers: int, layers: Sequence[int] | None = None, profile: Sequence[float] = PROFILE) -> float:
-    """Largest ``budget="average"`` keep: ``sum_i(len_i * p_i) / (L - l1)`` (0.541 on 32 layers)."""
-    bounds = _check_layers(num_layers, layers)
+def prune_points(num_layers: int, layers: Sequence[int] | None, placement: str = "output") -> tuple[list[int], str]:
+    """The prune-point layers for SparseVLM's ``layers`` and the attention that scores them.
+
+    ``placement="output"`` (the authors' code): layer l's *output* is pruned with the attention
+    layer l computed, i.e. a point before layer l + 1 with ``attention="previous"``
+    (2 / 6 / 15 of 32 -> points before 3 / 7 / 16). ``"input"``: layer l's input is pruned
+    with layer l's attention recomputed on it (a point before l, ``attention="current"``).
+    """
+    if placement not in PLACEMENTS:
+        raise ContractError(f"sparsevlm placement must be one of {list(PLACEMENTS)}, got {placement!r}")
+    out = _check_layers(num_layers, layers)
+    if placement == "input":
+        return out, "current"
+    if out[-1] >= num_layers - 1:
+        raise ContractError(
+            f"sparsevlm placement='output' prunes the output of layer {out[-1]}, but layer "
+            f"{num_layers - 1} is the model's last: choose layers below {num_layers - 1}, or "
+            "placement='input'"
+        )
+    return [v + 1 for v in out], "previous"
+
+
+def max_average_keep(
+    num_layers: int, layers: Sequence[int] | None = None, profile: Sequence[float] = PROFILE, placement: str = "output"
+) -> float:
+    """Largest ``budget="average"`` keep: ``sum_i(len_i * p_i) / (L - k1)`` over the prune
+    points k_i (0.547 on 32 layers: points 3 / 7 / 16)."""
+    bounds, _ = prune_points(num_layers, layers, placement)
     p = _check_profile(profile, len(bounds))
     lengths = [b2 - b1 for b1, b2 in zip(bounds, [*bounds[1:], num_layers])]
     return float(sum(n * v for n, v in zip(lengths, p)) / sum(lengths))
@@ -368,9 +395,12 @@ def sparsevlm_schedule(
     layers: Sequence[int] | None = None,
     profile: Sequence[float] = PROFILE,
     budget: str = "average",
+    placement: str = "output",
 ) -> Schedule:
-    """Prune before each of ``layers`` (default :func:`sparsevlm_layers`), each scored with that
-    layer's own attention on its input (``attention="current"``).
+    """Prune the output of each of ``layers`` (default :func:`sparsevlm_layers`) scored with
+    the attention that layer computed, as the authors' code does (points before l + 1,
+    ``attention="previous"``); ``placement="input"`` prunes their inputs with their own
+    attention recomputed (:func:`prune_points`).
 
     ``budget="average"`` (default): ``keep`` is the mean share of the original visual tokens
     over the layers from the first point to the last layer (as FastV's and PyramidDrop's
@@ -382,18 +412,18 @@ def sparsevlm_schedule(
     """
     if budget not in BUDGETS:
         raise ContractError(f"sparsevlm budget must be one of {list(BUDGETS)}, got {budget!r}")
-    bounds = _check_layers(num_layers, layers)
+    bounds, source = prune_points(num_layers, layers, placement)
     if isinstance(keep, bool) or not isinstance(keep, (int, float)):
         raise ContractError(f"keep must be an int count or a float ratio, got {keep!r}")
     if isinstance(keep, float) and keep == 1.0:
-        return Schedule.at_layers([(v, 1.0) for v in bounds], attention="current")
+        return Schedule.at_layers([(v, 1.0) for v in bounds], attention=source)
     if budget == "authors":
         if len(bounds) != 3 or not isinstance(keep, int):
             raise ContractError(
                 f"sparsevlm budget='authors' takes an int keep in {sorted(AUTHORS_COUNTS)} and 3 "
                 f"layers, got keep={keep!r}, layers={bounds}"
             )
-        return Schedule.at_layers(list(zip(bounds, authors_counts(keep))), attention="current")
+        return Schedule.at_layers(list(zip(bounds, authors_counts(keep))), attention=source)
     p = _check_profile(profile, len(bounds))
     lengths = [b2 - b1 for b1, b2 in zip(bounds, [*bounds[1:], num_layers])]
     span, weight = Fraction(sum(lengths)), sum((n * v for n, v in zip(lengths, p)), Fraction(0))
@@ -401,7 +431,7 @@ def sparsevlm_schedule(
         if keep < 0:
             raise ContractError(f"keep={keep} tokens must be >= 0")
         counts = [math.floor(keep * span * v / weight + Fraction(1, 2)) for v in p]
-        return Schedule(tuple(PrunePoint(v, c) for v, c in zip(bounds, counts)), attention="current")
+        return Schedule(tuple(PrunePoint(v, c) for v, c in zip(bounds, counts)), attention=source)
     if not math.isfinite(keep) or not 0.0 <= keep <= 1.0:
         raise ContractError(f"keep ratio must be a finite float in [0, 1], got {keep!r}")
     first = Fraction(repr(float(keep))) * span / weight
@@ -414,7 +444,7 @@ def sparsevlm_schedule(
             f"{math.floor(limit * 10**4) / 10**4}); lower keep, flatten profile, or use keep=1.0"
         )
     first = min(first, Fraction(1))
-    return Schedule(tuple(PrunePoint(v, float(first * s)) for v, s in zip(bounds, p)), attention="current")
+    return Schedule(tuple(PrunePoint(v, float(first * s)) for v, s in zip(bounds, p)), attention=source)
 
 
 # -- registration ---------------------------------------------------------------------------------
@@ -451,8 +481,8 @@ def vtprune_strategies() -> Iterable[StrategySpec]:
             "sparsevlm", "text_raters", "global", "sparsevlm",
             schedule=sparsevlm_schedule,
             description=(
-                "SparseVLM: instruction raters' attention at layers 2/6/15 of 32, deleted tokens "
-                "recycled into cluster means (keep = mean over the pruned layers)"
+                "SparseVLM: instruction raters' attention prunes the outputs of layers 2/6/15 of 32, "
+                "deleted tokens recycled into cluster means (keep = mean over the pruned layers)"
             ),
             reference="arXiv 2410.04417",
         )
