@@ -101,3 +101,20 @@ def test_a_sample_picks_the_same_alone_and_in_a_batch():
     for i in range(3):
         alone = farthest_points_batched(unit_rows_batched(feats[i : i + 1]), regions[i : i + 1], quotas[i : i + 1], prio[i : i + 1])
         assert torch.equal(alone[0], batch[i])
+
+
+@settings(max_examples=100, deadline=None)
+@given(grouped())
+def test_distinct_scores_batched_equal_the_per_sample_kernel(case):
+    """ALTP's scorer on accelerators (one program over the batch) against its CPU kernel,
+    with padding, and a sample scores the same alone as in the batch."""
+    from vtprune.strategies.altp import _distinct_one, distinct_batched
+
+    feats, regions, _, _ = case
+    valid = regions >= 0
+    got = distinct_batched(feats, valid)
+    want = torch.stack([_distinct_one(feats[b], valid[b]) for b in range(feats.shape[0])])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not got[~valid].any()
+    for b in range(feats.shape[0]):
+        assert torch.equal(distinct_batched(feats[b : b + 1], valid[b : b + 1])[0], got[b])
