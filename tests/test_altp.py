@@ -207,6 +207,21 @@ def test_dispersion_is_zero_for_identical_tokens_and_grows_with_spread():
     assert d[0] == pytest.approx(0.0, abs=1e-6) and d[1] > 0.1
 
 
+@pytest.mark.parametrize("chunk_bytes", [None, 1])  # default chunks; one sample per chunk
+def test_batched_dispersion_equals_each_sample_alone(monkeypatch, chunk_bytes):
+    if chunk_bytes is not None:
+        monkeypatch.setattr(altp, "CPU_CHUNK_BYTES", chunk_bytes)
+    g = torch.Generator().manual_seed(5)
+    b, n, r = 5, 60, 7
+    feats = torch.randn(b, n, 24, generator=g) * torch.rand(b, n, 1, generator=g) * 50
+    regions = torch.randint(-1, r, (b, n), generator=g)
+    ctx = vtprune.PruneContext.create(feats, grid=(6, 10), keep=0.5)
+    got = altp.region_density_batched("dispersion", ctx, regions, r, torch.zeros(b, n))
+    for i in range(b):
+        want = altp.dispersion(feats[i], regions[i], r)
+        assert torch.equal(got[i], want), i
+
+
 # -- allocators and selector on contexts ---------------------------------------------------------
 
 
