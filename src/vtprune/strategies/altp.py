@@ -252,11 +252,11 @@ def region_density(
 
 
 def _region_sums(values: torch.Tensor, regions: torch.Tensor, r: int) -> torch.Tensor:
-    """Per-region sums of ``values`` [B, N] or [B, N, D] (-1 regions dropped) -> [B, r(, D)]."""
+    """Per-region sums of ``values`` [B, N] (-1 regions dropped) -> [B, r]; feature rows:
+    :func:`_unit_region_sums`."""
     bucket = torch.where(regions >= 0, regions, r)  # [B, N]; bucket r collects invalid tokens
-    shape = (values.shape[0], r + 1, *values.shape[2:])
-    index = bucket if values.dim() == 2 else bucket[..., None].expand_as(values)
-    return torch.zeros(shape, dtype=values.dtype, device=values.device).scatter_add_(1, index, values)[:, :r]
+    shape = (values.shape[0], r + 1)
+    return torch.zeros(shape, dtype=values.dtype, device=values.device).scatter_add_(1, bucket, values)[:, :r]
 
 
 def _unit_region_sums(x: torch.Tensor, regions: torch.Tensor, r: int) -> torch.Tensor:

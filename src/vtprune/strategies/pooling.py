@@ -133,8 +133,11 @@ def make_pool() -> Selector:
         runs = torch.where(valid & (k_dev > 0), rank * k_dev // m, -1)
         cells = torch.where(valid.all(dim=1, keepdim=True), grid_rows.to(dev), runs)  # [B, N]
         slot = torch.where(cells >= 0, cells, width)  # bucket `width` collects non-members
-        sums = torch.zeros(b, width + 1, d, dtype=torch.float32, device=dev)
-        sums.scatter_add_(1, slot[..., None].expand(b, n, d), feats.detach().float())
+        # row-wise adds in token order (index_add_; 3x faster here than scatter_add_ over an
+        # expanded [B, N, D] index, same sums)
+        flat = (slot + (torch.arange(b, device=dev) * (width + 1))[:, None]).reshape(-1)
+        sums = torch.zeros(b * (width + 1), d, dtype=torch.float32, device=dev)
+        sums = sums.index_add_(0, flat, feats.detach().float().reshape(b * n, d)).view(b, width + 1, d)
         count = torch.zeros(b, width + 1, dtype=torch.float32, device=dev).scatter_add_(
             1, slot, torch.ones(b, n, device=dev)
         )
