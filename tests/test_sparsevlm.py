@@ -377,3 +377,12 @@ def test_cached_greedy_equals_no_cache_recompute(model):
         with torch.no_grad():
             recomputed = model.generate(**inputs, max_new_tokens=5, do_sample=False, use_cache=False)
     assert torch.equal(cached, recomputed)
+
+
+def test_text_attention_before_layer_0_with_previous_attention_is_refused(model):
+    """No layer has run before layer 0: a point there scored by "the previous layer" is refused
+    at attach, naming the signal; "current" runs there."""
+    with pytest.raises(vtprune.MissingSignalError, match="text_attention"):
+        attach(model, "sparsevlm", schedule=Schedule.at_layers([(0, 0.5)], attention="previous"))
+    with attach(model, "sparsevlm", schedule=Schedule.at_layers([(0, 0.5)], attention="current")):
+        pass
