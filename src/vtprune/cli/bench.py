@@ -144,8 +144,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--seeds", type=typed_list(int, "integer seeds"), default=[0, 1, 2],
                    help="seeds for random (default 0,1,2)")
     p.add_argument("--positions", type=typed_list(str, "position modes"), default=["original"],
-                   help="original and/or compact for every strategy (altp and fastv always "
-                        "get both); default original")
+                   help="original and/or compact for every strategy (altp, fastv, cdpruner "
+                        "and dart always get both); default original")
     p.add_argument("--out", default="out/grounding_bench", help="output directory")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

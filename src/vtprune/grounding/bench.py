@@ -35,7 +35,9 @@ from .model import GroundingModel
 from .parallel import is_main, map_batches, world
 
 METRICS = ("miou", "ap50", "recall")
-COMPACT_STRATEGIES = ("altp", "fastv")
+COMPACT_STRATEGIES = ("altp", "fastv", "cdpruner", "dart")
+"""Always run with both position modes: the seed method and its in-LLM baseline, plus one
+pre-LLM (CDPruner) and one in-LLM (DART) method of 2026."""
 BOOTSTRAP = 200
 MAX_OBJECTS = 8
 # Validity ablations (evaluate.MODES) reported beside the strategies, and what each feeds.
