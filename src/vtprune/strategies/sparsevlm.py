@@ -56,6 +56,7 @@ from ..core import (
     StrategySpec,
     hookimpl,
 )
+from ..core.schedule import AttentionSource
 
 REFERENCE_DEPTH = 32
 AUTHORS_LAYERS = (2, 6, 15)
@@ -341,7 +342,9 @@ def _check_profile(profile: Sequence[float], stages: int) -> list[Fraction]:
     return [v / shares[0] for v in shares]
 
 
-def prune_points(num_layers: int, layers: Sequence[int] | None, placement: str = "output") -> tuple[list[int], str]:
+def prune_points(
+    num_layers: int, layers: Sequence[int] | None, placement: str = "output"
+) -> tuple[list[int], AttentionSource]:
     """The prune-point layers for SparseVLM's ``layers`` and the attention that scores them.
 
     ``placement="output"`` (the authors' code): layer l's *output* is pruned with the attention
