@@ -22,10 +22,10 @@ from vtprune.grounding.model import GroundingModel, load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "grounding_bench.json"
-CELLS = [("altp", 0.1), ("fastv", 0.1), ("pyramiddrop", 0.25)]
-# the recorded run's parameters where a default changed since (docs/grounding.md: the ALTP
-# rows were recorded with SLIC at patch_pixels 7, the default until 2026-12-01)
-RECORDED_PARAMS = {"altp": {"patch_pixels": 7}}
+CELLS = [("altp", 0.1), ("fastv", 0.1), ("cdpruner", 0.1), ("pyramiddrop", 0.25)]
+# the recorded run's parameters where a default changed since it was recorded (none today;
+# e.g. {"altp": {"patch_pixels": 7}} for a run from before 2026-12-01)
+RECORDED_PARAMS: dict[str, dict[str, object]] = {}
 
 
 @pytest.fixture(scope="module")
