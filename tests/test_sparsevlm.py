@@ -361,9 +361,12 @@ def test_cached_greedy_equals_no_cache_recompute(model):
         return sel
 
     spy = Strategy("spy", inner.scorer, inner.allocator, record, inner.capabilities, schedule_factory=inner.schedule_factory)
+    # a random model may generate the image id as text; recomputing would then read it as a
+    # 577th image token (transformers refuses), so both runs suppress it
+    kw = dict(max_new_tokens=5, do_sample=False, suppress_tokens=[IMAGE_ID])
     with attach(model, spy, keep=0.25):
         with torch.no_grad():
-            cached = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+            cached = model.generate(**inputs, **kw)
     assert sorted(chosen) == [1, 2, 3]
 
     def replay(ctx, scores, alloc):
@@ -375,7 +378,7 @@ def test_cached_greedy_equals_no_cache_recompute(model):
     replayed = Strategy("replay", zeros, inner.allocator, replay, Capabilities(merges=True), schedule_factory=inner.schedule_factory)
     with attach(model, replayed, keep=0.25):
         with torch.no_grad():
-            recomputed = model.generate(**inputs, max_new_tokens=5, do_sample=False, use_cache=False)
+            recomputed = model.generate(**inputs, **kw, use_cache=False)
     assert torch.equal(cached, recomputed)
 
 
