@@ -334,8 +334,7 @@ def test_results_count_runs_and_keep_one_record_per_check():
     results = check_strategy("uniform", 10)
     assert [r.check for r in results] == CHECK_NAMES
     status = {r.check: r.status for r in results}
-    # uniform reads the grid, so it does not declare row_grids: Strategy crops rows for it
-    assert status.pop("check_row_grids_own_grid") == "skipped"
+    # uniform reads each row's own grid from ctx.grids (row_grids): the canvas check runs too
     assert all(r.strategy == "uniform" for r in results) and set(status.values()) == {"passed"}
     # budget-drawing checks: 3 sweep contexts (a third of 10) + at most 10 - round(1.5 * 3)
     # drawn ones (hypothesis may stop early); the others: 10 drawn ones

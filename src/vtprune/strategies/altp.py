@@ -41,6 +41,7 @@ from ..core import (
     StrategySpec,
     hookimpl,
 )
+from ..core.canvas import on_own_grids
 from .farthest import (
     CPU_CHUNK_BYTES,
     farthest_points,
@@ -296,6 +297,18 @@ def token_gradient_energy_batched(images: torch.Tensor, grid: tuple[int, int]) -
     return F.adaptive_avg_pool2d(energy, grid).flatten(1).double()
 
 
+def token_energy(ctx: PruneContext) -> torch.Tensor:
+    """:func:`token_gradient_energy_batched` of ``ctx.image`` on each row's own grid (a
+    canvas row: from its own pixels, 0 off its block): [B, N] float64."""
+    assert ctx.image is not None
+    if ctx.grids is None:
+        return token_gradient_energy_batched(ctx.image, ctx.grid)
+    return on_own_grids(
+        ctx.image, ctx.grids, ctx.grid, lambda pixels, grid, _: token_gradient_energy_batched(pixels, grid),
+        0.0, torch.float64,
+    )
+
+
 def region_density_batched(
     kind: str, ctx: PruneContext, regions: torch.Tensor, r: int, scores: torch.Tensor
 ) -> torch.Tensor:
@@ -310,7 +323,7 @@ def region_density_batched(
         d = (1.0 - sums.norm(dim=-1).double() / count).clamp_min(0.0)
     elif kind == "gradient":
         assert ctx.image is not None
-        energy = token_gradient_energy_batched(ctx.image, ctx.grid).to(regions.device)
+        energy = token_energy(ctx).to(regions.device)
         d = _region_sums(torch.where(valid, energy, 0.0), regions, r) / count
     elif kind == "score":
         s = scores.detach().double().to(regions.device)
@@ -377,7 +390,9 @@ def make_region_allocator(
         # rows with nothing to choose (keep 0 or keep all) get one region of every valid token
         trivial = (budget == 0) | (budget == counts)
         segs = [segments_for(int(k), int(c), n_segments, segment_ratio) for k, c in zip(budget.tolist(), counts.tolist())]
-        found, width = token_regions_counted(ctx.image, ctx.grid, segs, valid, compactness, backend, patch_pixels)
+        found, width = token_regions_counted(
+            ctx.image, ctx.grid, segs, valid, compactness, backend, patch_pixels, ctx.grids
+        )
         regions = torch.where(trivial.to(dev)[:, None], torch.where(valid, 0, -1), found.to(dev))  # [B, N]
         r = max(1, width)  # quota width, known on the host: unused ids get size and quota 0
         sizes = _region_sums(valid.long(), regions, r)  # [B, R]
@@ -543,7 +558,9 @@ def make_spread() -> Selector:
 
 # -- registration -------------------------------------------------------------------------------
 
-_NEEDS_IMAGE = Capabilities(needs=frozenset({"image"}))
+_NEEDS_IMAGE = Capabilities(needs=frozenset({"image"}), row_grids=True)
+"""DDC / DDF segment each row's own pixels on its own grid (``ctx.grids``); densities and
+quotas read tokens through their regions only."""
 
 
 @hookimpl
@@ -568,7 +585,7 @@ def vtprune_allocators() -> Iterable[AllocatorSpec]:
 @hookimpl
 def vtprune_selectors() -> Iterable[SelectorSpec]:
     return [
-        SelectorSpec("spread", make_spread, description="farthest-point sampling inside each region"),
+        SelectorSpec("spread", make_spread, Capabilities(row_grids=True), description="farthest-point sampling inside each region"),
     ]
 
 

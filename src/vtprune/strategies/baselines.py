@@ -14,6 +14,7 @@ import torch
 from ..core import (
     PAD_INDEX,
     Allocation,
+    Capabilities,
     ContractError,
     PruneContext,
     Scorer,
@@ -24,23 +25,27 @@ from ..core import (
     StrategySpec,
     hookimpl,
 )
+from ..core.canvas import block_indices, budget_groups, grid_groups, own_grid_full
 
 
 def make_random(seed: int = 0) -> Scorer:
     """Scorer ``random``: i.i.d. uniform scores.
 
-    Drawn from ``ctx.generator`` when the context has one; otherwise each sample draws from a
-    fresh generator seeded with ``seed``, so a sample's choice depends only on (seed, N) —
-    reproducible and independent of the rest of the batch.
+    Drawn from ``ctx.generator`` when the context has one (over the whole grid, canvas
+    included); otherwise each sample draws from a fresh generator seeded with ``seed``, over
+    its own grid, so a sample's choice depends only on (seed, its grid) — reproducible and
+    independent of the rest of the batch.
     """
 
     def score(ctx: PruneContext) -> torch.Tensor:
         b, n = ctx.features.shape[:2]
         if ctx.generator is not None:
             out = torch.rand(b, n, generator=ctx.generator, device=ctx.generator.device)
-        else:
-            row = torch.rand(n, generator=torch.Generator().manual_seed(int(seed)))
-            out = row.expand(b, n).clone()
+        else:  # each row draws over its own grid; the canvas elsewhere scores 0
+            out = torch.zeros(b, n)
+            for (h, w), rows in grid_groups(ctx.row_grids):
+                own = torch.rand(h * w, generator=torch.Generator().manual_seed(int(seed)))
+                out[rows[:, None], block_indices((h, w), ctx.grid)[None, :]] = own
         return out.to(ctx.features.device)
 
     return score
@@ -92,8 +97,9 @@ def evenly_spaced_valid(valid: torch.Tensor, budget: torch.Tensor, width: int) -
 def make_uniform_grid() -> Selector:
     """Selector ``uniform_grid``: an even lattice of ``budget`` tokens over the grid.
 
-    Samples whose tokens are all valid get :func:`lattice`; a ragged sample takes evenly
-    spaced tokens among its valid ones in raster order. Ignores scores; does not support
+    Samples whose tokens are all valid get :func:`lattice` of their own grid (``ctx.grids``
+    on a canvas); a ragged sample takes evenly spaced tokens among its valid ones in raster
+    order. Ignores scores; does not support
     region quotas (use ``topk`` with a region allocator instead).
     """
 
@@ -108,14 +114,14 @@ def make_uniform_grid() -> Selector:
         width = int(budget.max()) if budget.numel() else 0
         dev = valid.device
         slot = torch.arange(width)[None, :] < budget[:, None]  # [B, K] host
-        # full samples: the lattice of their budget (host cache, one row per distinct budget)
-        rows = {k: lattice(*ctx.grid, k) for k in set(budget.tolist())}
+        # full samples: the lattice of their own grid and budget, placed on the canvas (host
+        # tables, one per distinct pair; canvas order keeps the grid's raster order)
         grid_idx = torch.full((len(budget), width), PAD_INDEX, dtype=torch.long)
-        for k, points in rows.items():
-            grid_idx[budget == k, :k] = points
+        for own, k, rows in budget_groups(ctx.row_grids, budget):
+            grid_idx[rows, :k] = block_indices(own, ctx.grid)[lattice(*own, k)]
         # ragged samples: evenly spaced among the valid tokens (raster order)
         ragged_idx = evenly_spaced_valid(valid, budget.to(dev), width)
-        full = valid.all(dim=1, keepdim=True)
+        full = own_grid_full(ctx)[:, None]
         indices = torch.where(full, grid_idx.to(dev), ragged_idx)
         indices = torch.where(slot.to(dev), indices, PAD_INDEX)
         return Selection(indices=indices, counts=budget.clone())
@@ -123,14 +129,18 @@ def make_uniform_grid() -> Selector:
     return select
 
 
+_ROW_GRIDS = Capabilities(row_grids=True)
+"""Both read each row's own grid from ``ctx.grids`` (a canvas is pruned in one call)."""
+
+
 @hookimpl
 def vtprune_scorers() -> Iterable[ScorerSpec]:
-    return [ScorerSpec("random", make_random, description="seeded i.i.d. uniform scores")]
+    return [ScorerSpec("random", make_random, _ROW_GRIDS, description="seeded i.i.d. uniform scores")]
 
 
 @hookimpl
 def vtprune_selectors() -> Iterable[SelectorSpec]:
-    return [SelectorSpec("uniform_grid", make_uniform_grid, description="even lattice over the grid")]
+    return [SelectorSpec("uniform_grid", make_uniform_grid, _ROW_GRIDS, description="even lattice over the grid")]
 
 
 @hookimpl

@@ -31,6 +31,7 @@ from ..core import (
     StrategySpec,
     hookimpl,
 )
+from ..core.canvas import block_indices, budget_groups, own_grid_full
 
 
 @lru_cache(maxsize=256)
@@ -121,17 +122,18 @@ def make_pool() -> Selector:
         budget = alloc.budget.cpu()  # [B] host
         b, n, d = feats.shape
         width = int(budget.max()) if b else 0
-        # cells [B, N]: the grid's even cells for full samples (host cache, one per budget),
-        # runs of the valid tokens in raster order for ragged ones
+        # cells [B, N]: the even cells of its own grid for a full sample (host tables, one per
+        # distinct grid and budget, placed on the canvas), runs of the valid tokens in raster
+        # order for ragged ones
         grid_rows = torch.full((b, n), -1, dtype=torch.long)
-        for k in set(budget.tolist()):
+        for own, k, rows in budget_groups(ctx.row_grids, budget):
             if k:
-                grid_rows[budget == k] = grid_cells(*ctx.grid, k)
+                grid_rows[rows[:, None], block_indices(own, ctx.grid)[None, :]] = grid_cells(*own, k)
         k_dev = budget.to(dev)[:, None]
         rank = valid.long().cumsum(dim=1) - 1
         m = valid.sum(dim=1, keepdim=True).clamp_min(1)
         runs = torch.where(valid & (k_dev > 0), rank * k_dev // m, -1)
-        cells = torch.where(valid.all(dim=1, keepdim=True), grid_rows.to(dev), runs)  # [B, N]
+        cells = torch.where(own_grid_full(ctx)[:, None], grid_rows.to(dev), runs)  # [B, N]
         slot = torch.where(cells >= 0, cells, width)  # bucket `width` collects non-members
         # row-wise adds in token order (index_add_; 3x faster here than scatter_add_ over an
         # expanded [B, N, D] index, same sums)
@@ -142,6 +144,7 @@ def make_pool() -> Selector:
             1, slot, torch.ones(b, n, device=dev)
         )
         merged = (sums / count.clamp_min(1)[..., None])[:, :width].to(feats.dtype)  # [B, K, D]
+        # canvas (row, col) = own-grid (row, col) in the top-left block: same representatives
         reps = _representatives_batched(cells, ctx.grid, width)  # [B, K], n = empty cell
         real = torch.arange(width, device=dev)[None, :] < k_dev
         reps = torch.where(real, reps, n)
@@ -158,7 +161,7 @@ def make_pool() -> Selector:
 def vtprune_selectors() -> Iterable[SelectorSpec]:
     return [
         SelectorSpec(
-            "pool", make_pool, Capabilities(merges=True),
+            "pool", make_pool, Capabilities(merges=True, row_grids=True),
             description="average-pool the grid into budget cells (merging)",
         )
     ]

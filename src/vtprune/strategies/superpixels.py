@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..core import ContractError
+from ..core.canvas import block_indices, image_block
 from .slic_torch import centre_grid, token_regions_torch
 
 BACKENDS = ("auto", "fast_slic", "skimage", "torch")
@@ -362,6 +363,7 @@ def token_regions_counted(
     compactness: float = 10.0,
     backend: str = "auto",
     patch_pixels: int | None = PATCH_PIXELS,
+    grids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """(regions, width): width is a host int >= every sample's region count, known without
     reading the device (exact for the CPU backends; the SLIC centre grid for ``"torch"``).
@@ -370,11 +372,15 @@ def token_regions_counted(
     ``images``' device; per sample, ids are contiguous 0..R_b-1 over valid tokens (raster
     order of first appearance) and -1 on invalid tokens (``valid`` [B, N] False).
 
+    ``grids`` [B, 2] (host, optional) makes ``grid`` a canvas (:attr:`PruneContext.grids`):
+    each row is segmented alone on its own grid, from the top-left part of its image that
+    holds it, and its regions are placed on its block.
+
     ``n_segments`` [B] are host ints (derived from budgets known before the call). A sample's
     regions never depend on its batch-mates. ``backend`` is resolved by
-    :func:`choose_backend`: ``"torch"`` runs the whole batch as one tensor program on the
-    images' device with no host synchronisation; the CPU backends copy the batch to the host
-    once and run one image at a time.
+    :func:`choose_backend`: ``"torch"`` runs each distinct grid's rows as one tensor program
+    on the images' device with no host synchronisation; the CPU backends copy the batch to
+    the host once and run one image at a time.
     """
     if images.dim() != 4:
         raise ContractError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
@@ -388,29 +394,62 @@ def token_regions_counted(
         raise ContractError(f"valid must be [B, N] = {(bsz, n)} for grid {grid}, got {tuple(valid.shape)}")
     if not compactness > 0:
         raise ContractError(f"compactness must be > 0, got {compactness!r}")
+    if grids is not None and tuple(grids.shape) != (bsz, 2):
+        raise ContractError(f"grids must be [B, 2] = {(bsz, 2)}, got {tuple(grids.shape)}")
     name = choose_backend(backend, images.device, bsz)
     if bsz == 0:
         return torch.zeros(0, n, dtype=torch.long, device=images.device), 0
-    factor = slic_factor((int(images.shape[-2]), int(images.shape[-1])), grid, patch_pixels)
+    image_hw = (int(images.shape[-2]), int(images.shape[-1]))
+    own = [(int(h), int(w)) for h, w in grids.tolist()] if grids is not None else [grid] * bsz  # host
     if name == "torch":
-        regions = token_regions_torch(images, grid, list(n_segments), valid, float(compactness), factor)
-        height, width = int(images.shape[-2]) // factor, int(images.shape[-1]) // factor
-        centres = max(math.prod(centre_grid(height, width, k)) for k in n_segments)
-        return regions, min(n, centres)
+        return _token_regions_torch(images, grid, own, n_segments, valid, float(compactness), patch_pixels)
     if images.shape[1] not in (1, 3):
         raise ContractError(f"expected images [B, 3, H, W] (or [B, 1, H, W]), got {tuple(images.shape)}")
     # one copy to the host and one .numpy() each for the whole batch, not one per sample
     host = images.detach().to("cpu", torch.float32).numpy()  # [B, C, H, W]
     host_valid = valid.detach().to("cpu", torch.bool).numpy()  # [B, N]
-    rows = [
-        _relabel_array(
-            labels_to_grid(_SLIC[name](_normalise_array(host[b], factor), int(n_segments[b]), float(compactness)), grid),
-            host_valid[b],
-        )
-        for b in range(bsz)
-    ]
-    found = max((int(row.max()) + 1 for row in rows), default=0)  # host arrays: no device read
-    return torch.from_numpy(np.stack(rows)).to(images.device), found
+    rows = np.full((bsz, n), -1, dtype=np.int64)
+    for b, g in enumerate(own):
+        height, width = image_block(image_hw, g, grid)
+        factor = slic_factor((height, width), g, patch_pixels)
+        rgb = _normalise_array(host[b][:, :height, :width], factor)
+        block = (np.arange(g[0])[:, None] * grid[1] + np.arange(g[1])[None, :]).reshape(-1)
+        labels = labels_to_grid(_SLIC[name](rgb, int(n_segments[b]), float(compactness)), g)
+        rows[b, block] = _relabel_array(labels, host_valid[b, block])
+    found = int(rows.max()) + 1  # host arrays: no device read
+    return torch.from_numpy(rows).to(images.device), found
+
+
+def _token_regions_torch(
+    images: torch.Tensor,
+    grid: tuple[int, int],
+    own: list[tuple[int, int]],
+    n_segments: list[int],
+    valid: torch.Tensor,
+    compactness: float,
+    patch_pixels: int | None,
+) -> tuple[torch.Tensor, int]:
+    """The ``"torch"`` backend of :func:`token_regions_counted`: one program per distinct own
+    grid (one in all without a canvas)."""
+    dev = images.device
+    valid = valid.to(dev)
+    image_hw = (int(images.shape[-2]), int(images.shape[-1]))
+    groups: dict[tuple[int, int], list[int]] = {}
+    for b, g in enumerate(own):  # host lists: nothing is read from a tensor
+        groups.setdefault(g, []).append(b)
+    out = torch.full((len(own), grid[0] * grid[1]), -1, dtype=torch.long, device=dev)
+    width = 0
+    for g, rows in groups.items():
+        height, wide = image_block(image_hw, g, grid)
+        factor = slic_factor((height, wide), g, patch_pixels)
+        r, block = torch.tensor(rows, dtype=torch.long, device=dev), block_indices(g, grid, dev)
+        segs = [n_segments[i] for i in rows]
+        pixels = images.index_select(0, r)[..., :height, :wide]
+        found = token_regions_torch(pixels, g, segs, valid.index_select(0, r).index_select(1, block), compactness, factor)
+        out[r[:, None], block[None, :]] = found
+        centres = max(math.prod(centre_grid(height // factor, wide // factor, k)) for k in segs)
+        width = max(width, min(g[0] * g[1], centres))
+    return out, width
 
 
 __all__ = [
