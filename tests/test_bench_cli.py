@@ -35,3 +35,16 @@ def test_bench_overhead_batches_report_per_sample_cost_ratio_and_syncs(tmp_path)
         assert r["x_fastv"] > 0 and r["host_syncs"] >= 1
     with pytest.raises(SystemExit):
         main(["bench", "overhead", "--batch", "0"])
+
+
+def test_bench_overhead_canvas_rows_have_their_own_grids_and_constant_syncs(tmp_path):
+    rc = main(["bench", "overhead", "--quick", "--strategies", "uniform,altp,pool", "--repeats", "1",
+               "--dim", "16", "--batch", "4,20", "--canvas", "--out", str(tmp_path)])
+    assert rc == 0
+    rows = json.loads((tmp_path / "overhead.json").read_text())
+    assert {r["distinct_grids"] for r in rows} == {4, 16}  # 20 rows: the grids repeat after 16
+    assert all("canvas" in r["image"] for r in rows)
+    syncs = {(r["strategy"], r["backend"]): set() for r in rows}
+    for r in rows:
+        syncs[(r["strategy"], r["backend"])].add(r["host_syncs"])
+    assert all(len(counts) == 1 for counts in syncs.values()), syncs  # the same at 4 and 16 grids

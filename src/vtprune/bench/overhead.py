@@ -3,7 +3,8 @@
 Times ``strategy(ctx)`` alone — scoring, allocation (SLIC included) and selection, with the
 contract checks on, as a backbone adapter calls it — on batches of the bundled images at two
 sizes: 336 x 336 with a 24 x 24 grid (576 tokens, LLaVA-1.5) and 672 x 672 with 48 x 48 (2304
-tokens); every strategy of a row group runs once per round, interleaved, and each row reports
+tokens), or with ``canvas`` images of different sizes on a canvas (dynamic resolution); every
+strategy of a row group runs once per round, interleaved, and each row reports
 its per-sample cost as a multiple of FastV's in the same run, plus host syncs per call. Strategies
 with a SLIC backend (ALTP and its hybrids) are timed with fast-slic and with scikit-image.
 Features are random [1, N, dim] (default dim 1024, CLIP ViT-L/14's width); attention (and
@@ -58,27 +59,44 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+def canvas_grids(batch: int, grid: int) -> torch.Tensor:
+    """Own token grids [batch, 2] of a canvas batch: row i is (grid - 2 (i mod 4), grid - 2
+    ((i div 4) mod 4)), so 16 rows have 16 distinct grids (24 x 24 down to 18 x 18 on a 24
+    grid), as a dynamic-resolution model (Qwen2-VL) sees images of different sizes."""
+    rows = [(grid - 2 * (i % 4), grid - 2 * ((i // 4) % 4)) for i in range(batch)]
+    return torch.tensor([(max(1, h), max(1, w)) for h, w in rows], dtype=torch.long)
+
+
 def _context(
-    images: Sequence[torch.Tensor], side: int, grid: int, keep: Keep, dim: int, seed: int, batch: int
+    images: Sequence[torch.Tensor], side: int, grid: int, keep: Keep, dim: int, seed: int, batch: int,
+    canvas: bool = False,
 ) -> PruneContext:
-    """A batch of ``batch`` samples cycling through ``images`` (resized to side x side)."""
+    """A batch of ``batch`` samples cycling through ``images`` (resized to side x side). With
+    ``canvas``, row i is its image resized to its own grid of :func:`canvas_grids` (same pixels
+    per token) in the top-left block of a side x side canvas (``PruneContext.grids``)."""
+    from ..core.types import grid_blocks
     from ..viz import standin_attention
 
-    imgs = torch.stack([
-        F.interpolate(images[i % len(images)][None], size=(side, side), mode="bilinear", align_corners=False)[0]
-        for i in range(batch)
-    ])
+    grids = canvas_grids(batch, grid) if canvas else torch.tensor([[grid, grid]] * batch, dtype=torch.long)
+    patch = side // grid
+    imgs = torch.zeros(batch, 3, side, side)
+    att = torch.zeros(batch, grid * grid)
+    for i, (h, w) in enumerate(grids.tolist()):  # building the input, not timed
+        own = F.interpolate(images[i % len(images)][None], size=(h * patch, w * patch), mode="bilinear", align_corners=False)[0]
+        imgs[i, :, : h * patch, : w * patch] = own
+        att[i].view(grid, grid)[:h, :w] = standin_attention(own, (h, w)).view(h, w)
     gen = torch.Generator().manual_seed(seed)
     feats = torch.randn(batch, grid * grid, dim, generator=gen)
-    att = torch.stack([standin_attention(img, (grid, grid)) for img in imgs])
     text = torch.randn(batch, INSTRUCTION_TOKENS, dim, generator=gen)  # an instruction, LLM width
     shape = (batch, TEXT_ATTENTION_HEADS, INSTRUCTION_TOKENS, grid * grid)
     noise = torch.randn(shape, generator=gen)
     text_att = 0.5 * torch.softmax(torch.log(att.float().clamp(min=1e-12))[:, None, None, :] + noise, dim=-1)
+    if canvas:  # no attention off a row's own block
+        text_att = text_att * grid_blocks(grids, (grid, grid))[:, None, None, :]
     return PruneContext.create(
         feats, grid=(grid, grid), keep=keep, image=imgs, attention=att, cls_attention=att,
         text_features=text, text_valid=torch.ones(batch, INSTRUCTION_TOKENS, dtype=torch.bool),
-        text_attention=text_att,
+        text_attention=text_att, **({"grids": grids} if canvas else {}),
     )
 
 
@@ -131,6 +149,7 @@ def run_overhead(
     threads: int | None = 1,
     quick: bool = False,
     batches: Sequence[int] = (1,),
+    canvas: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per (batch size, token count, strategy, SLIC backend): wall-clock median, p10
     and p90 milliseconds per call, the median process CPU time, milliseconds per sample, the
@@ -147,6 +166,8 @@ def run_overhead(
         threads: torch threads while timing (None = leave as is).
         quick: only the first size and 5 repeats.
         batches: batch sizes (default 1).
+        canvas: rows of different sizes on a canvas (:func:`canvas_grids`, as the Qwen2-VL
+            adapter builds them) instead of one grid for the whole batch.
     """
     from ..viz import BUNDLED, load_image
     from .syncs import HostSyncCounter
@@ -172,7 +193,8 @@ def run_overhead(
         rows = []
         for batch in batches:
             for side, grid in grid_sizes:
-                ctx = _context(images, side, grid, keep, dim, seed=side, batch=batch)
+                ctx = _context(images, side, grid, keep, dim, seed=side, batch=batch, canvas=canvas)
+                distinct = len({tuple(g) for g in ctx.row_grids.tolist()})
                 times = _interleaved(configs, ctx, reps, warmup)
                 fastv = statistics.median(times[("fastv", "-")][1]) / batch
                 for name, backend, strategy in configs:
@@ -186,7 +208,8 @@ def run_overhead(
                         "strategy": name,
                         "batch": batch,
                         "tokens": grid * grid,
-                        "image": f"{side}x{side}",
+                        "image": f"{side}x{side}" + (f" canvas, {distinct} grids" if canvas else ""),
+                        "distinct_grids": distinct,
                         "backend": backend,
                         "kept": int(ctx.budget[0]),
                         "median_ms": round(statistics.median(wall), 3),
@@ -225,4 +248,4 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["SIZES", "format_table", "run_overhead", "time_strategy"]
+__all__ = ["SIZES", "canvas_grids", "format_table", "run_overhead", "time_strategy"]

@@ -38,7 +38,7 @@ def cmd_bench_overhead(args: argparse.Namespace) -> int:
     from ..bench.overhead import format_table, run_overhead
 
     rows = run_overhead(args.strategies, keep=args.keep, repeats=args.repeats, dim=args.dim,
-                        threads=args.threads, quick=args.quick, batches=args.batch)
+                        threads=args.threads, quick=args.quick, batches=args.batch, canvas=args.canvas)
     table = format_table(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +123,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--batch", type=typed_list(positive, "batch sizes"), default=[1],
                    help="comma-separated batch sizes (default 1), e.g. 1,4,16")
+    p.add_argument("--canvas", action="store_true",
+                   help="images of different sizes on a canvas (Qwen2-VL style): 16 rows, 16 grids")
     p.set_defaults(func=cmd_bench_overhead)
 
     p = add_command(sub, "slic-quality", "SLIC backends: quality on scene masks, speed, ALTP grounding rows",
