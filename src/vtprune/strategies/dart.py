@@ -122,13 +122,17 @@ def dart_select(
     valid = valid.to(dev)
     k = budget.to(dev).long()[:, None]  # [B, 1]
     pos = torch.arange(n, device=dev).expand(b, n)
-    unit = F.normalize(features.detach().float(), dim=-1)  # [B, N, D]
+    # cosines in float64, rounded to float32: bmm's last-bit differences between batch sizes
+    # vanish in the rounding, so a sample's cosines (and ties) are the same alone and in a batch
+    wide = features.detach().to(torch.float64 if dev.type != "mps" else torch.float32)  # MPS: no float64
+    norms = torch.linalg.vector_norm(wide, dim=-1).clamp_min(1e-12)  # [B, N], as F.normalize
 
     # image pivots: the top min(pivots, K) valid tokens by score, in raster order
     p_img = torch.clamp(k, max=pivots)  # [B, 1]
     img_at = _top_rows(scores, valid, p_img, pivots)  # [B, pivots], n = none
     is_pivot = torch.zeros(b, n + 1, dtype=torch.bool, device=dev).scatter_(1, img_at, True)[:, :n]
-    rows = [unit.gather(1, img_at.clamp(max=n - 1)[..., None].expand(-1, -1, d))]  # [B, pivots, D]
+    at = img_at.clamp(max=n - 1)
+    rows = [wide.gather(1, at[..., None].expand(-1, -1, d)) / norms.gather(1, at)[..., None]]  # [B, pivots, D] unit
     exists = [torch.arange(pivots, device=dev)[None, :] < p_img]  # [B, pivots]
     use_text = text is not None and text_pivots > 0 and text.shape[1] > 0
     if use_text:
@@ -139,10 +143,12 @@ def dart_select(
         p_txt = torch.clamp(t_ok.sum(dim=1, keepdim=True), max=text_pivots)
         p_txt = torch.where(k > 0, p_txt, 0)  # nothing to take: no pivots at all
         txt_at = _top_rows(t_norm, t_ok, p_txt, text_pivots)  # [B, text_pivots], T = none
-        t_unit = F.normalize(t.float(), dim=-1)
+        t_unit = F.normalize(t.to(wide.dtype), dim=-1)
         rows.append(t_unit.gather(1, txt_at.clamp(max=t.shape[1] - 1)[..., None].expand(-1, -1, d)))
         exists.append(torch.arange(text_pivots, device=dev)[None, :] < p_txt)
     piv_unit = torch.cat(rows, dim=1)  # [B, P, D]: image pivots, then instruction pivots
+    # every token's cosine to every pivot: one product of the pivots with the transposed rows
+    cos_all = (torch.bmm(piv_unit, wide.transpose(1, 2)) / norms[:, None, :]).float()  # [B, P, N]
     piv_exists = torch.cat(exists, dim=1)  # [B, P]
     # the K - (image pivots) other tokens, split evenly over the pivots; the first pivots in
     # order (image pivots in raster order, then instruction pivots) take one more
@@ -156,10 +162,7 @@ def dart_select(
     kept = is_pivot.clone()
     pool = valid & ~is_pivot
     for j in range(piv_unit.shape[1]):
-        # cosine as an elementwise product and a row sum, not a batched matmul: bmm rounds
-        # differently for a batch of one and a larger batch, which flips exact ties
-        cos = (unit * piv_unit[:, j, None, :]).sum(dim=-1)  # [B, N]
-        prio = torch.where(pool, -cos, -torch.inf)
+        prio = torch.where(pool, -cos_all[:, j], -torch.inf)
         take_order = torch.sort(prio, dim=1, descending=True, stable=True).indices
         take_rank = torch.empty_like(take_order).scatter_(1, take_order, pos)
         take = pool & (take_rank < quotas[:, j, None])
