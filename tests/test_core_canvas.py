@@ -71,3 +71,19 @@ def test_image_rows_map_every_visual_token_to_its_image_and_cell():
     assert rows.budgets(0.5).tolist() == [3, 1, 2]
     with pytest.raises(ContractError, match="image tokens per sample"):
         ImageRows.build(torch.tensor([[2, 3]]), torch.tensor([0]), torch.tensor([5]), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("backend", ["torch", "skimage"])
+def test_superpixels_of_a_canvas_row_are_those_of_the_row_alone(backend):
+    from vtprune.strategies.superpixels import token_regions_counted
+
+    ctx = canvas_context()
+    segs = [5, 7, 2, 4]
+    regions, width = token_regions_counted(ctx.image, CANVAS, segs, ctx.valid_mask(), backend=backend, grids=ctx.grids)
+    for i, grid in enumerate(GRIDS):
+        alone = crop(ctx, torch.tensor([i]), grid)
+        own, own_width = token_regions_counted(alone.image, grid, [segs[i]], alone.valid_mask(), backend=backend)
+        block = block_indices(grid, CANVAS)
+        assert torch.equal(regions[i, block], own[0]), (backend, i)
+        assert bool((regions[i][~ctx.valid_mask()[i]] == -1).all())
+        assert width >= own_width

@@ -437,6 +437,10 @@ def _token_regions_torch(
     groups: dict[tuple[int, int], list[int]] = {}
     for b, g in enumerate(own):  # host lists: nothing is read from a tensor
         groups.setdefault(g, []).append(b)
+    if list(groups) == [grid]:  # every row on the whole grid: the batch as it is
+        factor = slic_factor(image_hw, grid, patch_pixels)
+        centres = max(math.prod(centre_grid(image_hw[0] // factor, image_hw[1] // factor, k)) for k in n_segments)
+        return token_regions_torch(images, grid, n_segments, valid, compactness, factor), min(grid[0] * grid[1], centres)
     out = torch.full((len(own), grid[0] * grid[1]), -1, dtype=torch.long, device=dev)
     width = 0
     for g, rows in groups.items():
