@@ -113,7 +113,9 @@ def attach(
     """Prune ``model``'s visual tokens with ``strategy`` in every forward and ``generate`` call.
 
     Args:
-        model: a supported model instance (transformers ``LlavaForConditionalGeneration``).
+        model: a supported model instance (transformers ``LlavaForConditionalGeneration``), or
+            a wrapper with a ``vtprune_backbone()`` method returning one (the grounding models
+            of :mod:`vtprune.grounding` prune their LLM this way).
         strategy: a :class:`~vtprune.core.Strategy` or a registered strategy name (``params``
             go to :func:`vtprune.get_strategy`).
         keep: ratio of (or count out of) the original visual tokens, used when ``schedule``
@@ -146,6 +148,9 @@ def attach(
         raise ContractError(f"strategy must be a vtprune Strategy or a registered name, got {type(strategy).__name__}")
     if attention_source not in (None, "previous", "current"):
         raise ContractError(f"attention_source must be 'previous' or 'current', got {attention_source!r}")
+    backbone = getattr(model, "vtprune_backbone", None)
+    if callable(backbone):
+        model = backbone()
     adapter = find_adapter(model)(model)
     if schedule is None:
         schedule = strategy.schedule(adapter.num_layers, keep)

@@ -9,6 +9,11 @@
 - ``metrics``: mIoU, COCO-style AP50, phrase-matched recall.
 - ``evaluate``: split and real-scale (checkpoint + GranDf-style file) evaluation,
   ``validity`` checks.
+- ``glamm``: the real GLaMM (LLaVA + SAM) from a folder ``glamm_convert`` wrote;
+  ``glamm_text`` its tokenizer rules and prompt; ``sam`` SAM on transformers' ``SamModel``;
+  ``checkpoints`` shard-by-shard reading with strict key accounting; ``tiny_glamm`` a random
+  checkpoint in GLaMM's released layout; ``grandf`` GranD-f prediction files and metrics.
+- ``load(directory)``: whichever of these a folder holds.
 
 See docs/grounding.md.
 """
@@ -23,7 +28,31 @@ _EXPORTS = {
     "GroundingConfig": "model", "GroundingModel": "model", "load_pretrained": "model",
     "SceneConfig": "scenes", "make_scene": "scenes",
     "evaluate": "evaluate", "evaluate_checkpoint": "evaluate", "validity": "evaluate",
+    "GLaMM": "glamm", "convert_glamm": "glamm_convert", "build_tiny_glamm": "tiny_glamm",
 }
+
+
+def load(directory: Any, **kwargs: Any) -> Any:
+    """The grounding model saved in ``directory``: a converted GLaMM (``glamm.json``, see
+    ``vtprune convert glamm``; ``dtype`` / ``device`` keywords apply) or the stand-in
+    (``GroundingModel.save``'s ``config.json`` + ``model.safetensors``)."""
+    from pathlib import Path
+
+    d = Path(directory)
+    if (d / "glamm.json").is_file():
+        from .glamm import GLaMM
+
+        return GLaMM.load(d, **kwargs)
+    if (d / "config.json").is_file() and (d / "model.safetensors").is_file():
+        from .model import GroundingModel
+
+        if kwargs:
+            raise TypeError(f"the stand-in loads in float32 on the CPU; got options {sorted(kwargs)}")
+        return GroundingModel.load(d)
+    raise FileNotFoundError(
+        f"{d} holds no grounding model: expected glamm.json (a converted GLaMM: run `vtprune "
+        "convert glamm CHECKPOINT --clip CLIP --out DIR`) or config.json + model.safetensors (the "
+        "stand-in, GroundingModel.save)")
 
 
 def __getattr__(name: str) -> Any:
@@ -32,5 +61,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["GroundingConfig", "GroundingModel", "SceneConfig", "evaluate", "evaluate_checkpoint",
+__all__ = ["GLaMM", "GroundingConfig", "GroundingModel", "build_tiny_glamm", "convert_glamm", "load", "SceneConfig", "evaluate", "evaluate_checkpoint",
            "load_pretrained", "make_scene", "validity"]
