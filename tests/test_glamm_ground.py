@@ -89,7 +89,7 @@ def test_teacher_forced_answers_equal_the_generated_path(model):
     forcing = LogitsProcessorList([ForceIds(ids, model.tokenizer.eos_id, len(model.prompt_ids()))])
     gen = model.ground(images(), max_new_tokens=60, logits_processor=forcing)
     forced = model.ground(images(), answers=answers)
-    for g, f, a in zip(gen, forced, answers):
+    for g, f in zip(gen, forced):
         assert torch.allclose(g.seg_embeddings, f.seg_embeddings, atol=1e-5)
         assert torch.equal(g.masks, f.masks)
         assert g.phrases == f.phrases and f.caption == g.caption

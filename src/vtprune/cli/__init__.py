@@ -11,9 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import bench, demo, grounding, registry, show
+from . import bench, demo, glamm, grounding, registry, show
 
-GROUPS = (demo, registry, show, bench, grounding)  # the order ``vtprune --help`` lists them
+GROUPS = (demo, registry, show, bench, grounding, glamm)  # the order ``vtprune --help`` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,7 +81,11 @@ def clip_pixels(image: np.ndarray, shortest_edge: int, crop: int, mean: Sequence
 class GLaMM(nn.Module):
     """GLaMM from a converted folder: ``llava``, ``sam``, ``projection``, ``tokenizer``, ``meta``."""
 
-    def __init__(self, llava: nn.Module, sam: nn.Module, projection: nn.Module,
+    llava: Any  # LlavaForConditionalGeneration
+    sam: Any  # SamModel
+    projection: nn.Sequential
+
+    def __init__(self, llava: nn.Module, sam: nn.Module, projection: nn.Sequential,
                  tokenizer: GlammTokenizer, meta: dict):
         super().__init__()
         self.llava, self.sam, self.projection = llava, sam, projection
@@ -101,7 +105,7 @@ class GLaMM(nn.Module):
             raise FileNotFoundError(f"{d / 'glamm.json'} not found: convert a checkpoint with "
                                     "`vtprune convert glamm CHECKPOINT --clip CLIP --out DIR` first")
         meta = json.loads((d / "glamm.json").read_text())
-        kwargs = {"dtype": dtype} if dtype is not None else {}
+        kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
         llava = LlavaForConditionalGeneration.from_pretrained(d / "llava", **kwargs)
         sam = SamModel.from_pretrained(d / "sam", **kwargs)
         state = load_file(str(d / "seg_projection.safetensors"))
@@ -166,7 +170,8 @@ class GLaMM(nn.Module):
         else:
             seqs, states = self._teacher_forced(pixels, answers)
         prompt_len = len(self.prompt_ids())
-        seg = [self.projection(s.to(self.projection[0].weight.dtype)) for s in states]
+        dtype = next(self.projection.parameters()).dtype
+        seg = [self.projection(s.to(dtype)) for s in states]
         masks = self._masks(arrays, seg)
         results = []
         for seq, emb, m in zip(seqs, seg, masks):

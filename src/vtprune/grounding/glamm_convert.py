@@ -26,6 +26,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -51,7 +52,7 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _llava_config(glamm: dict, clip: dict, shapes: dict[str, torch.Size], vocab: int) -> object:
+def _llava_config(glamm: dict, clip: dict, shapes: dict[str, torch.Size], vocab: int) -> Any:
     """``LlavaConfig`` from GLaMM's config, CLIP's vision config and the tensors' shapes."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
@@ -65,7 +66,7 @@ def _llava_config(glamm: dict, clip: dict, shapes: dict[str, torch.Size], vocab:
     for key, value in (("hidden_size", hidden), ("num_hidden_layers", layers)):
         if key in glamm and int(glamm[key]) != value:
             raise ConversionError(f"GLaMM config.json says {key}={glamm[key]} but the tensors give {value}")
-    text = LlamaConfig(
+    text_kwargs: dict[str, Any] = dict(  # rope_theta: transformers 5 reads it into rope_parameters
         vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         num_key_value_heads=shapes["model.layers.0.self_attn.k_proj.weight"][0] // head_dim,
         intermediate_size=shapes["model.layers.0.mlp.gate_proj.weight"][0],
@@ -75,10 +76,13 @@ def _llava_config(glamm: dict, clip: dict, shapes: dict[str, torch.Size], vocab:
         bos_token_id=glamm.get("bos_token_id", 1), eos_token_id=glamm.get("eos_token_id", 2),
         pad_token_id=glamm.get("pad_token_id", 0),
     )
+    text = LlamaConfig(**text_kwargs)
     vision_dict = clip.get("vision_config", clip)
     vision = CLIPVisionConfig(**{k: v for k, v in vision_dict.items()
                                  if k in CLIPVisionConfig().to_dict() and k != "model_type"})
-    grid = vision.image_size // vision.patch_size
+    size: Any = vision.image_size
+    patch: Any = vision.patch_size
+    grid = int(size) // int(patch)
     return LlavaConfig(  # type: ignore[call-arg]  # transformers 5 takes image_token_id
         vision_config=vision, text_config=text, image_token_id=rows, image_seq_length=grid * grid,
         vision_feature_layer=int(glamm.get("mm_vision_select_layer", -2)),
@@ -218,8 +222,8 @@ def convert_glamm(checkpoint_dir: str | Path, clip_dir: str | Path, out_dir: str
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, out / "tokenizer" / name)
-    crop = clip_pre.get("crop_size", config.vision_config.image_size)
-    size = clip_pre.get("size", config.vision_config.image_size)
+    crop: Any = clip_pre.get("crop_size", config.vision_config.image_size)
+    size: Any = clip_pre.get("size", config.vision_config.image_size)
     meta = {
         "model": "glamm",
         "image_token_id": rows, "num_image_tokens": config.image_seq_length,
@@ -240,12 +244,12 @@ def convert_glamm(checkpoint_dir: str | Path, clip_dir: str | Path, out_dir: str
     return out
 
 
-def _write_generation_config(directory: Path, config: object, tokenizer: GlammTokenizer) -> None:
+def _write_generation_config(directory: Path, config: Any, tokenizer: GlammTokenizer) -> None:
     """Greedy decoding that can never emit the image token (its lm_head row is zero)."""
     from transformers import GenerationConfig
 
     GenerationConfig(
         bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
         pad_token_id=tokenizer.sp.unk_id(), do_sample=False,
-        suppress_tokens=[config.image_token_id],  # type: ignore[attr-defined]
+        suppress_tokens=[config.image_token_id],
     ).save_pretrained(directory)

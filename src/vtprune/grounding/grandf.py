@@ -181,9 +181,9 @@ def _read_prediction(path: Path) -> dict:
 
 def score(predictions: str | Path, annotations: str | Path, split: str = "val",
           similarity: Similarity | None = None, image_ids: Sequence[str] | None = None,
-          ) -> dict[str, float | int | None]:
+          captions: bool = True) -> dict[str, float | int | None]:
     """GranD-f metrics of a folder of prediction files (module docstring), over every image of
-    the split or the given ``image_ids``."""
+    the split or the given ``image_ids``; ``captions=False`` skips METEOR and CIDEr (None)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -197,7 +197,7 @@ def score(predictions: str | Path, annotations: str | Path, split: str = "val",
         preds[image_id] = _read_prediction(path)
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(gt.masks))
-        captions = COCO(str(gt.captions))
+        caption_gt = COCO(str(gt.captions))
     detections = [{"image_id": i, "category_id": 1, "segmentation": rle, "score": 1.0}
                   for i in ids for rle in preds[i]["pred_masks"]]
     ap50 = 0.0
@@ -216,15 +216,16 @@ def score(predictions: str | Path, annotations: str | Path, split: str = "val",
         pred_masks = [rle_decode(r) for r in preds[i]["pred_masks"]]
         mious.append(greedy_miou(pred_masks, gt_masks))
         if similarity is not None:
-            labels = next(a for a in captions.anns.values() if a["image_id"] == i)["labels"]
+            labels = next(a for a in caption_gt.anns.values() if a["image_id"] == i)["labels"]
             positives += len(labels)
             sims = similarity(labels, preds[i]["phrases"])
             found += recall_matches(gt_masks, pred_masks, sims)
-    gts = {i: [a["caption"] for a in captions.anns.values() if a["image_id"] == i] for i in ids}
+    gts = {i: [a["caption"] for a in caption_gt.anns.values() if a["image_id"] == i] for i in ids}
     out: dict[str, float | int | None] = {
         "ap50": ap50, "miou": float(np.mean(mious)) if mious else 0.0,
         "recall": (found / positives if positives else 0.0) if similarity is not None else None,
         "n_images": len(ids),
     }
-    out.update(caption_scores(gts, {i: preds[i]["caption"] for i in ids}))
+    out.update(caption_scores(gts, {i: preds[i]["caption"] for i in ids}) if captions
+               else {"meteor": None, "cider": None})
     return out

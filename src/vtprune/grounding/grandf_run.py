@@ -35,7 +35,7 @@ def _setting_name(strategy: str | None, keep: float | None) -> str:
     return "unpruned" if strategy is None else f"{strategy}_keep{keep:g}"
 
 
-def _costs(model: Any, strategy: Any, keep: float | None) -> tuple[float, float]:
+def _costs(model: Any, strategy: str | None, keep: float | None) -> tuple[float, float]:
     """(mean visual tokens per decoder layer, prefill FLOPs ratio) of a setting."""
     from ..core.registry import get_strategy
     from ..measure.flops import ModelDims, compare, visual_per_layer
@@ -43,7 +43,7 @@ def _costs(model: Any, strategy: Any, keep: float | None) -> tuple[float, float]
     config = model.llava.config
     dims = ModelDims.from_config(config)
     visual = int(model.meta["num_image_tokens"])
-    if strategy is None:
+    if strategy is None or keep is None:
         return float(visual), 1.0
     schedule = get_strategy(strategy).schedule(dims.layers, keep)
     total = len(model.prompt_ids())
@@ -55,8 +55,9 @@ def run(model_dir: str | Path, images: str | Path, annotations: str | Path, out:
         strategies: Sequence[str], keeps: Sequence[float], split: str = "val",
         bert: str | Path | None = None, limit: int | None = None, batch_size: int = 1,
         max_new_tokens: int = 512, dtype: Any = None, device: Any = None,
-        progress: bool = True) -> list[dict[str, Any]]:
-    """Evaluate (module docstring); returns one row per setting, unpruned first."""
+        progress: bool = True, captions: bool = True) -> list[dict[str, Any]]:
+    """Evaluate (module docstring); returns one row per setting, unpruned first.
+    ``captions=False`` skips METEOR / CIDEr (they start Java twice per setting)."""
     from PIL import Image
     from tqdm import tqdm
 
@@ -75,7 +76,7 @@ def run(model_dir: str | Path, images: str | Path, annotations: str | Path, out:
     for strategy, keep in settings:
         name = _setting_name(strategy, keep)
         pred_dir = out / "predictions" / name
-        handle = attach(model, strategy, keep=keep) if strategy is not None else None
+        handle = attach(model, strategy, keep=keep) if strategy is not None and keep is not None else None
         seconds = 0.0
         try:
             for start in tqdm(range(0, len(ids), batch_size), desc=name, disable=not progress):
@@ -91,7 +92,8 @@ def run(model_dir: str | Path, images: str | Path, annotations: str | Path, out:
             if handle is not None:
                 handle.detach()
         tokens, flops = _costs(model, strategy, keep)
-        metrics = grandf.score(pred_dir, annotations, split, similarity, image_ids=ids)
+        metrics = grandf.score(pred_dir, annotations, split, similarity, image_ids=ids,
+                               captions=captions)
         rows.append({"setting": name, "strategy": strategy or "unpruned", "keep": keep,
                      "visual_tokens_per_layer": tokens, "flops_ratio": flops,
                      "seconds_per_image": seconds / len(ids), **metrics})
@@ -130,7 +132,9 @@ def export_scenes(out: str | Path, split: str = "val", count: int = 4,
     images, notes = root / "images", root / "annotations"
     images.mkdir(parents=True, exist_ok=True)
     notes.mkdir(parents=True, exist_ok=True)
-    img_entries, mask_anns, cap_anns = [], [], []
+    img_entries: list[dict] = []
+    mask_anns: list[dict] = []
+    cap_anns: list[dict] = []
     for k in range(count):
         scene = make_scene(split, k, SceneConfig())
         h, w = sizes[k % len(sizes)]
@@ -138,7 +142,7 @@ def export_scenes(out: str | Path, split: str = "val", count: int = 4,
         pixels = (scene.image * 255).round().astype(np.uint8)
         Image.fromarray(pixels).resize((w, h), Image.Resampling.BILINEAR).save(images / f"{image_id}.png")
         img_entries.append({"id": image_id, "file_name": f"{image_id}.png", "height": h, "width": w})
-        for m, phrase in zip(scene.masks, scene.phrases):
+        for m in scene.masks:
             small = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(
                 (w, h), Image.Resampling.NEAREST)) > 127
             mask_anns.append({"id": len(mask_anns) + 1, "image_id": image_id, "category_id": 1,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -213,7 +214,7 @@ def sam_pixels(image: np.ndarray, size: int) -> tuple[torch.Tensor, tuple[int, i
     return F.pad(x, (0, size - w, 0, size - h)), (h, w)
 
 
-def prompt_masks(sam: torch.nn.Module, embedding: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+def prompt_masks(sam: Any, embedding: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
     """Low-resolution mask logits [n, 4g, 4g] for n ``[SEG]`` prompts seg [n, D] on one image's
     embedding [1, C, g, g]: each prompt alone, as one sparse token (GLaMM's ``text_embeds``)."""
     n = seg.shape[0]

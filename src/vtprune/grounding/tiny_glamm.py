@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -78,7 +79,14 @@ def _randomise(module: torch.nn.Module, gen: torch.Generator) -> None:
 def build_tiny_glamm(out: str | Path, cfg: TinyGlammConfig = TinyGlammConfig(),
                      shards: int = 2) -> tuple[Path, Path]:
     """Write the two folders (module docstring); returns (checkpoint_dir, clip_dir)."""
-    from transformers import CLIPConfig, CLIPModel, LlamaConfig, LlamaForCausalLM, SamConfig, SamModel
+    from transformers import (
+        CLIPConfig,
+        CLIPModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        SamConfig,
+        SamModel,
+    )
 
     root = Path(out)
     glamm, clip = root / "glamm", root / "clip"
@@ -120,7 +128,8 @@ def build_tiny_glamm(out: str | Path, cfg: TinyGlammConfig = TinyGlammConfig(),
     sam = SamModel(sam_cfg)
     _randomise(sam, gen)
     with torch.no_grad():
-        sam.vision_encoder.pos_embed.normal_(0, 0.1, generator=gen)
+        pos: Any = sam.vision_encoder.pos_embed
+        pos.normal_(0, 0.1, generator=gen)
     sam_state = sam.state_dict()
     for hf, meta in sam_keys.hf_to_meta(sam_state).items():
         state[f"model.grounding_encoder.{meta}"] = sam_state[hf]
