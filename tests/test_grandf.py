@@ -100,3 +100,40 @@ def test_run_writes_predictions_and_table(tiny_glamm_dir, split, tmp_path):
     text = (tmp_path / "table.md").read_text()
     assert "fastv_keep0.1" in text and "| recall |" in text and "unavailable" in text
     assert table(rows) == text.strip()
+
+
+def test_new_user_path_through_the_command_line(tmp_path, capsys):
+    """scripts/build_tiny_glamm.py -> vtprune convert glamm -> vtprune grandf run / score."""
+    import runpy
+    import sys
+
+    from vtprune.cli import main
+
+    argv = sys.argv
+    sys.argv = ["build_tiny_glamm.py", str(tmp_path / "tiny"), "--images", "2"]
+    try:
+        runpy.run_path("scripts/build_tiny_glamm.py", run_name="__main__")
+    finally:
+        sys.argv = argv
+    tiny = tmp_path / "tiny"
+    assert main(["convert", "glamm", str(tiny / "glamm"), "--clip", str(tiny / "clip"),
+                 "--out", str(tiny / "hf")]) == 0
+    assert main(["grandf", "run", str(tiny / "hf"), "--images", str(tiny / "grandf/images"),
+                 "--annotations", str(tiny / "grandf/annotations"), "--strategies", "altp",
+                 "--keeps", "0.1", "--max-new-tokens", "4", "--out", str(tiny / "gcg"),
+                 "--no-captions"]) == 0
+    assert "altp_keep0.1" in capsys.readouterr().out
+    assert main(["grandf", "score", str(tiny / "gcg/predictions/unpruned"), "--annotations",
+                 str(tiny / "grandf/annotations"), "--no-captions"]) == 0
+    assert '"recall": "unavailable"' in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="tokenizer.model not found"):
+        main(["convert", "glamm", str(tiny / "clip"), "--clip", str(tiny / "clip"),
+              "--out", str(tmp_path / "bad")])
+
+
+def test_load_still_reads_the_stand_in(tmp_path):
+    from vtprune.grounding import GroundingModel, load
+    from vtprune.grounding.model import GroundingConfig
+
+    GroundingModel(GroundingConfig()).save(tmp_path)
+    assert isinstance(load(tmp_path), GroundingModel)
