@@ -113,20 +113,27 @@ def _take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def _check_finite(
-    feats: torch.Tensor, valid: torch.Tensor, attention: torch.Tensor | None, layer: int | None
+    feats: torch.Tensor, valid: torch.Tensor, attention: torch.Tensor | None, rows: ImageRows, layer: int | None
 ) -> None:
-    """Refuse non-finite visual states or attention, naming the samples (one host sync).
+    """Refuse non-finite visual states or attention, naming the samples of the batch and the
+    images within each (one host sync).
 
-    feats [B, N, D], valid [B, N], attention [B, H, N] or None."""
-    ok = (torch.isfinite(feats).all(dim=-1) | ~valid).all(dim=1)  # [B]
+    feats [M, N, D], valid [M, N], attention [M, H, N] or None: one row per image of ``rows``."""
+    ok = (torch.isfinite(feats).all(dim=-1) | ~valid).all(dim=1)  # [M]
     if attention is not None:
         ok &= torch.isfinite(attention).all(dim=-1).all(dim=-1)
     if not bool(ok.all()):
-        bad = (~ok).nonzero().flatten().tolist()
+        bad = (~ok).nonzero().flatten().cpu()  # image rows
+        samples = rows.sample[bad]
+        within = bad - rows.first_of_sample()[samples]  # each image's index within its prompt
+        images = "; ".join(
+            f"sample {int(b)}: image(s) {within[samples == b].tolist()}" for b in samples.unique()
+        )
         where = "before the LLM" if layer is None else f"before layer {layer}"
         raise ContractError(
-            f"sample(s) {bad} of the batch have NaN or inf visual token states {where} (usually "
-            "NaN/inf in their pixel_values); check those images — the other samples are fine"
+            f"sample(s) {samples.unique().tolist()} of the batch have NaN or inf visual token states "
+            f"{where} ({images}, counting each prompt's images from 0; usually NaN/inf in their "
+            "pixel_values); check those images — the other samples are fine"
         )
 
 
@@ -212,18 +219,22 @@ class PrunedDecoder:
         return position_ids if rope else None
 
     def _positions(self, position_ids: torch.Tensor | None, b: int, t: int, start: int, dev: torch.device) -> torch.Tensor:
-        """The call's position ids as [R, B, T]: given ones ([B, T], [1, T], [R, B, T], or
-        M-RoPE's [4, B, T] whose first row is the text position), else ``start + arange(T)``."""
+        """The call's position ids as [R, B, T]: given ones ([B, T], [1, T], [R, B, T], [1, B, T]
+        (one row for every axis, which transformers builds when ``generate`` continues from a
+        cache), or M-RoPE's [4, B, T] whose first row is the text position), else
+        ``start + arange(T)``."""
         r = self.rope_rows
         if position_ids is None:
             return (torch.arange(t, device=dev) + start).view(1, 1, t).expand(r, b, t)
         pos = position_ids.to(dev)
         if pos.dim() == 3 and r == 3 and pos.shape[0] == 4:
             pos = pos[1:]  # generate's text row serves mask building only; vtprune builds its own
+        if pos.dim() == 3 and pos.shape[0] == 1:
+            pos = pos[0]  # one row for every axis: generate continuing from a cache (text only)
         if pos.dim() == 2:
             pos = pos[None].expand(r, -1, -1)
         if pos.dim() != 3 or pos.shape[0] != r or pos.shape[2] != t:
-            want = "[B, T] or [1, T]" if r == 1 else "[B, T], [3, B, T] or [4, B, T]"
+            want = "[B, T], [1, T] or [1, B, T]" if r == 1 else "[B, T], [1, B, T], [3, B, T] or [4, B, T]"
             raise ContractError(f"position_ids must be {want} for {t} tokens, got {tuple(position_ids.shape)}")
         return pos.expand(r, b, t)
 
@@ -424,7 +435,7 @@ class PrunedDecoder:
             att_full = torch.zeros(m * nc + 1, heads, dtype=attention.dtype, device=attention.device)
             att_full.index_copy_(0, flat_target, attention.transpose(1, 2).reshape(b * t, heads))
             att_full = att_full[: m * nc].view(m, nc, heads).transpose(1, 2).contiguous()
-        _check_finite(feats, valid, att_full, point.layer)
+        _check_finite(feats, valid, att_full, rows, point.layer)
         sample = rows.sample.to(h.device)
         text, text_valid = None, None
         if "text_features" in self.handle.strategy.needs:
@@ -538,6 +549,12 @@ class PrunedDecoder:
                 "this KV cache was not filled by the attached vtprune handle; start a new "
                 "generation (fresh cache) after attach()"
             )
+        if attention_mask is not None and 0 < attention_mask.shape[1] - state.seen < h.shape[1]:
+            # generate() continuing from a cache slices the new tokens with the cache's length,
+            # which pre-LLM pruning shortened: the mask (the whole sequence) says which are new
+            fresh = attention_mask.shape[1] - state.seen
+            h = h[:, -fresh:]
+            position_ids = None if position_ids is None else position_ids[..., -fresh:]
         b, q, _ = h.shape
         dev = h.device
         self._check_window(state.seen + q)

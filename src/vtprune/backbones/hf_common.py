@@ -69,7 +69,7 @@ def refuse_labels(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
             "labels are not supported while vtprune pruning is attached: the logits cover "
             "only the kept tokens, so the model's loss would pair them with the wrong labels. "
             "Call the model without labels and compute the loss from the logits, realigning "
-            "labels with handle.records[-1].kept_positions (labels.gather(1, kept_positions)); "
+            "labels with the last record: handle.records[-1].take(labels) (-100 on filler slots); "
             "see docs/adapters.md"
         )
 

@@ -182,14 +182,16 @@ class Qwen2VLAdapter(DecoderAdapter):
         def arg(name: str) -> Any:
             return call_argument(self._forward_params, name, args, kwargs)
 
-        if arg("pixel_values_videos") is not None or arg("video_grid_thw") is not None:
+        encoded = arg("mm_encoder_outputs") or {}
+        video = arg("pixel_values_videos") is not None or arg("video_grid_thw") is not None
+        if video or (isinstance(encoded, dict) and encoded.get("video") is not None):
+            # generate() encodes videos first and passes them as mm_encoder_outputs["video"]
             raise ContractError(
                 "videos are not supported by vtprune's Qwen2-VL adapter yet; pass images only "
                 "(or detach to run the model unpruned)"
             )
         input_ids = arg("input_ids")
         pixels, grid_thw = arg("pixel_values"), arg("image_grid_thw")
-        encoded = arg("mm_encoder_outputs") or {}
         image_out = encoded.get("image") if isinstance(encoded, dict) else None
         if pixels is None and image_out is not None:  # generate() encoded the images first
             pixels, grid_thw = getattr(image_out, SOURCE_ATTR, (None, grid_thw))
