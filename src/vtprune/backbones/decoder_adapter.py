@@ -234,8 +234,8 @@ class DecoderAdapter(BackboneAdapter):
 
     def install(self, plan: PrunePlan) -> None:
         self._ensure_free()
-        self._plan = plan
         decoder = PrunedDecoder(self.lm, plan, self.grid, self.rope_rows, self.layer_hooks())
+        self._plan = plan
         tower = self.vision_tower().register_forward_hook(self._tie_source, with_kwargs=True)
         self._decoder = decoder
         self._hooks = [
