@@ -1,14 +1,15 @@
 """Adapter for Hugging Face transformers' LLaVA (``LlavaForConditionalGeneration`` / ``LlavaModel``).
 
-Two things are installed on the model instance, and nothing on its classes:
+A :class:`~.decoder_adapter.DecoderAdapter`: installed on the model instance, nothing on its
+classes, are a forward pre-hook (and post-hook) on ``LlavaModel`` that hands the call's
+``input_ids`` (where the image tokens are) and ``pixel_values`` (the ``image`` signal) to the
+decoder, a hook on the vision tower (the pixels behind images ``generate`` encodes first), and
+an instance-level ``forward`` on the language model: :class:`~.decoder.PrunedDecoder`, which
+runs the decoder layers itself, pruning between them. What is LLaVA's own: one image of a
+fixed square grid per prompt, and the vision [CLS] attention (``cls_attention``).
 
-* a forward pre-hook (and post-hook) on ``LlavaModel`` that hands the call's ``input_ids``
-  (where the image tokens are) and ``pixel_values`` (the ``image`` signal) to the decoder;
-* an instance-level ``forward`` on the language model: :class:`~.decoder.PrunedDecoder`,
-  which runs the decoder layers itself, pruning between them.
-
-``detach`` removes both. The projected visual tokens are read from the ``inputs_embeds`` that
-LLaVA builds with its own ``masked_scatter`` merge, so pre-LLM pruning sees exactly the
+``detach`` removes all of it. The projected visual tokens are read from the ``inputs_embeds``
+that LLaVA builds with its own ``masked_scatter`` merge, so pre-LLM pruning sees exactly the
 features the unpruned model would feed its LLM.
 
 The adapter is registered through vtprune's own entry point (``llava`` in the ``vtprune``

@@ -9,12 +9,13 @@ itself on the unpruned sequence (``get_rope_index``, ``rope_deltas`` for decodin
 ``positions="original"`` each survivor keeps its (t, h, w) ids and the text after an image its
 offsets; ``"compact"`` numbers the survivors of a sample contiguously on all three axes.
 
-Installed on the model instance only: a forward pre-hook on the ``*Model`` (the call's
-``input_ids`` and image grids), a hook on the vision tower (the pixels behind pre-encoded
-images in ``generate``), and the language model's ``forward`` replaced by
-:class:`~.decoder.PrunedDecoder` with 3-row position ids. Videos are refused (not yet
-supported), and so are signals the family has no source for: its vision tower has no [CLS]
-token, so ``cls_attention`` (VisionZip) cannot be supplied.
+A :class:`~.decoder_adapter.DecoderAdapter` (installed on the model instance only: a forward
+pre-hook on the ``*Model`` for the call's ``input_ids`` and image grids, a hook on the vision
+tower for the pixels behind pre-encoded images in ``generate``, and the language model's
+``forward`` replaced by :class:`~.decoder.PrunedDecoder` with 3-row position ids) whose own
+steps are the grids, the canvas of pixels and the refusals. Videos are refused on every path
+(not yet supported), and so are signals the family has no source for: its vision tower has no
+[CLS] token, so ``cls_attention`` (VisionZip) cannot be supplied.
 """
 
 from __future__ import annotations
