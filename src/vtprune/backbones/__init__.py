@@ -14,7 +14,9 @@ Example::
 
 Adapters are found through the plugin registry (the ``vtprune_adapters`` hook; vtprune's own
 LLaVA adapter is an entry point of the vtprune distribution): see :mod:`.base` and
-docs/adapters.md, "Writing an adapter plugin".
+docs/adapters.md, "Writing an adapter plugin". Families whose language model is Llama-like
+subclass :class:`DecoderAdapter` and override its named steps (docs/adapters.md, "Writing an
+adapter for another family").
 """
 
 from .base import (
@@ -28,6 +30,7 @@ from .base import (
     register_adapter,
     unregister_adapter,
 )
+from .decoder_adapter import DecoderAdapter
 from .handle import PruneHandle, attach
 from .records import PruneRecord, summarize
 
@@ -38,6 +41,7 @@ __all__ = [
     "summarize",
     "AdapterSpec",
     "BackboneAdapter",
+    "DecoderAdapter",
     "UnsupportedModelError",
     "register_adapter",
     "unregister_adapter",

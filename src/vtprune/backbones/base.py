@@ -7,8 +7,9 @@ point — and installs / removes its hooks.
 Adapters come from plugins, like strategies: a plugin's ``vtprune_adapters`` hook returns
 :class:`~vtprune.core.AdapterSpec` records (vtprune's own LLaVA adapter is the entry point
 ``llava = "vtprune.backbones.llava"`` of the vtprune distribution). :func:`register_adapter`
-adds one in-process and takes precedence. :func:`find_adapter` picks the adapter whose
-:meth:`BackboneAdapter.supports` accepts the model.
+adds one in-process, through the same hook (a plugin of the process-wide registry), and takes
+precedence. :func:`find_adapter` picks the adapter whose :meth:`BackboneAdapter.supports`
+accepts the model.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import torch
 
 from ..core.errors import PluginError, UnknownNameError, VtpruneError
 from ..core.hookspecs import AdapterSpec
-from ..core.registry import default_registry
+from ..core.registry import PROCESS_SOURCE, default_registry
 from ..core.schedule import AttentionSource
 from ..core.specs import NAME_PATTERN
+from .plan import PrunePlan
 
 
 class UnsupportedModelError(VtpruneError, TypeError):
@@ -35,7 +37,9 @@ class BackboneAdapter(ABC):
     Subclasses set :attr:`name`, implement the abstract members, and are provided by a
     plugin's ``vtprune_adapters`` hook (or, in one process, :func:`register_adapter`).
     ``install`` may only use module hooks or instance-level wrappers of the model's own
-    forward path (never patch classes), and ``remove`` must undo all of it.
+    forward path (never patch classes), and ``remove`` must undo all of it. Families whose
+    language model is Llama-like subclass :class:`~.decoder_adapter.DecoderAdapter`, which
+    runs the pruned decoder loop and leaves named steps to override.
 
     Example (the shape of a new adapter, in the module an entry point names)::
 
@@ -54,7 +58,6 @@ class BackboneAdapter(ABC):
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.attention_source: AttentionSource = "previous"
 
     @classmethod
     @abstractmethod
@@ -96,34 +99,36 @@ class BackboneAdapter(ABC):
     @abstractmethod
     def signals(self, layer: int | None) -> frozenset[str]:
         """Optional context signals this adapter supplies at a prune point before ``layer``
-        (None = before the LLM)."""
+        (None = before the LLM). Attention signals (``attention``, ``text_attention``) mean
+        "recomputed from the point's scoring layer"; ``attach`` drops them where the plan's
+        attention source leaves no scoring layer (``"previous"`` before layer 0)."""
 
     @abstractmethod
-    def install(self, handle: Any) -> None:
-        """Hook the model so its forward passes and ``generate`` prune as ``handle`` (a
-        :class:`~vtprune.backbones.handle.PruneHandle`, which imports this module: hence
-        ``Any`` here, not an import cycle) says."""
+    def install(self, plan: PrunePlan) -> None:
+        """Hook the model so its forward passes and ``generate`` run ``plan.strategy`` at every
+        point of ``plan.schedule``, and hand each pruned forward's records (one
+        :class:`~.records.PruneRecord` per point) to ``plan.report``."""
 
     @abstractmethod
     def remove(self) -> None:
         """Undo :meth:`install` completely."""
 
 
-_EXPLICIT: list[type[BackboneAdapter]] = []
-"""Adapters given to :func:`register_adapter` in this process, most recent first."""
-
-EXPLICIT_SOURCE = "register_adapter (this process)"
+EXPLICIT_SOURCE = PROCESS_SOURCE
+"""The source :func:`adapter_specs` gives adapters registered with :func:`register_adapter`."""
 
 
 def register_adapter(cls: type[BackboneAdapter]) -> type[BackboneAdapter]:
     """Class decorator registering an adapter in this process, for programmatic use.
 
-    Explicitly registered adapters take precedence over those of plugins: :func:`find_adapter`
-    tries them first (the most recent registration first), and one whose name equals a plugin
-    adapter's hides that one. Registering a name again replaces the earlier
-    class. Packages should not rely on this import side effect: a package provides adapters
-    through the ``vtprune_adapters`` hook and the ``vtprune`` entry-point group (see
-    docs/adapters.md, "Writing an adapter plugin").
+    The adapter goes to the process-wide plugin registry, through the same
+    ``vtprune_adapters`` hook as plugin adapters (its source: ``"register_adapter (this
+    process)"``), and takes precedence over those of plugins: :func:`find_adapter` tries it
+    first (the most recent registration first), and one whose name equals a plugin adapter's
+    hides that one. Registering a name again replaces the earlier class. Packages should not
+    rely on this import side effect: a package provides adapters through the
+    ``vtprune_adapters`` hook and the ``vtprune`` entry-point group (see docs/adapters.md,
+    "Writing an adapter plugin").
     """
     if not (isinstance(cls, type) and issubclass(cls, BackboneAdapter)) or not cls.name:
         raise TypeError(f"register_adapter expects a BackboneAdapter subclass with a name, got {cls!r}")
@@ -132,19 +137,25 @@ def register_adapter(cls: type[BackboneAdapter]) -> type[BackboneAdapter]:
             f"adapter name {cls.name!r} is invalid: use lower-case letters, digits and _ . + - , "
             "starting with a letter"
         )
-    _EXPLICIT[:] = [a for a in _EXPLICIT if a.name != cls.name]
-    _EXPLICIT.insert(0, cls)
+    default_registry().register_adapter(AdapterSpec(cls.name, cls))
     return cls
 
 
 def unregister_adapter(name: str) -> None:
     """Forget an adapter given to :func:`register_adapter` (plugin adapters are untouched;
     block a plugin with ``VTPRUNE_BLOCK_PLUGINS`` instead). Unknown names are ignored."""
-    _EXPLICIT[:] = [a for a in _EXPLICIT if a.name != name.lower()]
+    default_registry().unregister_adapter(name.lower())
 
 
-def _plugin_adapters() -> list[tuple[AdapterSpec, str]]:
-    """Adapter specs of every plugin with their sources, checked to be real adapters."""
+def adapter_specs() -> list[tuple[AdapterSpec, str]]:
+    """Every adapter, as (spec, source), in the order :func:`find_adapter` tries them.
+
+    First the adapters given to :func:`register_adapter` (most recent first; source
+    ``"register_adapter (this process)"``), then those of plugins in registration order
+    (vtprune's built-ins first; source ``"<distribution> (plugin '<entry point>')"``). A
+    plugin adapter whose name an explicit one reuses is left out. Each is checked to be a
+    :class:`BackboneAdapter` named as its spec.
+    """
     registry = default_registry()
     out = []
     for spec in registry.adapters():
@@ -162,19 +173,6 @@ def _plugin_adapters() -> list[tuple[AdapterSpec, str]]:
             )
         out.append((spec, source))
     return out
-
-
-def adapter_specs() -> list[tuple[AdapterSpec, str]]:
-    """Every adapter, as (spec, source), in the order :func:`find_adapter` tries them.
-
-    First the adapters given to :func:`register_adapter` (most recent first; source
-    ``"register_adapter (this process)"``), then those of plugins in registration order
-    (vtprune's built-ins first; source ``"<distribution> (plugin '<entry point>')"``). A
-    plugin adapter whose name an explicit one reuses is left out.
-    """
-    explicit = [(AdapterSpec(cls.name, cls), EXPLICIT_SOURCE) for cls in _EXPLICIT]
-    shadowed = {cls.name for cls in _EXPLICIT}
-    return explicit + [(s, src) for s, src in _plugin_adapters() if s.name not in shadowed]
 
 
 def list_adapters() -> list[str]:

@@ -13,6 +13,7 @@ from ..core.registry import get_strategy
 from ..core.schedule import Positions, Schedule
 from ..core.strategy import Strategy
 from .base import AttentionSource, BackboneAdapter, find_adapter
+from .plan import ATTENTION_SIGNALS, PrunePlan, scoring_layer
 from .records import PruneRecord
 
 
@@ -27,6 +28,9 @@ class PruneHandle:
             the first forward, or when the input had no image).
         attention_source: which layer's attention scores a point before layer K:
             ``"previous"`` (layer K-1, FastV) or ``"current"`` (layer K on its input).
+
+    The adapter gets a frozen :class:`~.plan.PrunePlan` of the strategy and schedule, never
+    the handle; each pruned forward's records come back through the plan's ``report``.
     """
 
     def __init__(
@@ -36,14 +40,18 @@ class PruneHandle:
         schedule: Schedule,
         attention_source: AttentionSource = "previous",
     ) -> None:
+        if schedule.attention != attention_source:
+            schedule = dataclasses.replace(schedule, attention=attention_source)
         self.adapter = adapter
         self.attention_source = attention_source
         self.strategy = strategy
         self.schedule = schedule
         self.records: list[PruneRecord] = []
         self.attached = False
+        self._plan = PrunePlan(strategy, schedule, report=self._receive)
 
-    def _set_records(self, records: list[PruneRecord]) -> None:
+    def _receive(self, records: list[PruneRecord]) -> None:
+        """The plan's ``report``: the records of the last pruned forward."""
         self.records = records
 
     def position_map(self, original: int | torch.Tensor, layer: int | None = -1) -> torch.Tensor:
@@ -80,7 +88,7 @@ class PruneHandle:
         to the model now. No-op while attached."""
         if not self.attached:
             self.records = []
-            self.adapter.install(self)
+            self.adapter.install(self._plan)
             self.attached = True
 
     def __enter__(self) -> PruneHandle:
@@ -161,24 +169,25 @@ def attach(
     if attention_source is not None:
         schedule = dataclasses.replace(schedule, attention=attention_source)
     attention_source = schedule.attention
-    adapter.attention_source = attention_source
     schedule.check_depth(adapter.num_layers)
     if adapter.num_visual_tokens is not None:
         schedule.counts(adapter.num_visual_tokens)
     for point in schedule.points:
-        missing = sorted(strategy.needs - adapter.signals(point.layer))
+        supplied = adapter.signals(point.layer)
+        if point.layer is not None and scoring_layer(point.layer, attention_source) < 0:
+            supplied -= ATTENTION_SIGNALS  # no layer before layer 0 to score with
+        missing = sorted(strategy.needs - supplied)
         if missing:
             where = "before the LLM" if point.layer is None else f"before layer {point.layer}"
             raise MissingSignalError(
                 f"strategy {strategy.name!r} needs {missing}, which adapter {adapter.name!r} cannot "
-                f"supply {where} (it supplies {sorted(adapter.signals(point.layer))}). Attention "
+                f"supply {where} (it supplies {sorted(supplied)}). Attention "
                 "exists only inside the LLM (from layer 1 on with attention_source='previous'): "
                 "use an in-LLM schedule for attention-scored strategies."
                 + "".join(f" {h}." for h in map(adapter.missing_signal_hint, missing) if h)
             )
     handle = PruneHandle(adapter, strategy, schedule, attention_source)
-    adapter.install(handle)
-    handle.attached = True
+    handle.reattach()
     return handle
 
 

@@ -1,14 +1,11 @@
-"""What every transformers adapter shares: the version, the decoder checks, call arguments,
-the refusal of ``labels`` while pruning, and installing a :class:`~.decoder.PrunedDecoder`."""
+"""Helpers every transformers adapter uses: the version, the decoder checks, call arguments,
+the refusal of ``labels`` while pruning, and whether a call is a prefill."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from ..core.errors import ContractError
-from .base import BackboneAdapter
-from .decoder import PrunedDecoder
 from .decoder_features import unsupported_decoder_feature
 
 LAYER_PARTS = ("input_layernorm", "self_attn", "mlp")
@@ -69,7 +66,7 @@ def refuse_labels(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
             "labels are not supported while vtprune pruning is attached: the logits cover "
             "only the kept tokens, so the model's loss would pair them with the wrong labels. "
             "Call the model without labels and compute the loss from the logits, realigning "
-            "labels with handle.records[-1].kept_positions (labels.gather(1, kept_positions)); "
+            "labels with the last record: handle.records[-1].take(labels) (-100 on filler slots); "
             "see docs/adapters.md"
         )
 
@@ -79,56 +76,7 @@ def is_prefill(cache: Any) -> bool:
     return cache is None or not hasattr(cache, "get_seq_length") or cache.get_seq_length() == 0
 
 
-class DecoderAdapter(BackboneAdapter):
-    """An adapter that runs a multimodal model's language model as a :class:`PrunedDecoder`.
-
-    ``vlm`` is the model that merges images into the prompt (``LlavaModel``,
-    ``Qwen2VLModel``); a pre-hook on it (``capture``) hands the call's images to the decoder
-    as ``decoder.pending``, which a post-hook clears. Subclasses call :meth:`_install`."""
-
-    def __init__(self, model: Any, vlm: Any) -> None:
-        super().__init__(model)
-        self.vlm = vlm
-        self.lm = vlm.language_model
-        self._hooks: list[Any] = []
-        self._decoder: PrunedDecoder | None = None
-
-    def _ensure_free(self) -> None:
-        """Refuse a model whose language model is already wrapped (by another handle)."""
-        if "forward" in vars(self.lm):
-            raise ContractError(
-                "this model already has a vtprune handle attached (or its language model's "
-                "forward is wrapped by someone else); detach the other handle first"
-            )
-
-    def _install(self, decoder: PrunedDecoder, capture: Callable[..., None], *hooks: Any) -> None:
-        """Wrap the language model with ``decoder``; ``hooks``: the subclass's own hook
-        handles (registered after :meth:`_ensure_free`), removed with the rest."""
-        self._ensure_free()
-        self._decoder = decoder
-        self._hooks = [
-            self.vlm.register_forward_pre_hook(capture, with_kwargs=True),
-            self.model.register_forward_pre_hook(refuse_labels, with_kwargs=True),
-            self.vlm.register_forward_hook(self._release, with_kwargs=True, always_call=True),
-            *hooks,
-        ]
-        self.lm.forward = decoder
-
-    def _release(self, module: Any, args: Any, kwargs: Any, output: Any) -> None:
-        if self._decoder is not None:
-            self._decoder.pending = None
-
-    def remove(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
-        if vars(self.lm).get("forward") is self._decoder:
-            del self.lm.forward
-        self._decoder = None
-
-
 __all__ = [
-    "DecoderAdapter",
     "ATTN_PARTS",
     "LAYER_PARTS",
     "call_argument",

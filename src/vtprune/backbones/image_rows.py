@@ -93,6 +93,14 @@ class ImageRows:
         """True when every image fills the whole canvas (no ``PruneContext.grids`` needed)."""
         return bool((self.grids == torch.tensor(self.canvas)).all())
 
+    def first_of_sample(self) -> torch.Tensor:
+        """[B'] long (CPU), indexed by sample: the row of each sample's first image (rows of a
+        sample are consecutive), so ``m - first_of_sample()[sample[m]]`` is image m's index
+        within its prompt. B' = the largest sample index + 1; samples without images: M."""
+        size = int(self.sample.max()) + 1 if self.count else 0
+        first = torch.full((size,), self.count, dtype=torch.long)
+        return first.scatter_reduce(0, self.sample, torch.arange(self.count), reduce="amin")
+
     def budgets(self, keep: Keep) -> torch.Tensor:
         """[M] long (CPU): each image's budget, ``keep`` applied to its own token count."""
         return torch.tensor([keep_count(keep, n) for n in self.areas], dtype=torch.long)

@@ -9,49 +9,31 @@ itself on the unpruned sequence (``get_rope_index``, ``rope_deltas`` for decodin
 ``positions="original"`` each survivor keeps its (t, h, w) ids and the text after an image its
 offsets; ``"compact"`` numbers the survivors of a sample contiguously on all three axes.
 
-Installed on the model instance only: a forward pre-hook on the ``*Model`` (the call's
-``input_ids`` and image grids), a hook on the vision tower (the pixels behind pre-encoded
-images in ``generate``), and the language model's ``forward`` replaced by
-:class:`~.decoder.PrunedDecoder` with 3-row position ids. Videos are refused (not yet
-supported), and so are signals the family has no source for: its vision tower has no [CLS]
-token, so ``cls_attention`` (VisionZip) cannot be supplied.
+A :class:`~.decoder_adapter.DecoderAdapter` (installed on the model instance only: a forward
+pre-hook on the ``*Model`` for the call's ``input_ids`` and image grids, a hook on the vision
+tower for the pixels behind pre-encoded images in ``generate``, and the language model's
+``forward`` replaced by :class:`~.decoder.PrunedDecoder` with 3-row position ids) whose own
+steps are the grids, the canvas of pixels and the refusals. Videos are refused on every path
+(not yet supported), and so are signals the family has no source for: its vision tower has no
+[CLS] token, so ``cls_attention`` (VisionZip) cannot be supplied.
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..core.errors import ContractError
 from ..core.hookspecs import AdapterSpec, hookimpl
-from .decoder import Pending, PrunedDecoder
-from .hf_common import (
-    DecoderAdapter,
-    call_argument,
-    decoder_reason,
-    is_prefill,
-    transformers_version,
-)
+from .decoder_adapter import Call, CallImages, DecoderAdapter, ImageSource
 
-if TYPE_CHECKING:
-    from .handle import PruneHandle
-
-MIN_TRANSFORMERS = (5, 0)
 MODEL_CLASSES = (
     "Qwen2_5_VLForConditionalGeneration",
     "Qwen2_5_VLModel",
     "Qwen2VLForConditionalGeneration",
     "Qwen2VLModel",
 )
-SOURCE_ATTR = "_vtprune_qwen_source"
-
-
-def _classes() -> tuple[type, ...]:
-    import transformers
-
-    return tuple(getattr(transformers, name) for name in MODEL_CLASSES if hasattr(transformers, name))
 
 
 def patches_to_image(
@@ -108,63 +90,27 @@ class Qwen2VLAdapter(DecoderAdapter):
     """Qwen2-VL / Qwen2.5-VL: dynamic resolution, several images per prompt, M-RoPE."""
 
     name = "hf-qwen2-vl"
+    family = "Qwen2-VL"
+    model_classes = MODEL_CLASSES
+    rope_rows = 3
+    image_inputs = "pixel_values / image_grid_thw"
 
     @classmethod
-    def supports(cls, model: Any) -> bool:
-        try:
-            classes = _classes()
-        except ImportError:
-            return False
-        return bool(classes) and isinstance(model, classes)
-
-    @classmethod
-    def unsupported_reason(cls, model: Any) -> str | None:
-        import transformers
-
-        if transformers_version() < MIN_TRANSFORMERS:
-            return (
-                f"the Qwen2-VL adapter needs transformers >= {'.'.join(map(str, MIN_TRANSFORMERS))}, "
-                f"found {transformers.__version__}; upgrade transformers"
-            )
-        lm = cls._base(model).language_model
-        rope = getattr(lm.config, "rope_parameters", None) or {}
+    def config_reason(cls, model: Any) -> str | None:
+        rope = getattr(cls.vlm_of(model).language_model.config, "rope_parameters", None) or {}
         if "mrope_section" not in rope:
             return "the language model has no M-RoPE sections (rope_parameters['mrope_section'])"
-        return decoder_reason(lm)
-
-    @staticmethod
-    def _base(model: Any) -> Any:
-        return model.model if hasattr(model, "lm_head") else model
+        return None
 
     def __init__(self, model: Any) -> None:
-        super().__init__(model, self._base(model))
+        super().__init__(model)
         self.base = self.vlm
-        self.config = self.base.config
         self.merge = int(self.config.vision_config.spatial_merge_size)
-        self._forward_params = list(inspect.signature(type(self.base).forward).parameters)[1:]
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.lm.config.num_hidden_layers)
 
     @property
     def grid(self) -> tuple[int, int] | None:
         """None: every image has its own grid (dynamic resolution)."""
         return None
-
-    @property
-    def num_visual_tokens(self) -> int | None:
-        return None
-
-    def visual_spans(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return input_ids == int(self.config.image_token_id)
-
-    def signals(self, layer: int | None) -> frozenset[str]:
-        out = {"image", "text_features"}
-        first = 1 if self.attention_source == "previous" else 0
-        if layer is not None and layer >= first:  # the scoring layer's query / instruction rows
-            out |= {"attention", "text_attention"}
-        return frozenset(out)
 
     def missing_signal_hint(self, signal: str) -> str:
         if signal == "cls_attention":
@@ -174,47 +120,32 @@ class Qwen2VLAdapter(DecoderAdapter):
             )
         return ""
 
-    # -- hooks ----------------------------------------------------------------------------------
+    # -- steps ----------------------------------------------------------------------------------
 
-    def _capture(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        assert self._decoder is not None
+    def vision_tower(self) -> Any:
+        return self.base.visual
 
-        def arg(name: str) -> Any:
-            return call_argument(self._forward_params, name, args, kwargs)
-
-        if arg("pixel_values_videos") is not None or arg("video_grid_thw") is not None:
+    def refuse_call(self, call: Call) -> None:
+        """Videos, passed as pixels or (by ``generate``) pre-encoded."""
+        encoded = call("mm_encoder_outputs") or {}
+        video = call("pixel_values_videos") is not None or call("video_grid_thw") is not None
+        if video or (isinstance(encoded, dict) and encoded.get("video") is not None):
             raise ContractError(
                 "videos are not supported by vtprune's Qwen2-VL adapter yet; pass images only "
                 "(or detach to run the model unpruned)"
             )
-        input_ids = arg("input_ids")
-        pixels, grid_thw = arg("pixel_values"), arg("image_grid_thw")
-        encoded = arg("mm_encoder_outputs") or {}
-        image_out = encoded.get("image") if isinstance(encoded, dict) else None
-        if pixels is None and image_out is not None:  # generate() encoded the images first
-            pixels, grid_thw = getattr(image_out, SOURCE_ATTR, (None, grid_thw))
-        prefill = is_prefill(arg("cache") or arg("past_key_values"))
-        if input_ids is None:
-            if pixels is not None or image_out is not None:
-                raise ContractError(
-                    "vtprune's Qwen2-VL adapter locates image tokens through input_ids; pass "
-                    "input_ids (not inputs_embeds) together with pixel_values"
-                )
-            self._decoder.pending = Pending()
-            return
-        visual = self.visual_spans(input_ids)  # (video pad ids without video inputs are text)
-        if not prefill:
-            self._decoder.pending = Pending(visual)
-            return
-        if bool(visual.any()) and (grid_thw is None or (pixels is None and image_out is None)):
-            raise ContractError(
-                "input_ids hold image tokens but no pixel_values / image_grid_thw were passed, so "
-                "there is no image to prune; pass the processor's pixel_values and image_grid_thw"
-            )
-        if grid_thw is None or not bool(visual.any()):
-            self._decoder.pending = Pending(visual)
-            return
-        grid_thw = grid_thw.long().cpu()
+
+    def has_images(self, source: ImageSource) -> bool:
+        """Pixels (or pre-encoded features) and the images' grids."""
+        return source.grid_thw is not None and super().has_images(source)
+
+    def image_grids(self, visual: torch.Tensor, source: ImageSource) -> CallImages | None:
+        """Each image's token grid (its patch grid / the merge size) and prompt, the images
+        repeated with their prompts where ``generate`` expanded them for beams; None
+        without image tokens."""
+        if source.grid_thw is None or not bool(visual.any()):
+            return None
+        grid_thw = source.grid_thw.long().cpu()
         if bool((grid_thw[:, 0] != 1).any()):
             raise ContractError(f"images must have one temporal patch (t = 1), got grids {grid_thw.tolist()}")
         grids = grid_thw[:, 1:] // self.merge  # token grid of each image after the merger
@@ -224,30 +155,21 @@ class Qwen2VLAdapter(DecoderAdapter):
         areas = grids[:, 0] * grids[:, 1]
         starts = torch.cumsum(areas, 0) - areas
         sample = torch.searchsorted(torch.cumsum(counts, 0), starts, right=True).clamp(max=max(0, counts.shape[0] - 1))
-        image = None
-        if "image" in self._decoder.handle.strategy.needs:
-            if pixels is None:
-                raise ContractError(
-                    f"strategy {self._decoder.handle.strategy.name!r} needs the image, but these "
-                    "image features were encoded outside the model; pass pixel_values instead"
-                )
-            image = canvas_pixels(pixels, grid_thw, self.config.vision_config)[order.to(pixels.device)]
-        self._decoder.pending = Pending(visual, image=image, grids=grids, image_sample=sample)
+        return CallImages(grids, sample, order)
 
-    def _remember_pixels(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        """Vision-tower hook: tie the pixels and grids to the output that carries their features."""
-        pixels = args[0] if args else kwargs.get("hidden_states", kwargs.get("pixel_values"))
-        grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
-        if isinstance(pixels, torch.Tensor) and isinstance(grid, torch.Tensor):
-            try:
-                object.__setattr__(output, SOURCE_ATTR, (pixels, grid))
-            except (AttributeError, TypeError):
-                pass
-
-    def install(self, handle: PruneHandle) -> None:
-        self._ensure_free()
-        tower = self.base.visual.register_forward_hook(self._remember_pixels, with_kwargs=True)
-        self._install(PrunedDecoder(self.lm, handle, grid=None, rope_rows=3), self._capture, tower)
+    def image_pixels(self, source: ImageSource, images: CallImages | None) -> torch.Tensor | None:
+        """The images' first frames on a shared canvas (:func:`canvas_pixels`), built only
+        for strategies that read the image."""
+        if images is None or "image" not in self.plan.needs:
+            return None
+        pixels, grid_thw = source.pixels, source.grid_thw
+        if pixels is None:
+            raise ContractError(
+                f"strategy {self.plan.strategy.name!r} needs the image, but these "
+                "image features were encoded outside the model; pass pixel_values instead"
+            )
+        assert grid_thw is not None
+        return canvas_pixels(pixels, grid_thw.long().cpu(), self.config.vision_config)[images.order.to(pixels.device)]
 
 
 @hookimpl

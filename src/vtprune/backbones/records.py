@@ -73,6 +73,26 @@ class PruneRecord:
         return out.squeeze(1) if squeeze else out
 
 
+    def take(self, values: torch.Tensor, fill: int | float = -100) -> torch.Tensor:
+        """Per-token ``values`` of the unpruned sequence in this point's layout: [B, T, ...]
+        -> [B, T', ...], slot j holding ``values[b, kept_positions[b, j]]`` and ``fill`` on
+        filler slots (``kept_positions == -1``, in samples that keep fewer tokens than
+        another). The labels of a pruned forward: ``record.take(labels)`` (``fill`` -100 is the
+        ``ignore_index`` of transformers' losses) lines up with the logits position by position,
+        for any batch, ragged ones included; shift it as the model's loss does."""
+        b, t = self.new_index.shape
+        if values.shape[:2] != (b, t):
+            raise ValueError(
+                f"values must be [B, T, ...] = [{b}, {t}, ...] (the unpruned sequence), got "
+                f"{tuple(values.shape)}"
+            )
+        kept = self.kept_positions.to(values.device)
+        index = kept.clamp(min=0).view(*kept.shape, *[1] * (values.dim() - 2))
+        taken = values.gather(1, index.expand(-1, -1, *values.shape[2:]))
+        filler = (kept < 0).view_as(index)
+        return taken.masked_fill(filler, fill)
+
+
 def summarize(records: list[PruneRecord]) -> list[dict[str, object]]:
     """Plain-Python summary (layer, kept per sample, seconds) for logs and reports."""
     return [

@@ -71,7 +71,7 @@ class ContextSpec:
             is [B, 3, round(h*px), round(w*px)]).
         image_range: pixel values, see :data:`IMAGE_RANGES`.
         layer: None for a context before the LLM; an int >= 1 for an in-LLM prune point,
-            built as the decoder adapter builds it (``vtprune/backbones/decoder.py``):
+            built as the decoder adapter builds it (``vtprune/backbones/prune_step.py``):
             ``ctx.layer`` = layer, ``ctx.original_count`` = N, earlier-pruned tokens invalid
             (scattered, the same survivor count in every sample) with zero features, the same
             budget in every sample, ``attention`` [B, heads >= 1, N] zero on pruned tokens,

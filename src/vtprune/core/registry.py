@@ -44,6 +44,8 @@ from .strategy import Strategy
 
 ENTRY_POINT_GROUP = "vtprune"
 BUILTIN_DISTRIBUTION = "vtprune"
+PROCESS_SOURCE = "register_adapter (this process)"
+"""Source (and pluggy plugin name) of the adapters given to :meth:`Registry.register_adapter`."""
 KINDS: dict[str, type] = {
     "scorer": ScorerSpec,
     "allocator": AllocatorSpec,
@@ -88,6 +90,19 @@ def _env_list(var: str) -> set[str] | None:
     return {_normalise(item.strip()) for item in raw.split(",") if item.strip()}
 
 
+class _ProcessAdapters:
+    """The plugin behind :meth:`Registry.register_adapter`: adapters given in this process,
+    the most recent first. Registered before every other plugin, so its adapters come first;
+    a name it holds hides a plugin adapter of that name instead of clashing with it."""
+
+    def __init__(self) -> None:
+        self.specs: list[AdapterSpec] = []
+
+    @hookspecs.hookimpl
+    def vtprune_adapters(self) -> list[AdapterSpec]:
+        return list(self.specs)
+
+
 class Registry:
     """Holds every registered stage, strategy and backbone adapter, keyed by kind and name."""
 
@@ -97,6 +112,8 @@ class Registry:
         self._plugins: dict[str, PluginInfo] = {}
         self._specs: dict[str, dict[str, Any]] | None = None
         self._sources: dict[tuple[str, str], str] = {}
+        self._process = _ProcessAdapters()
+        self._pm.register(self._process, name=PROCESS_SOURCE)  # not a PluginInfo: no distribution
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -187,6 +204,8 @@ class Registry:
                             f"{hook_name} of {source} returned {type(spec).__name__}; "
                             f"expected {KINDS[kind].__name__} records"
                         )
+                    if spec.name in specs[kind] and sources[(kind, spec.name)] == PROCESS_SOURCE:
+                        continue  # hidden by an adapter registered in this process
                     if spec.name in specs[kind]:
                         raise PluginError(
                             f"{kind} name {spec.name!r} is registered twice: by "
@@ -238,10 +257,22 @@ class Registry:
         return self._sources[(kind, name)]
 
     def adapters(self) -> list[AdapterSpec]:
-        """Every registered adapter spec, in plugin registration order (vtprune's built-ins
-        first, then third-party plugins by entry-point name; each plugin's in the order its
-        hook returns them)."""
+        """Every registered adapter spec: those given to :meth:`register_adapter` (the most
+        recent first), then plugins' in registration order (vtprune's built-ins first, then
+        third-party plugins by entry-point name; each plugin's in the order its hook returns
+        them), less those an adapter registered in this process hides by name."""
         return list(self._collect()["adapter"].values())
+
+    def register_adapter(self, spec: AdapterSpec) -> None:
+        """Register an adapter in this process (source :data:`PROCESS_SOURCE`), ahead of every
+        plugin adapter and hiding one of the same name; registering a name again replaces it."""
+        self._process.specs[:] = [spec, *(s for s in self._process.specs if s.name != spec.name)]
+        self._specs = None
+
+    def unregister_adapter(self, name: str) -> None:
+        """Forget an adapter given to :meth:`register_adapter` (unknown names are ignored)."""
+        self._process.specs[:] = [s for s in self._process.specs if s.name != name]
+        self._specs = None
 
     def plugins(self) -> list[PluginInfo]:
         self._collect()
@@ -358,9 +389,12 @@ def default_registry() -> Registry:
 def reload_plugins() -> Registry:
     """Forget the process-wide registry and rediscover plugins (after installing one)."""
     global _default
+    process = _default._process.specs if _default is not None else []
     _default = None
     importlib.invalidate_caches()
-    return default_registry()
+    registry = default_registry()
+    registry._process.specs[:] = process  # adapters registered in this process stay
+    return registry
 
 
 def list_strategies() -> list[str]:
@@ -401,6 +435,7 @@ def register(plugin: Any, name: str | None = None) -> None:
 
 
 __all__ = [
+    "PROCESS_SOURCE",
     "Registry",
     "PluginInfo",
     "PluginLoadWarning",

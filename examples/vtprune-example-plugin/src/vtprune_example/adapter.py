@@ -50,10 +50,10 @@ class ToyVLMAdapter(BackboneAdapter):
     def signals(self, layer: int | None) -> frozenset[str]:
         return frozenset()  # features only: no image, no attention
 
-    def install(self, handle: Any) -> None:
+    def install(self, plan: Any) -> None:
         if getattr(self.model, "_vtprune_attached", False):
             raise ContractError("a vtprune handle is already attached to this ToyVLM; detach it first")
-        points = handle.schedule.points
+        points = plan.schedule.points
         if len(points) != 1 or points[0].layer is not None:
             raise ContractError("the toy-vlm adapter prunes once, before the LLM: use a pre-LLM schedule")
         keep = points[0].keep
@@ -65,7 +65,7 @@ class ToyVLMAdapter(BackboneAdapter):
 
         def prune(module: Any, args: Any, visual: torch.Tensor) -> torch.Tensor:
             start = time.perf_counter()
-            kept = handle.strategy(PruneContext.create(visual, grid=self.grid, keep=keep))
+            kept = plan.strategy(PruneContext.create(visual, grid=self.grid, keep=keep))
             idx = kept.indices.clamp_min(0)  # equal budgets here: no -1 padding in practice
             out = kept.features if kept.features is not None else visual.gather(
                 1, idx[..., None].expand(-1, -1, visual.shape[-1])
@@ -75,7 +75,7 @@ class ToyVLMAdapter(BackboneAdapter):
             new_index = torch.full((b, n + t), -1, dtype=torch.long)
             new_index.scatter_(1, idx, torch.arange(k).expand(b, k))
             new_index[:, n:] = torch.arange(k, k + t)
-            handle._set_records([PruneRecord(
+            plan.report([PruneRecord(
                 layer=None, indices=kept.indices, counts=kept.counts, original_count=n,
                 kept_positions=torch.cat([idx, text], dim=1), new_index=new_index,
                 position_ids=torch.arange(k + t).expand(b, k + t),
