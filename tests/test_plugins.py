@@ -448,8 +448,15 @@ TYPO_SCENARIO = """
         error = None
     except vtprune.PluginError as err:
         error = str(err)
+    import contextlib, io
+    from vtprune.cli import main
+    listing = io.StringIO()
+    with contextlib.redirect_stdout(listing):
+        main(["plugins"])
+    (row,) = [ln for ln in listing.getvalue().splitlines() if ln.startswith("typo ")]
     print(json.dumps({
         "without": without, "names": names, "warned": warned, "error": error, "counts": counts,
+        "row": row,
         "builtins": builtins, "built": [vtprune.get_strategy(n).name for n in builtins],
     }))
 """
@@ -473,6 +480,7 @@ def test_a_spec_naming_a_missing_stage_leaves_every_other_strategy_working(
         assert part in warning, part
     assert "vtprune-typo-plugin" in out["error"] and "'top_k'" in out["error"]
     assert "unavailable" in out["error"]
+    assert "strategy: edge_norm; UNAVAILABLE: strategy 'edge'" in out["row"]
 
 
 def test_the_example_plugins_own_test_suite_passes_when_installed(site: Path) -> None:
