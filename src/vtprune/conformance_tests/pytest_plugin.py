@@ -96,18 +96,24 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
     examples = config.getoption("vtprune_conformance_examples")
     device = config.getoption("vtprune_conformance_device")
-    for strategy in _requested(value):
-        for check in CHECKS:
-            items.append(
-                ConformanceItem.from_parent(
-                    session,
-                    name=f"vtprune-conformance[{strategy}-{check.name}]",
-                    strategy=strategy,
-                    check=check.name,
-                    max_examples=examples,
-                    device=device,
-                )
-            )
+    added: list[pytest.Item] = [
+        ConformanceItem.from_parent(
+            session,
+            name=f"vtprune-conformance[{strategy}-{check.name}]",
+            strategy=strategy,
+            check=check.name,
+            max_examples=examples,
+            device=device,
+        )
+        for strategy in _requested(value)
+        for check in CHECKS
+    ]
+    items.extend(added)
+    # Items added here were not collected from a file: report them as collected, so that the
+    # terminal's counts ("collected N items", "N tests collected" under --collect-only) include
+    # them instead of ending a listing with "no tests collected".
+    report = pytest.CollectReport(session.nodeid, "passed", None, added)
+    config.hook.pytest_collectreport(report=report)
 
 
 @pytest.fixture
