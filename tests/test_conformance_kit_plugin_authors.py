@@ -1,8 +1,9 @@
 """Issue #25: what a plugin author meets in the kit's first hour.
 
-The hints of the kit's failure messages, ``--collect-only`` counts, and no ``.hypothesis/``
-folder left behind. Each broken stage here got a message from the kit before the issue that
-did not say what this one does.
+The padding check (a scorer reading grid neighbours must skip invalid tokens), the hints of its
+failure messages, ``--collect-only`` counts, and no ``.hypothesis/`` folder left behind. Each
+broken stage here passes the kit as it was before the issue, or gets a message that did not
+say what this one does.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,61 @@ def _strategy(name: str, scorer=None, selector=None) -> Strategy:
 def _failed(strategy: Strategy, **kwargs) -> dict[str, str]:
     results = check_strategy(strategy, 25, **kwargs)
     return {r.check: r.message for r in results if r.status == "failed"}
+
+
+# -- a scorer reading grid neighbours ------------------------------------------------------------
+
+
+def _grid(ctx: PruneContext) -> torch.Tensor:
+    h, w = ctx.grid
+    return ctx.features.float().reshape(ctx.batch_size, h, w, -1)  # [B, h, w, D]
+
+
+def edge_energy_reading_padding(ctx: PruneContext) -> torch.Tensor:
+    """Distance to the right and lower neighbours, padding neighbours included (the bug)."""
+    f = _grid(ctx)
+    right = (f[:, :, 1:] - f[:, :, :-1]).norm(dim=-1)  # [B, h, w-1]
+    down = (f[:, 1:] - f[:, :-1]).norm(dim=-1)  # [B, h-1, w]
+    energy = torch.zeros(f.shape[:3])
+    energy[:, :, :-1] += right
+    energy[:, :-1] += down
+    return energy.flatten(1).masked_fill(~ctx.valid_mask(), 0.0)  # [B, N]
+
+
+def edge_energy_skipping_padding(ctx: PruneContext) -> torch.Tensor:
+    """The same, counting a neighbour only when both tokens are valid (the fix)."""
+    f = _grid(ctx)
+    v = ctx.valid_mask().reshape(f.shape[:3])  # [B, h, w]
+    right = (f[:, :, 1:] - f[:, :, :-1]).norm(dim=-1) * (v[:, :, 1:] & v[:, :, :-1])
+    down = (f[:, 1:] - f[:, :-1]).norm(dim=-1) * (v[:, 1:] & v[:, :-1])
+    energy = torch.zeros(f.shape[:3])
+    energy[:, :, :-1] += right
+    energy[:, :-1] += down
+    return energy.flatten(1).masked_fill(~ctx.valid_mask(), 0.0)
+
+
+def test_kit_catches_a_scorer_whose_valid_scores_read_padding_features() -> None:
+    failed = _failed(_strategy("edge_bad", edge_energy_reading_padding))
+    assert set(failed) == {"check_padding_features_ignored"}
+    message = failed["check_padding_features_ignored"]
+    assert re.search(r"changed scores of valid tokens \(sample \d+, token \d+: ", message)
+    assert "mask them out" in message and "reproduce: ctx = " in message
+
+
+def test_a_scorer_skipping_invalid_neighbours_passes() -> None:
+    assert _failed(_strategy("edge_ok", edge_energy_skipping_padding)) == {}
+
+
+def test_kit_catches_a_merging_selector_that_averages_padding_into_kept_tokens() -> None:
+    def merge_all(ctx: PruneContext, scores: torch.Tensor, alloc) -> Selection:
+        sel = stages.make_topk()(ctx, scores, alloc)
+        mean = ctx.features.mean(dim=1, keepdim=True)  # [B, 1, D], padding included (the bug)
+        kept = torch.where(sel.kept_mask[..., None], mean.expand(-1, sel.indices.shape[1], -1), 0)
+        return Selection(sel.indices, sel.counts, kept.to(ctx.features.dtype))
+
+    strategy = replace(_strategy("merge_all", selector=merge_all), capabilities=Capabilities(merges=True))
+    failed = _failed(strategy, checks=["check_padding_features_ignored"], settings=NO_SHRINK)
+    assert "selection.features of kept slots" in failed["check_padding_features_ignored"]
 
 
 # -- messages ------------------------------------------------------------------------------------
