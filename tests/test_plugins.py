@@ -105,13 +105,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("plugins")
     source = base / "source"
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    target = base / "site"
+    return pip_install(source, base / "site")
+
+
+def pip_install(source: Path, target: Path) -> Path:
+    """``pip install`` the package at ``source`` into ``target`` (no deps, no network) and
+    return ``target``."""
     cmd = [
         sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
         "--no-index", "--disable-pip-version-check", "--target", str(target), str(source),
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"installing the example plugin failed:\n{done.stderr}"
+    assert done.returncode == 0, f"installing {source.name} failed:\n{done.stderr}"
     return target
 
 
@@ -495,19 +500,37 @@ def test_the_example_plugins_own_test_suite_passes_when_installed(site: Path) ->
 
 
 FENCE = re.compile(
-    r"^(?:<!-- excerpt(?P<norun>, not run here)?: (?P<src>\S+) -->\n)?"
+    r"^(?:<!-- (?:excerpt(?P<norun>, not run here)?: (?P<src>\S+)|file: (?P<file>\S+)) -->\n)?"
     r"(?P<indent>[ ]*)```(?P<lang>\w*)\n(?P<body>.*?)^(?P=indent)```",
     re.S | re.M,
 )
 
 
 def code_blocks(markdown: Path) -> list[dict]:
-    """Fenced blocks of a Markdown file: language, body, excerpt source, whether to run it."""
+    """Fenced blocks of a Markdown file: language, body, excerpt source, the file of a package
+    it is (``<!-- file: PATH -->``), whether to run it (not a file, not marked "not run")."""
     blocks = []
     for m in FENCE.finditer(markdown.read_text()):
         body = textwrap.dedent(m["body"]) if m["indent"] else m["body"]
-        blocks.append({"lang": m["lang"], "body": body, "src": m["src"], "run": not m["norun"]})
+        run = not m["norun"] and not m["file"]
+        blocks.append({"lang": m["lang"], "body": body, "src": m["src"], "file": m["file"], "run": run})
     return blocks
+
+
+def printed_claims(code: str) -> list[str]:
+    """What a block says it prints: the comment after a ``print(...)`` on its line, or on the
+    line just below it."""
+    lines = code.splitlines()
+    claims = []
+    for line, below in zip(lines, [*lines[1:], ""]):
+        if not line.lstrip().startswith("print("):
+            continue
+        same = re.search(r"\)\s+# (.+)$", line)
+        if same:
+            claims.append(same[1])
+        elif below.startswith("# "):
+            claims.append(below[2:])
+    return claims
 
 
 RUN_BLOCKS = """
@@ -542,3 +565,41 @@ def test_docs_python_blocks_run_and_excerpts_match_the_example(
     )
     assert done.returncode == 0, f"{markdown.name}: a python block failed:\n{done.stderr[-4000:]}"
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"ran": len(code)}
+    claims = [c for block in code for c in printed_claims(block)]
+    assert claims, f"no print(...)  # output comments found in {markdown}"
+    printed = done.stdout.splitlines()
+    for claim in claims:
+        assert claim in printed, f"{markdown.name} says a block prints {claim!r}; it printed:\n{done.stdout}"
+
+
+MINIMAL_PACKAGE_RUN = """
+    import json, warnings
+    import torch
+    import vtprune
+    from vtprune.conformance_tests import check_strategy, summarize
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the package loads without a plugin warning
+        source = vtprune.core.default_registry().source("strategy", "edge")
+    valid = torch.arange(48).expand(2, 48) < torch.tensor([[48], [30]])
+    ctx = vtprune.PruneContext.create(torch.randn(2, 48, 16), grid=(6, 8), keep=0.25, valid=valid)
+    print(json.dumps({
+        "source": source,
+        "counts": vtprune.get_strategy("edge")(ctx).counts.tolist(),
+        "summary": summarize(check_strategy("edge")),
+    }))
+"""
+
+
+def test_the_guides_minimal_package_is_built_installed_and_run(tmp_path: Path) -> None:
+    guide = ROOT / "docs" / "writing-a-plugin.md"
+    files = {b["file"]: b["body"] for b in code_blocks(guide) if b["file"]}
+    assert set(files) == {"pyproject.toml", "src/vtprune_edge/__init__.py", "src/vtprune_edge/plugin.py"}
+    package = tmp_path / "vtprune-edge"
+    for name, body in files.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(body)
+    out = run_python(MINIMAL_PACKAGE_RUN, [pip_install(package, tmp_path / "site")])
+    assert out["source"] == "vtprune-edge (plugin 'edge')"
+    assert out["counts"] == [12, 8]  # a quarter of 48 and of 30 valid tokens
+    (claimed,) = re.findall(r"^edge: .*$", guide.read_text(), re.M)
+    assert out["summary"] == claimed
