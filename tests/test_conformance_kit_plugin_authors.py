@@ -19,8 +19,8 @@ import torch
 from hypothesis import Phase
 from test_plugins import plugin_env
 
-from vtprune.conformance_tests import CHECKS, ContextSpec, build_context, check_strategy
-from vtprune.core import Capabilities, PruneContext, Selection, Strategy
+from vtprune.conformance_tests import CHECKS, ContextSpec, build_context, check_strategy, summarize
+from vtprune.core import Capabilities, PruneContext, Selection, Strategy, get_strategy
 from vtprune.strategies import stages
 
 pytest_plugins = ["pytester"]
@@ -169,3 +169,36 @@ def test_the_kit_leaves_no_hypothesis_folder(command: list[str], tmp_path: Path)
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# -- the docs print what the kit prints -----------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+SUMMARY = re.compile(r"(\w[\w:]*): \d+ passed, \d+ failed, \d+ skipped")
+
+
+def test_conformance_docs_summaries_are_what_the_kit_prints() -> None:
+    uniform = get_strategy("uniform")
+    strategies = {  # every summary conformance.md quotes, rebuilt here (the example's aside)
+        "uniform": uniform,
+        "my_sampler": replace(uniform, name="my_sampler", capabilities=Capabilities(deterministic=False)),
+    }
+    quoted = {m[0] for m in SUMMARY.finditer((DOCS / "conformance.md").read_text())}
+    quoted -= {"center_saliency: 11 passed, 0 failed, 1 skipped"}  # checked by test_plugins.py
+    assert {line.split(":")[0] for line in quoted} == set(strategies)
+    for line in quoted:
+        name = line.split(":")[0]
+        assert summarize(check_strategy(strategies[name], 3)) == line
+
+
+def test_conformance_docs_failure_message_is_the_kits_format() -> None:
+    uniform = get_strategy("uniform")
+    strategy = replace(uniform, name="my_uniform", selector=descending_selector)
+    (result,) = check_strategy(strategy, checks=["check_selection_contract"])
+    block = (DOCS / "conformance.md").read_text().split("my_uniform check_selection_contract: failed")[1]
+    documented = ["my_uniform check_selection_contract: failed", *block.split("```")[0].strip().splitlines()]
+    printed = str(result).splitlines()
+    assert len(documented) == len(printed)
+    for doc, kit in zip(documented, printed):
+        pattern = re.sub(r"\d+", r"\\d+", re.escape(doc))  # numbers may differ with the draw
+        assert re.fullmatch(pattern, kit), f"docs: {doc}\nkit:  {kit}"

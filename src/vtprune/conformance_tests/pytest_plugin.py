@@ -112,8 +112,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     # Items added here were not collected from a file: report them as collected, so that the
     # terminal's counts ("collected N items", "N tests collected" under --collect-only) include
     # them instead of ending a listing with "no tests collected".
-    report = pytest.CollectReport(session.nodeid, "passed", None, added)
-    config.hook.pytest_collectreport(report=report)
+    collected: list[pytest.Item | pytest.Collector] = [*added]
+    config.hook.pytest_collectreport(report=pytest.CollectReport(session.nodeid, "passed", None, collected))
 
 
 @pytest.fixture
