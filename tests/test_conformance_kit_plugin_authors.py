@@ -13,14 +13,33 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hypothesis import Phase
 from test_plugins import plugin_env
 
-from vtprune.conformance_tests import CHECKS, ContextSpec, build_context, check_strategy, summarize
-from vtprune.core import Capabilities, PruneContext, Selection, Strategy, get_strategy
+from vtprune.conformance_tests import (
+    CHECKS,
+    ContextSpec,
+    build_context,
+    check_strategy,
+    pytest_plugin,
+    summarize,
+)
+from vtprune.core import (
+    Capabilities,
+    PluginLoadWarning,
+    PruneContext,
+    Registry,
+    Selection,
+    Strategy,
+    StrategySpec,
+    get_strategy,
+    hookimpl,
+)
+from vtprune.core import registry as registry_module
 from vtprune.strategies import stages
 
 pytest_plugins = ["pytester"]
@@ -146,6 +165,23 @@ def test_collect_only_counts_the_kits_items(pytester: pytest.Pytester) -> None:
     assert "vtprune-conformance[uniform-check_scores_contract]" in out
     assert f"{len(CHECKS)} tests collected" in out
     assert "no tests collected" not in out
+
+
+def test_pytest_option_says_why_a_plugins_strategy_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    @hookimpl
+    def vtprune_strategies() -> list[StrategySpec]:
+        return [StrategySpec("edge", "feature_norm", "global", "top_k")]
+
+    registry = Registry()
+    registry.register(stages, name="stages", distribution="vtprune")
+    registry.register(SimpleNamespace(vtprune_strategies=vtprune_strategies), name="edge", distribution="vtprune-edge")
+    monkeypatch.setattr(registry_module, "_default", registry)
+    with pytest.warns(PluginLoadWarning), pytest.raises(pytest.UsageError) as caught:
+        pytest_plugin._requested("edge,fetaure_norm")
+    message = str(caught.value)
+    assert "strategy 'edge' from vtprune-edge (plugin 'edge') uses selector 'top_k'" in message
+    assert "Did you mean 'topk'?" in message and "unavailable" in message
+    assert "no strategy named 'fetaure_norm'" in message
 
 
 # -- no files left behind ------------------------------------------------------------------------

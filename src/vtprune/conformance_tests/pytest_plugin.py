@@ -82,9 +82,22 @@ def _requested(value: str) -> list[str]:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise pytest.UsageError(
-            f"{OPTION}: unknown strategy name(s) {unknown}; registered: {sorted(known)} (or 'all')"
+            f"{OPTION}: unknown strategy name(s) {unknown}; registered: {sorted(known)} (or "
+            f"'all'). {' '.join(_why_unknown(n) for n in unknown)}"
         )
     return names
+
+
+def _why_unknown(name: str) -> str:
+    """The registry's own error for ``name``: close matches, or why a strategy a plugin
+    registers is unavailable (a stage it names is missing)."""
+    from ..core import VtpruneError, default_registry
+
+    try:
+        default_registry().spec("strategy", name)
+    except VtpruneError as err:
+        return str(err)
+    return f"Strategy names are lower case: use {name.lower()!r}."
 
 
 @pytest.hookimpl(tryfirst=True)
