@@ -112,7 +112,9 @@ def test_kit_catches_a_merging_selector_that_averages_padding_into_kept_tokens()
         kept = torch.where(sel.kept_mask[..., None], mean.expand(-1, sel.indices.shape[1], -1), 0)
         return Selection(sel.indices, sel.counts, kept.to(ctx.features.dtype))
 
-    strategy = replace(_strategy("merge_all", selector=merge_all), capabilities=Capabilities(merges=True))
+    strategy = replace(
+        _strategy("merge_all", selector=merge_all), capabilities=Capabilities(merges=True)
+    )
     failed = _failed(strategy, checks=["check_padding_features_ignored"], settings=NO_SHRINK)
     assert "selection.features of kept slots" in failed["check_padding_features_ignored"]
 
@@ -145,8 +147,11 @@ def descending_selector(ctx: PruneContext, scores: torch.Tensor, alloc) -> Selec
 
 
 def test_a_selection_failure_names_the_sample_and_the_index_and_keeps_reproduce() -> None:
-    message = _failed(_strategy("descending", selector=descending_selector))["check_selection_contract"]
-    where = re.search(r"selection\.indices\[(\d+), (\d+)\] = (\d+) after (\d+) \(sample (\d+)\)", message)
+    failed = _failed(_strategy("descending", selector=descending_selector))
+    message = failed["check_selection_contract"]
+    where = re.search(
+        r"selection\.indices\[(\d+), (\d+)\] = (\d+) after (\d+) \(sample (\d+)\)", message
+    )
     assert where, message
     b, j, value, before, sample = (int(g) for g in where.groups())
     assert b == sample and j >= 1 and value < before
@@ -167,14 +172,17 @@ def test_collect_only_counts_the_kits_items(pytester: pytest.Pytester) -> None:
     assert "no tests collected" not in out
 
 
-def test_pytest_option_says_why_a_plugins_strategy_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pytest_option_says_why_a_plugins_strategy_is_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     @hookimpl
     def vtprune_strategies() -> list[StrategySpec]:
         return [StrategySpec("edge", "feature_norm", "global", "top_k")]
 
     registry = Registry()
     registry.register(stages, name="stages", distribution="vtprune")
-    registry.register(SimpleNamespace(vtprune_strategies=vtprune_strategies), name="edge", distribution="vtprune-edge")
+    plugin = SimpleNamespace(vtprune_strategies=vtprune_strategies)
+    registry.register(plugin, name="edge", distribution="vtprune-edge")
     monkeypatch.setattr(registry_module, "_default", registry)
     with pytest.warns(PluginLoadWarning), pytest.raises(pytest.UsageError) as caught:
         pytest_plugin._requested("edge,fetaure_norm")
@@ -217,7 +225,9 @@ def test_conformance_docs_summaries_are_what_the_kit_prints() -> None:
     uniform = get_strategy("uniform")
     strategies = {  # every summary conformance.md quotes, rebuilt here (the example's aside)
         "uniform": uniform,
-        "my_sampler": replace(uniform, name="my_sampler", capabilities=Capabilities(deterministic=False)),
+        "my_sampler": replace(
+            uniform, name="my_sampler", capabilities=Capabilities(deterministic=False)
+        ),
     }
     quoted = {m[0] for m in SUMMARY.finditer((DOCS / "conformance.md").read_text())}
     quoted -= {"center_saliency: 11 passed, 0 failed, 1 skipped"}  # checked by test_plugins.py
@@ -231,8 +241,9 @@ def test_conformance_docs_failure_message_is_the_kits_format() -> None:
     uniform = get_strategy("uniform")
     strategy = replace(uniform, name="my_uniform", selector=descending_selector)
     (result,) = check_strategy(strategy, checks=["check_selection_contract"])
-    block = (DOCS / "conformance.md").read_text().split("my_uniform check_selection_contract: failed")[1]
-    documented = ["my_uniform check_selection_contract: failed", *block.split("```")[0].strip().splitlines()]
+    head = "my_uniform check_selection_contract: failed"
+    block = (DOCS / "conformance.md").read_text().split(head)[1].split("```")[0]
+    documented = [head, *block.strip().splitlines()]
     printed = str(result).splitlines()
     assert len(documented) == len(printed)
     for doc, kit in zip(documented, printed):

@@ -345,7 +345,8 @@ def _valid_scores_differ(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) 
     if not bool(differ.any()):
         return None
     i, j = (int(v) for v in differ.nonzero()[0])
-    return f"scores of valid tokens (sample {i}, token {j}: {float(a[i, j])}, then {float(b[i, j])})"
+    before, after = float(a[i, j]), float(b[i, j])
+    return f"scores of valid tokens (sample {i}, token {j}: {before}, then {after})"
 
 
 def check_padding_features_ignored(strategy: Strategy, ctx: PruneContext) -> None:

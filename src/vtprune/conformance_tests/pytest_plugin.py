@@ -126,7 +126,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     # terminal's counts ("collected N items", "N tests collected" under --collect-only) include
     # them instead of ending a listing with "no tests collected".
     collected: list[pytest.Item | pytest.Collector] = [*added]
-    config.hook.pytest_collectreport(report=pytest.CollectReport(session.nodeid, "passed", None, collected))
+    report = pytest.CollectReport(session.nodeid, "passed", None, collected)
+    config.hook.pytest_collectreport(report=report)
 
 
 @pytest.fixture

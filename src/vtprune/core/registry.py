@@ -93,15 +93,11 @@ def _strict() -> bool:
     return os.environ.get("VTPRUNE_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
 
 
-def _close_names(name: str, names: Iterable[str]) -> list[str]:
-    """Up to three of ``names`` closest to ``name`` (case-insensitive), best first."""
-    lowered = {n.lower(): n for n in names}
-    return [lowered[c] for c in difflib.get_close_matches(str(name).lower(), lowered, n=3)]
-
-
 def _did_you_mean(name: str, names: Iterable[str]) -> str:
-    """`` Did you mean 'a', 'b'?`` for the names closest to ``name``, or ``""``."""
-    close = _close_names(name, names)
+    """`` Did you mean 'a', 'b'?`` for up to three of ``names`` closest to ``name``
+    (case-insensitive, best first), or ``""`` when none is close."""
+    lowered = {n.lower(): n for n in names}
+    close = [lowered[c] for c in difflib.get_close_matches(str(name).lower(), lowered, n=3)]
     return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
 
 
@@ -193,7 +189,7 @@ class Registry:
             return self._specs
         specs: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
         sources: dict[tuple[str, str], str] = {}
-        owners: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin name, in registration order
+        owners: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin name, registration order
         for kind, hook_name in _HOOKS.items():
             hook = getattr(self._pm.hook, hook_name)
             for impl in hook.get_hookimpls():  # registration order (pluggy calls them LIFO)
@@ -213,8 +209,9 @@ class Registry:
             del specs["strategy"][name]
         self._describe_plugins(owners, unavailable)
         for name, reason in unavailable.items():
-            owner = self._plugins.get(owners[("strategy", name)])
-            self._warn_unavailable(reason, owner.distribution if owner else owners[("strategy", name)])
+            plugin = owners[("strategy", name)]
+            owner = self._plugins.get(plugin)
+            self._warn_unavailable(reason, owner.distribution if owner else plugin)
         self._specs, self._sources, self._unavailable = specs, sources, unavailable
         return specs
 
@@ -223,7 +220,9 @@ class Registry:
         info = self._plugins.get(plugin_name)
         return f"{info.distribution} (plugin {plugin_name!r})" if info else plugin_name
 
-    def _describe_plugins(self, owners: dict[tuple[str, str], str], unavailable: dict[str, str]) -> None:
+    def _describe_plugins(
+        self, owners: dict[tuple[str, str], str], unavailable: dict[str, str]
+    ) -> None:
         """Recompute each plugin's ``provides`` and ``unavailable`` (never appended twice)."""
         for known in self._plugins.values():
             known.provides.clear()
@@ -242,8 +241,12 @@ class Registry:
         raise :class:`PluginError` instead under ``VTPRUNE_STRICT_PLUGINS``."""
         what_to_do = f"Fix the StrategySpec in {dist}, or block it with VTPRUNE_BLOCK_PLUGINS."
         if _strict():
-            raise PluginError(f"vtprune {reason} (an error because VTPRUNE_STRICT_PLUGINS is set). {what_to_do}")
-        message = f"vtprune {reason}; that strategy is unavailable, every other one works. {what_to_do}"
+            raise PluginError(
+                f"vtprune {reason} (an error because VTPRUNE_STRICT_PLUGINS is set). {what_to_do}"
+            )
+        message = (
+            f"vtprune {reason}; that strategy is unavailable, every other one works. {what_to_do}"
+        )
         if message not in self._warned:
             self._warned.add(message)
             warnings.warn(message, PluginLoadWarning, stacklevel=2)
@@ -395,7 +398,9 @@ def _records(kind: str, hook_name: str, function: Callable[[], Any], source: str
     return records
 
 
-def _unresolved(specs: dict[str, dict[str, Any]], sources: dict[tuple[str, str], str]) -> dict[str, str]:
+def _unresolved(
+    specs: dict[str, dict[str, Any]], sources: dict[tuple[str, str], str]
+) -> dict[str, str]:
     """Each strategy naming a stage that nobody registers, with the reason: every missing
     stage and the closest registered names."""
     reasons = {}
@@ -407,8 +412,8 @@ def _unresolved(specs: dict[str, dict[str, Any]], sources: dict[tuple[str, str],
             if getattr(spec, kind) not in specs[kind]
         ]
         if missing:
-            source = sources[("strategy", spec.name)]
-            reasons[spec.name] = f"strategy {spec.name!r} from {source} uses {' and '.join(missing)}"
+            source, uses = sources[("strategy", spec.name)], " and ".join(missing)
+            reasons[spec.name] = f"strategy {spec.name!r} from {source} uses {uses}"
     return reasons
 
 
