@@ -107,6 +107,7 @@ def test_plugins_lists_name_distribution_version_and_provides(
     assert records["mine"] == {
         "name": "mine", "distribution": "my-dist", "version": "9.9",
         "module": records["mine"]["module"], "provides": {"strategy": ["norms"]}, "error": None,
+        "unavailable": {},  # strategies naming a missing stage, with the reason
     }
     assert records["fastv"]["provides"] == {"scorer": ["attention"], "strategy": ["fastv"]}
 

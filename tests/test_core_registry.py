@@ -11,6 +11,7 @@ from vtprune.core import (
     ContractError,
     MissingSignalError,
     PluginError,
+    PluginLoadWarning,
     PruneContext,
     Registry,
     ScorerSpec,
@@ -107,7 +108,7 @@ def test_duplicate_plugin_name_is_rejected():
         registry.register(scorer_plugin("other"), name="stages")
 
 
-def test_strategy_using_an_unregistered_stage_is_reported():
+def test_strategy_using_an_unregistered_stage_is_isolated_and_reported():
     class Plugin:
         @hookimpl
         def vtprune_strategies(self):
@@ -115,8 +116,10 @@ def test_strategy_using_an_unregistered_stage_is_reported():
 
     registry = builtins()
     registry.register(Plugin(), name="lonely")
-    with pytest.raises(PluginError, match="uses scorer 'nowhere', which no plugin registers"):
-        registry.names()
+    with pytest.warns(PluginLoadWarning, match=r"uses scorer 'nowhere' \(no plugin registers it"):
+        assert "lonely" not in registry.names()
+    with pytest.raises(PluginError, match=r"'nowhere' \(no plugin registers it.*unavailable"):
+        registry.get_strategy("lonely")
 
 
 def test_hook_returning_the_wrong_record_type_is_reported():

@@ -84,6 +84,18 @@ RIVAL_ADAPTER_MODULE = """
 """
 
 
+# A plugin whose strategy names a selector nobody registers ("top_k" for "topk"), next to a
+# correct strategy of its own: only the first may go missing.
+TYPO_MODULE = """
+    import vtprune
+
+    @vtprune.hookimpl
+    def vtprune_strategies():
+        return [vtprune.StrategySpec("edge", "feature_norm", "global", "top_k"),
+                vtprune.StrategySpec("edge_norm", "feature_norm", "global", "topk")]
+"""
+
+
 @pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example plugin installed (no deps, no network) into a temporary target directory.
@@ -93,13 +105,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("plugins")
     source = base / "source"
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    target = base / "site"
+    return pip_install(source, base / "site")
+
+
+def pip_install(source: Path, target: Path) -> Path:
+    """``pip install`` the package at ``source`` into ``target`` (no deps, no network) and
+    return ``target``."""
     cmd = [
         sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
         "--no-index", "--disable-pip-version-check", "--target", str(target), str(source),
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"installing the example plugin failed:\n{done.stderr}"
+    assert done.returncode == 0, f"installing {source.name} failed:\n{done.stderr}"
     return target
 
 
@@ -129,11 +146,19 @@ def broken_adapter_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-def run_python(code: str, paths: list[Path], **env: str) -> dict:
-    """Run ``code`` in a fresh interpreter with ``PYTHONPATH=paths``; it prints one JSON object."""
+def plugin_env(paths: list[Path], **env: str) -> dict[str, str]:
+    """The environment of a fresh interpreter that sees ``paths`` and this checkout's ``src``
+    (first, so that a worktree tests its own code, not the venv's editable install), with
+    no plugin-selection variables but those in ``env``."""
     full_env = {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
     full_env.update(env)
-    full_env["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
+    full_env["PYTHONPATH"] = os.pathsep.join(str(p) for p in [ROOT / "src", *paths])
+    return full_env
+
+
+def run_python(code: str, paths: list[Path], **env: str) -> dict:
+    """Run ``code`` in a fresh interpreter with ``PYTHONPATH=paths``; it prints one JSON object."""
+    full_env = plugin_env(paths, **env)
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True, text=True, env=full_env, timeout=300,
@@ -402,33 +427,113 @@ def test_two_distributions_registering_one_strategy_name_is_an_error_naming_both
     assert "center_saliency" in out["n"]
 
 
+TYPO_SCENARIO = """
+    import json, os, warnings
+    import torch
+    import vtprune
+
+    def load():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            registry = vtprune.reload_plugins()
+            names = registry.names("strategy")
+        return registry, names, [str(w.message) for w in caught
+                                 if type(w.message).__name__ == "PluginLoadWarning"]
+
+    os.environ["VTPRUNE_BLOCK_PLUGINS"] = "vtprune-typo-plugin"
+    _, without, _ = load()
+    del os.environ["VTPRUNE_BLOCK_PLUGINS"]
+    registry, names, warned = load()
+    builtins = [n for n in names if registry.source("strategy", n).startswith("vtprune (")]
+    ctx = vtprune.PruneContext.create(torch.randn(2, 48, 16), grid=(6, 8), keep=0.25)
+    counts = {n: vtprune.get_strategy(n)(ctx).counts.tolist()
+              for n in ("center_saliency", "edge_norm", "uniform", "divprune")}
+    try:
+        vtprune.get_strategy("edge")
+        error = None
+    except vtprune.PluginError as err:
+        error = str(err)
+    import contextlib, io
+    from vtprune.cli import main
+    listing = io.StringIO()
+    with contextlib.redirect_stdout(listing):
+        main(["plugins"])
+    (row,) = [ln for ln in listing.getvalue().splitlines() if ln.startswith("typo ")]
+    print(json.dumps({
+        "without": without, "names": names, "warned": warned, "error": error, "counts": counts,
+        "row": row,
+        "builtins": builtins, "built": [vtprune.get_strategy(n).name for n in builtins],
+    }))
+"""
+
+
+def test_a_spec_naming_a_missing_stage_leaves_every_other_strategy_working(
+    site: Path, tmp_path: Path
+) -> None:
+    write_fake_dist(
+        tmp_path, "vtprune-typo-plugin", "0.0.1", {"typo": "vtprune_typo_plugin"},
+        {"vtprune_typo_plugin": TYPO_MODULE},
+    )
+    out = run_python(TYPO_SCENARIO, [site, tmp_path])
+    assert out["names"] == sorted([*out["without"], "edge_norm"])  # only "edge" is missing
+    assert {"center_saliency", "altp", "fastv", "uniform"} <= set(out["names"])
+    assert out["built"] == out["builtins"] and len(out["builtins"]) >= 10  # every built-in builds
+    assert out["counts"] == {n: [12, 12] for n in out["counts"]}
+    assert set(out["counts"]) == {"center_saliency", "edge_norm", "uniform", "divprune"}
+    (warning,) = out["warned"]
+    for part in ("'edge'", "vtprune-typo-plugin", "plugin 'typo'", "selector 'top_k'",
+                 "Did you mean 'topk'?", "VTPRUNE_BLOCK_PLUGINS"):
+        assert part in warning, part
+    assert "vtprune-typo-plugin" in out["error"] and "'top_k'" in out["error"]
+    assert "unavailable" in out["error"]
+    assert "strategy: edge_norm; UNAVAILABLE: strategy 'edge'" in out["row"]
+
+
 def test_the_example_plugins_own_test_suite_passes_when_installed(site: Path) -> None:
     """The tutorial's tests (behaviour + conformance kit) against the installed plugin."""
     source = site.parent / "source"  # the copy the plugin was built from
-    env = {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
-    env["PYTHONPATH"] = str(site)
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(source / "tests")],
-        capture_output=True, text=True, env=env, cwd=source, timeout=600,
+        capture_output=True, text=True, env=plugin_env([site]), cwd=source, timeout=600,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
 
 
 FENCE = re.compile(
-    r"^(?:<!-- excerpt(?P<norun>, not run here)?: (?P<src>\S+) -->\n)?"
+    r"^(?:<!-- (?:excerpt(?P<norun>, not run here)?: (?P<src>\S+)|file: (?P<file>\S+)) -->\n)?"
     r"(?P<indent>[ ]*)```(?P<lang>\w*)\n(?P<body>.*?)^(?P=indent)```",
     re.S | re.M,
 )
 
 
 def code_blocks(markdown: Path) -> list[dict]:
-    """Fenced blocks of a Markdown file: language, body, excerpt source, whether to run it."""
+    """Fenced blocks of a Markdown file: language, body, excerpt source, the file of a package
+    it is (``<!-- file: PATH -->``), whether to run it (not a file, not marked "not run")."""
     blocks = []
     for m in FENCE.finditer(markdown.read_text()):
         body = textwrap.dedent(m["body"]) if m["indent"] else m["body"]
-        blocks.append({"lang": m["lang"], "body": body, "src": m["src"], "run": not m["norun"]})
+        run = not m["norun"] and not m["file"]
+        blocks.append(
+            {"lang": m["lang"], "body": body, "src": m["src"], "file": m["file"], "run": run}
+        )
     return blocks
+
+
+def printed_claims(code: str) -> list[str]:
+    """What a block says it prints: the comment after a ``print(...)`` on its line, or on the
+    line just below it."""
+    lines = code.splitlines()
+    claims = []
+    for line, below in zip(lines, [*lines[1:], ""]):
+        if not line.lstrip().startswith("print("):
+            continue
+        same = re.search(r"\)\s+# (.+)$", line)
+        if same:
+            claims.append(same[1])
+        elif below.startswith("# "):
+            claims.append(below[2:])
+    return claims
 
 
 RUN_BLOCKS = """
@@ -457,11 +562,49 @@ def test_docs_python_blocks_run_and_excerpts_match_the_example(
     assert code, f"no python blocks found in {markdown}"
     script = tmp_path / "blocks.json"
     script.write_text(json.dumps(code))
-    full_env = {k: v for k, v in os.environ.items() if k not in PLUGIN_ENV}
-    full_env["PYTHONPATH"] = str(site)
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(RUN_BLOCKS), str(script)],
-        capture_output=True, text=True, env=full_env, cwd=tmp_path, timeout=600,
+        capture_output=True, text=True, env=plugin_env([site]), cwd=tmp_path, timeout=600,
     )
     assert done.returncode == 0, f"{markdown.name}: a python block failed:\n{done.stderr[-4000:]}"
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"ran": len(code)}
+    claims = [c for block in code for c in printed_claims(block)]
+    assert claims, f"no print(...)  # output comments found in {markdown}"
+    printed = done.stdout.splitlines()
+    for claim in claims:
+        assert claim in printed, f"{markdown.name}: no line {claim!r} in:\n{done.stdout}"
+
+
+MINIMAL_PACKAGE_RUN = """
+    import json, warnings
+    import torch
+    import vtprune
+    from vtprune.conformance_tests import check_strategy, summarize
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the package loads without a plugin warning
+        source = vtprune.core.default_registry().source("strategy", "edge")
+    valid = torch.arange(48).expand(2, 48) < torch.tensor([[48], [30]])
+    ctx = vtprune.PruneContext.create(torch.randn(2, 48, 16), grid=(6, 8), keep=0.25, valid=valid)
+    print(json.dumps({
+        "source": source,
+        "counts": vtprune.get_strategy("edge")(ctx).counts.tolist(),
+        "summary": summarize(check_strategy("edge")),
+    }))
+"""
+
+
+def test_the_guides_minimal_package_is_built_installed_and_run(tmp_path: Path) -> None:
+    guide = ROOT / "docs" / "writing-a-plugin.md"
+    files = {b["file"]: b["body"] for b in code_blocks(guide) if b["file"]}
+    assert sorted(files) == [
+        "pyproject.toml", "src/vtprune_edge/__init__.py", "src/vtprune_edge/plugin.py"
+    ]
+    package = tmp_path / "vtprune-edge"
+    for name, body in files.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(body)
+    out = run_python(MINIMAL_PACKAGE_RUN, [pip_install(package, tmp_path / "site")])
+    assert out["source"] == "vtprune-edge (plugin 'edge')"
+    assert out["counts"] == [12, 8]  # a quarter of 48 and of 30 valid tokens
+    (claimed,) = re.findall(r"^edge: .*$", guide.read_text(), re.M)
+    assert out["summary"] == claimed

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import vtprune
-from vtprune.core import Registry
+from vtprune.core import PluginLoadWarning, Registry
 from vtprune.strategies import baselines, stages
 
 
@@ -41,10 +43,81 @@ def test_in_process_duplicate_strategy_names_both_sources() -> None:
         registry.names("strategy")
 
 
-def test_strategy_using_an_unregistered_stage_names_the_stage() -> None:
+def _typo_plugin() -> SimpleNamespace:
+    """A third-party strategy with a typo in its selector's name (``top_k`` for ``topk``)."""
+
+    @vtprune.hookimpl
+    def vtprune_strategies() -> list[vtprune.StrategySpec]:
+        return [
+            vtprune.StrategySpec("edge", "feature_norm", "global", "top_k"),
+            vtprune.StrategySpec("edge_ok", "feature_norm", "global", "topk"),
+        ]
+
+    return SimpleNamespace(vtprune_strategies=vtprune_strategies)
+
+
+def _registry_with_typo() -> Registry:
     registry = Registry()
-    registry.register(_plugin("orphan"), name="orphan", distribution="orphan-dist")
-    with pytest.raises(vtprune.PluginError, match="orphan-dist.*'feature_norm'"):
+    registry.register(stages, name="stages", distribution="vtprune")
+    registry.register(baselines, name="baselines", distribution="vtprune")
+    registry.register(_typo_plugin(), name="edge_plugin", distribution="vtprune-edge")
+    return registry
+
+
+def test_a_strategy_naming_a_missing_stage_is_isolated_with_a_warning() -> None:
+    registry = _registry_with_typo()
+    with pytest.warns(PluginLoadWarning) as caught:
+        names = registry.names("strategy")
+    assert names == ["edge_ok", "random", "uniform"]  # the typo's neighbours all work
+    (message,) = [str(w.message) for w in caught]
+    for part in ("'edge'", "vtprune-edge", "plugin 'edge_plugin'", "selector 'top_k'",
+                 "Did you mean 'topk'?", "unavailable", "VTPRUNE_BLOCK_PLUGINS"):
+        assert part in message, part
+    ctx = vtprune.PruneContext.create(torch.randn(2, 12, 4), grid=(3, 4), keep=0.5)
+    assert registry.get_strategy("edge_ok")(ctx).counts.tolist() == [6, 6]
+    assert registry.get_strategy("uniform")(ctx).counts.tolist() == [6, 6]
+
+
+def test_asking_for_the_isolated_strategy_says_why_it_is_unavailable() -> None:
+    registry = _registry_with_typo()
+    with pytest.warns(PluginLoadWarning):
+        registry.names("strategy")
+    with pytest.raises(vtprune.PluginError, match=r"'edge' from vtprune-edge .*selector 'top_k'.*"
+                       r"Did you mean 'topk'\?.*unavailable"):
+        registry.get_strategy("Edge")
+    with pytest.raises(vtprune.PluginError, match="unavailable"):
+        registry.compose("feature_norm", "global", "topk", schedule="edge")
+    info = {p.name: p for p in registry.plugins()}["edge_plugin"]
+    assert info.provides == {"strategy": ["edge_ok"]} and list(info.unavailable) == ["edge"]
+
+
+def test_the_missing_stage_warning_is_given_once_per_registry() -> None:
+    registry = _registry_with_typo()
+    with pytest.warns(PluginLoadWarning):
+        registry.names("strategy")
+    registry.register(_plugin("late"), name="late", distribution="late-dist")  # re-collection
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "late" in registry.names("strategy")
+
+
+def test_registering_the_missing_stage_later_makes_the_strategy_available() -> None:
+    registry = _registry_with_typo()
+    with pytest.warns(PluginLoadWarning):
+        assert "edge" not in registry.names("strategy")
+
+    @vtprune.hookimpl
+    def vtprune_selectors() -> list[vtprune.SelectorSpec]:
+        return [vtprune.SelectorSpec("top_k", stages.make_topk)]
+
+    registry.register(SimpleNamespace(vtprune_selectors=vtprune_selectors), name="alias")
+    assert registry.get_strategy("edge").stage_names == ("feature_norm", "global", "top_k")
+
+
+def test_strict_mode_turns_a_missing_stage_into_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VTPRUNE_STRICT_PLUGINS", "1")
+    registry = _registry_with_typo()
+    with pytest.raises(vtprune.PluginError, match=r"vtprune-edge.*'top_k'.*VTPRUNE_STRICT_PLUGINS"):
         registry.names("strategy")
 
 

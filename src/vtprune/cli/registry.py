@@ -134,8 +134,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         return 0
     rows = [["plugin", "distribution", "version", "provides"]]
     for info in infos:
-        provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(info.provides.items()))
-        status = f"FAILED: {info.error}" if info.error else provides or "(nothing)"
+        provides = [f"{k}: {', '.join(v)}" for k, v in sorted(info.provides.items())]
+        provides += [f"UNAVAILABLE: {reason}" for reason in info.unavailable.values()]
+        status = f"FAILED: {info.error}" if info.error else "; ".join(provides) or "(nothing)"
         rows.append([info.name, info.distribution, info.version, status])
     print(_table(rows))
     return 0

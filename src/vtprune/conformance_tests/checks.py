@@ -331,6 +331,50 @@ def check_inputs_not_mutated(strategy: Strategy, ctx: PruneContext) -> None:
         )
 
 
+def _padding_changed(ctx: PruneContext) -> PruneContext:
+    """The same context with other features on its padding tokens (``1 - 2 x``: every value
+    moves, zeros included) and the generator re-seeded as the original was."""
+    assert ctx.valid is not None
+    pad = ~ctx.valid.to(ctx.features.device)[..., None]  # [B, N, 1]
+    return _fresh(replace(ctx, features=torch.where(pad, 1.0 - 2.0 * ctx.features, ctx.features)))
+
+
+def _valid_scores_differ(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> str | None:
+    """Where scores ``a`` and ``b`` first differ on a valid token, or None."""
+    differ = ~torch.isclose(a, b, rtol=0.0, atol=0.0, equal_nan=True) & valid.to(a.device)
+    if not bool(differ.any()):
+        return None
+    i, j = (int(v) for v in differ.nonzero()[0])
+    before, after = float(a[i, j]), float(b[i, j])
+    return f"scores of valid tokens (sample {i}, token {j}: {before}, then {after})"
+
+
+def check_padding_features_ignored(strategy: Strategy, ctx: PruneContext) -> None:
+    """Changing the features of padding tokens (``ctx.valid`` False) changes neither the scores
+    of valid tokens nor the allocation, the selection or the kept replacement features: a stage
+    that pools, normalises or reads grid neighbours must skip invalid tokens. Contexts without
+    padding pass."""
+    if ctx.valid is None or bool(ctx.valid.all()):
+        return
+    first = run_stages(strategy, _fresh(ctx))
+    second = run_stages(strategy, _padding_changed(ctx))
+    moved = [_valid_scores_differ(first.scores, second.scores, ctx.valid)]
+    # scores may differ on padding, replacement features past a sample's count: both unread
+    moved += [n for n in _differences(first, second) if n not in ("scores", "selection.features")]
+    fa, fb = first.selection.features, second.selection.features
+    if fa is not None and fb is not None and fa.shape == fb.shape:
+        kept = first.selection.kept_mask
+        if not _same_nan(fa[kept], fb[kept]):
+            moved.append("selection.features of kept slots")
+    changed = [m for m in moved if m]
+    if changed:
+        raise ConformanceError(
+            f"other features on padding tokens (ctx.valid == False) changed {', '.join(changed)}; "
+            "a stage must not read invalid tokens: mask them out before pooling, averaging or "
+            "reading grid neighbours (e.g. torch.where(ctx.valid_mask()[..., None], features, 0))"
+        )
+
+
 def check_selector_respects_quotas(strategy: Strategy, ctx: PruneContext) -> None:
     """When the allocation has regions, the selector keeps exactly ``quotas[b, r]`` tokens in
     region r of sample b (vacuous when the allocator returns no regions)."""
@@ -411,6 +455,10 @@ CHECKS: tuple[Check, ...] = (
         requires=("row_grids", "deterministic"),
     ),
     Check("check_inputs_not_mutated", check_inputs_not_mutated, "property"),
+    Check(
+        "check_padding_features_ignored", check_padding_features_ignored, "property",
+        requires=("deterministic",),
+    ),
     Check("check_selector_respects_quotas", check_selector_respects_quotas, "property"),
 )
 """Every default check of the kit, in the order they run."""
@@ -441,6 +489,7 @@ __all__ = [
     "check_batch_consistent",
     "check_row_grids_own_grid",
     "check_inputs_not_mutated",
+    "check_padding_features_ignored",
     "check_selector_respects_quotas",
     "check_deterministic_across_processes",
 ]

@@ -82,9 +82,22 @@ def _requested(value: str) -> list[str]:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise pytest.UsageError(
-            f"{OPTION}: unknown strategy name(s) {unknown}; registered: {sorted(known)} (or 'all')"
+            f"{OPTION}: unknown strategy name(s) {unknown}; registered: {sorted(known)} (or "
+            f"'all'). {' '.join(_why_unknown(n) for n in unknown)}"
         )
     return names
+
+
+def _why_unknown(name: str) -> str:
+    """The registry's own error for ``name``: close matches, or why a strategy a plugin
+    registers is unavailable (a stage it names is missing)."""
+    from ..core import VtpruneError, default_registry
+
+    try:
+        default_registry().spec("strategy", name)
+    except VtpruneError as err:
+        return str(err)
+    return f"Strategy names are lower case: use {name.lower()!r}."
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -96,18 +109,25 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
     examples = config.getoption("vtprune_conformance_examples")
     device = config.getoption("vtprune_conformance_device")
-    for strategy in _requested(value):
-        for check in CHECKS:
-            items.append(
-                ConformanceItem.from_parent(
-                    session,
-                    name=f"vtprune-conformance[{strategy}-{check.name}]",
-                    strategy=strategy,
-                    check=check.name,
-                    max_examples=examples,
-                    device=device,
-                )
-            )
+    added: list[pytest.Item] = [
+        ConformanceItem.from_parent(
+            session,
+            name=f"vtprune-conformance[{strategy}-{check.name}]",
+            strategy=strategy,
+            check=check.name,
+            max_examples=examples,
+            device=device,
+        )
+        for strategy in _requested(value)
+        for check in CHECKS
+    ]
+    items.extend(added)
+    # Items added here were not collected from a file: report them as collected, so that the
+    # terminal's counts ("collected N items", "N tests collected" under --collect-only) include
+    # them instead of ending a listing with "no tests collected".
+    collected: list[pytest.Item | pytest.Collector] = [*added]
+    report = pytest.CollectReport(session.nodeid, "passed", None, collected)
+    config.hook.pytest_collectreport(report=report)
 
 
 @pytest.fixture

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
 from hypothesis import HealthCheck, Verbosity, given
+from hypothesis import configuration as hypothesis_configuration
 from hypothesis import seed as hypothesis_seed
 from hypothesis import settings as hypothesis_settings
 
@@ -95,7 +97,8 @@ class _Falsified(AssertionError):
 
 def kit_settings(max_examples: int, overrides: Mapping[str, Any] | None = None) -> hypothesis_settings:
     """Hypothesis settings of the kit: no deadline, no example database, derandomized (the same
-    contexts on every run, so CI is reproducible), one reported bug per check."""
+    contexts on every run, so CI is reproducible), one reported bug per check. (Hypothesis'
+    other files go to a temporary directory while a check runs: see :func:`run_check`.)"""
     base: dict[str, Any] = {
         "max_examples": max_examples,
         "deadline": None,
@@ -113,6 +116,20 @@ def kit_settings(max_examples: int, overrides: Mapping[str, Any] | None = None) 
     }
     base.update(overrides or {})
     return hypothesis_settings(**base)
+
+
+@contextlib.contextmanager
+def _no_hypothesis_files() -> Iterator[None]:
+    """Point hypothesis' storage (``.hypothesis/`` in the working directory, where it caches
+    the constants it reads from local modules even without an example database) at a
+    temporary directory for the run, deleted afterwards: the kit leaves no files behind."""
+    before = getattr(hypothesis_configuration, "__hypothesis_home_directory", None)
+    with tempfile.TemporaryDirectory(prefix="vtprune-kit-hypothesis-") as tmp:
+        hypothesis_configuration.set_hypothesis_home_dir(tmp)
+        try:
+            yield
+        finally:
+            hypothesis_configuration.set_hypothesis_home_dir(before)
 
 
 @contextlib.contextmanager
@@ -220,7 +237,7 @@ def run_check(
     if hyp.derandomize:
         run = hypothesis_seed(check_seed(check.name))(run)
     try:
-        with _one_thread():
+        with _one_thread(), _no_hypothesis_files():
             if not check.once:
                 run()  # first, so that a failure hypothesis can find is shrunk
             for swept in sweep:

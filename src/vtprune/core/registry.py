@@ -8,7 +8,8 @@ Environment variables:
     VTPRUNE_PLUGINS: comma-separated allow-list of third-party entry-point (or distribution)
         names; when set, only those load. vtprune's own built-ins always load.
     VTPRUNE_BLOCK_PLUGINS: comma-separated block-list; these never load (built-ins included).
-    VTPRUNE_STRICT_PLUGINS=1: a plugin that fails to import raises instead of warning.
+    VTPRUNE_STRICT_PLUGINS=1: a plugin that fails to import, or a strategy naming a stage
+        nobody registers, raises instead of warning.
 Names in both lists are compared after PEP 503 normalisation (case, and - _ . alike).
 """
 
@@ -21,7 +22,7 @@ import operator
 import os
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -62,8 +63,12 @@ _HOOKS = {
 }
 
 
+STAGE_KINDS = ("scorer", "allocator", "selector")
+
+
 class PluginLoadWarning(UserWarning):
-    """A plugin failed to import and was skipped."""
+    """A plugin failed to import, or one of its strategies names a stage nobody registers;
+    that plugin (or strategy) was skipped and every other one works."""
 
 
 @dataclass
@@ -76,11 +81,26 @@ class PluginInfo:
     module: str
     provides: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)
+    """Strategies it registers that cannot be built, each with the reason (a missing stage)."""
 
 
 def _normalise(name: str) -> str:
     """PEP 503 name normalisation: ``Foo_Bar.baz`` and ``foo-bar-baz`` are the same name."""
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _strict() -> bool:
+    """True when ``VTPRUNE_STRICT_PLUGINS`` turns plugin warnings into errors."""
+    return os.environ.get("VTPRUNE_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
+
+
+def _did_you_mean(name: str, names: Iterable[str]) -> str:
+    """`` Did you mean 'a', 'b'?`` for up to three of ``names`` closest to ``name``
+    (case-insensitive, best first), or ``""`` when none is close."""
+    lowered = {n.lower(): n for n in names}
+    close = [lowered[c] for c in difflib.get_close_matches(str(name).lower(), lowered, n=3)]
+    return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
 
 
 def _env_list(var: str) -> set[str] | None:
@@ -114,6 +134,8 @@ class Registry:
         self._sources: dict[tuple[str, str], str] = {}
         self._process = _ProcessAdapters()
         self._pm.register(self._process, name=PROCESS_SOURCE)  # not a PluginInfo: no distribution
+        self._unavailable: dict[str, str] = {}  # strategy name -> why it cannot be built
+        self._warned: set[str] = set()  # warnings already given (collection re-runs)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -125,7 +147,7 @@ class Registry:
         """
         allow = _env_list("VTPRUNE_PLUGINS")
         block = _env_list("VTPRUNE_BLOCK_PLUGINS") or set()
-        strict = os.environ.get("VTPRUNE_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
+        strict = _strict()
 
         def order(ep: metadata.EntryPoint) -> tuple[bool, str, str]:  # built-ins first
             dist = ep.dist.name if ep.dist is not None else "unknown"
@@ -184,26 +206,12 @@ class Registry:
             return self._specs
         specs: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
         sources: dict[tuple[str, str], str] = {}
-        for known in self._plugins.values():  # recomputed on every collection, never appended twice
-            known.provides.clear()
+        owners: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin name, registration order
         for kind, hook_name in _HOOKS.items():
             hook = getattr(self._pm.hook, hook_name)
             for impl in hook.get_hookimpls():  # registration order (pluggy calls them LIFO)
-                info = self._plugins.get(impl.plugin_name)
-                source = f"{info.distribution} (plugin {impl.plugin_name!r})" if info else impl.plugin_name
-                spec: Any
-                try:
-                    records = list(impl.function() or ())
-                except Exception as exc:  # e.g. a record with an invalid name
-                    raise PluginError(
-                        f"{hook_name} of {source} raised {type(exc).__name__}: {exc}"
-                    ) from exc
-                for spec in records:
-                    if not issubclass(type(spec), KINDS[kind]):
-                        raise PluginError(
-                            f"{hook_name} of {source} returned {type(spec).__name__}; "
-                            f"expected {KINDS[kind].__name__} records"
-                        )
+                source = self._source(impl.plugin_name)
+                for spec in _records(kind, hook_name, impl.function, source):
                     if spec.name in specs[kind] and sources[(kind, spec.name)] == PROCESS_SOURCE:
                         continue  # hidden by an adapter registered in this process
                     if spec.name in specs[kind]:
@@ -214,18 +222,53 @@ class Registry:
                         )
                     specs[kind][spec.name] = spec
                     sources[(kind, spec.name)] = source
-                    if info is not None:
-                        info.provides.setdefault(kind, []).append(spec.name)
-        for spec in specs["strategy"].values():
-            for kind in ("scorer", "allocator", "selector"):
-                stage = getattr(spec, kind)
-                if stage not in specs[kind]:
-                    raise PluginError(
-                        f"strategy {spec.name!r} from {sources[('strategy', spec.name)]} uses "
-                        f"{kind} {stage!r}, which no plugin registers"
-                    )
-        self._specs, self._sources = specs, sources
+                    owners[(kind, spec.name)] = impl.plugin_name
+        unavailable = _unresolved(specs, sources)
+        for name in unavailable:
+            del specs["strategy"][name]
+        self._describe_plugins(owners, unavailable)
+        for name, reason in unavailable.items():
+            plugin = owners[("strategy", name)]
+            owner = self._plugins.get(plugin)
+            self._warn_unavailable(reason, owner.distribution if owner else plugin)
+        self._specs, self._sources, self._unavailable = specs, sources, unavailable
         return specs
+
+    def _source(self, plugin_name: str) -> str:
+        """``"<distribution> (plugin '<name>')"``, how messages name a plugin."""
+        info = self._plugins.get(plugin_name)
+        return f"{info.distribution} (plugin {plugin_name!r})" if info else plugin_name
+
+    def _describe_plugins(
+        self, owners: dict[tuple[str, str], str], unavailable: dict[str, str]
+    ) -> None:
+        """Recompute each plugin's ``provides`` and ``unavailable`` (never appended twice)."""
+        for known in self._plugins.values():
+            known.provides.clear()
+            known.unavailable.clear()
+        for (kind, name), plugin in owners.items():
+            info = self._plugins.get(plugin)
+            if info is None:
+                continue
+            if kind == "strategy" and name in unavailable:
+                info.unavailable[name] = unavailable[name]
+            else:
+                info.provides.setdefault(kind, []).append(name)
+
+    def _warn_unavailable(self, reason: str, dist: str) -> None:
+        """Warn once (per registry) that a strategy of distribution ``dist`` is unavailable;
+        raise :class:`PluginError` instead under ``VTPRUNE_STRICT_PLUGINS``."""
+        what_to_do = f"Fix the StrategySpec in {dist}, or block it with VTPRUNE_BLOCK_PLUGINS."
+        if _strict():
+            raise PluginError(
+                f"vtprune {reason} (an error because VTPRUNE_STRICT_PLUGINS is set). {what_to_do}"
+            )
+        message = (
+            f"vtprune {reason}; that strategy is unavailable, every other one works. {what_to_do}"
+        )
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message, PluginLoadWarning, stacklevel=2)
 
     def names(self, kind: str = "strategy") -> list[str]:
         """Sorted names registered for ``kind`` (strategy, scorer, allocator, selector or
@@ -235,18 +278,21 @@ class Registry:
         return sorted(self._collect()[kind])
 
     def spec(self, kind: str, name: str) -> Any:
-        """The registered record for ``name``; unknown names get close-match suggestions."""
+        """The registered record for ``name``; unknown names get close-match suggestions, and
+        a strategy isolated for naming a missing stage a :class:`PluginError` saying so."""
         table = self._collect()[kind] if kind in KINDS else None
         if table is None:
             raise UnknownNameError(f"unknown kind {kind!r}; choose from {list(KINDS)}")
         if name not in table and isinstance(name, str) and name.lower() in table:
             name = name.lower()  # registered names are lower-case; lookups ignore case
+        if kind == "strategy" and isinstance(name, str) and name.lower() in self._unavailable:
+            raise PluginError(
+                f"{self._unavailable[name.lower()]}, so it is unavailable (the other strategies "
+                "work). Fix that StrategySpec in its plugin, or choose another strategy."
+            )
         if name not in table:
-            lowered = {n.lower(): n for n in table}
-            close = [lowered[c] for c in difflib.get_close_matches(str(name).lower(), lowered, n=3)]
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
             raise UnknownNameError(
-                f"no {kind} named {name!r}.{hint} Registered {kind} names: "
+                f"no {kind} named {name!r}.{_did_you_mean(name, table)} Registered {kind} names: "
                 f"{', '.join(sorted(table)) or 'none'}"
             )
         return table[name]
@@ -366,6 +412,40 @@ class Registry:
             params=dict(params),
             schedule_factory=schedule,
         )
+
+
+def _records(kind: str, hook_name: str, function: Callable[[], Any], source: str) -> list[Any]:
+    """The records one hook implementation returns, each checked to be of its kind's type."""
+    try:
+        records = list(function() or ())
+    except Exception as exc:  # e.g. a record with an invalid name
+        raise PluginError(f"{hook_name} of {source} raised {type(exc).__name__}: {exc}") from exc
+    for spec in records:
+        if not issubclass(type(spec), KINDS[kind]):
+            raise PluginError(
+                f"{hook_name} of {source} returned {type(spec).__name__}; "
+                f"expected {KINDS[kind].__name__} records"
+            )
+    return records
+
+
+def _unresolved(
+    specs: dict[str, dict[str, Any]], sources: dict[tuple[str, str], str]
+) -> dict[str, str]:
+    """Each strategy naming a stage that nobody registers, with the reason: every missing
+    stage and the closest registered names."""
+    reasons = {}
+    for spec in specs["strategy"].values():
+        missing = [
+            f"{kind} {getattr(spec, kind)!r} (no plugin registers it."
+            f"{_did_you_mean(getattr(spec, kind), specs[kind])})"
+            for kind in STAGE_KINDS
+            if getattr(spec, kind) not in specs[kind]
+        ]
+        if missing:
+            source, uses = sources[("strategy", spec.name)], " and ".join(missing)
+            reasons[spec.name] = f"strategy {spec.name!r} from {source} uses {uses}"
+    return reasons
 
 
 def _accepts(factory: Callable[..., Any], key: str) -> bool:

@@ -343,7 +343,9 @@ def check_scores(scores: Any, ctx: PruneContext) -> torch.Tensor:
     b, j = (int(v) for v in (~finite).nonzero()[0])
     raise ContractError(
         f"scores must be finite on valid tokens; sample {b}, token {j} is "
-        f"{float(scores[b, j])}. Replace NaN/inf (e.g. torch.nan_to_num) in the scorer."
+        f"{float(scores[b, j])}. Compute the scores in float32 (e.g. from "
+        "ctx.features.float()): float16/bfloat16 arithmetic overflowing to inf is the usual "
+        "cause. Only then handle values that are legitimately NaN/inf (e.g. torch.nan_to_num)."
     )
 
 
@@ -555,24 +557,36 @@ def check_selection(sel: Any, ctx: PruneContext, alloc: Allocation | None = None
     counts = sel.counts.cpu()
     real = sel.kept_mask
     idx = sel.indices
-    _expect(bool((idx[~real] == PAD_INDEX).all()), "padding past a sample's count must be -1")
-    _expect(
-        bool(((idx[real] >= 0) & (idx[real] < n)).all()),
-        f"kept indices must lie in [0, {n - 1}]",
-    )
+    bad = ~real & (idx != PAD_INDEX)
+    if bool(bad.any()):
+        i, j = _first(bad)
+        raise ContractError(
+            f"{_at(idx, i, j)}, past sample {i}'s count {int(counts[i])}: padding past a "
+            "sample's count must be -1"
+        )
+    bad = real & ((idx < 0) | (idx >= n))
+    if bool(bad.any()):
+        i, j = _first(bad)
+        raise ContractError(f"{_at(idx, i, j)} (sample {i}): kept indices must lie in [0, {n - 1}]")
     if idx.shape[1] > 1:
-        steps = idx[:, 1:] - idx[:, :-1]
-        both = real[:, 1:]
-        if bool((steps[both] <= 0).any()):
-            i = int((both & (steps <= 0)).nonzero()[0, 0])
-            kind = "duplicate" if bool((both[i] & (steps[i] == 0)).any()) else "unsorted"
+        bad = real[:, 1:] & (idx[:, 1:] <= idx[:, :-1])  # column j: slot j + 1 vs slot j
+        if bool(bad.any()):
+            i, j = _first(bad)
+            j += 1
+            kind = "duplicate" if int(idx[i, j]) == int(idx[i, j - 1]) else "unsorted"
             raise ContractError(
-                f"sample {i}: kept indices must be unique and sorted ascending ({kind}: "
-                f"{idx[i, : int(counts[i])].tolist()[:20]}...)"
+                f"{_at(idx, i, j)} after {int(idx[i, j - 1])} (sample {i}): kept indices must be "
+                f"unique and sorted ascending ({kind}: {idx[i, : int(counts[i])].tolist()[:20]}...)"
             )
+    valid = ctx.valid_mask().to(idx.device)
+    bad = real & ~valid.gather(1, idx.clamp(0, n - 1))
+    if bool(bad.any()):
+        i, j = _first(bad)
+        raise ContractError(
+            f"{_at(idx, i, j)} (sample {i}): a kept index points at an invalid (padding) token "
+            f"(ctx.valid[{i}, {int(idx[i, j])}] is False)"
+        )
     kept = sel.token_mask(n)
-    if bool((kept & ~ctx.valid_mask().to(kept.device)).any()):
-        raise ContractError("a kept index points at an invalid (padding) token")
     if alloc is not None and alloc.regions is not None and alloc.quotas is not None:
         regions = alloc.regions.to(kept.device)
         r = alloc.quotas.shape[1]
@@ -586,6 +600,17 @@ def check_selection(sel: Any, ctx: PruneContext, alloc: Allocation | None = None
                 f"{int(alloc.quotas[i, k])}"
             )
     return _check_merged(sel, ctx)
+
+
+def _first(mask: torch.Tensor) -> tuple[int, int]:
+    """(row, column) of the first True entry of a 2-D bool mask (it has one)."""
+    i, j = (int(v) for v in mask.nonzero()[0])
+    return i, j
+
+
+def _at(idx: torch.Tensor, i: int, j: int) -> str:
+    """``"selection.indices[i, j] = v"``: where a selection is wrong, and what it holds there."""
+    return f"selection.indices[{i}, {j}] = {int(idx[i, j])}"
 
 
 def _selection_fine(sel: Selection, ctx: PruneContext, alloc: Allocation | None, real: torch.Tensor) -> torch.Tensor:
