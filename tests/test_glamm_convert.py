@@ -35,7 +35,7 @@ def glamm_splice_hidden(source: Path, clip: Path, input_ids: torch.Tensor, image
     """GLaMM's ``prepare_inputs_labels_for_multimodal`` for GCG, restated on the original
     weights: CLIP layer -2 without [CLS] -> mm_projector (Linear, GELU, Linear) -> spliced at the
     -200 placeholder into the token embeddings -> Llama -> last hidden states."""
-    from transformers import CLIPConfig, CLIPModel, LlamaConfig, LlamaForCausalLM
+    from transformers import CLIPConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
     state = dict(iter_tensors(source))
     cfg = json.loads((source / "config.json").read_text())
@@ -47,10 +47,13 @@ def glamm_splice_hidden(source: Path, clip: Path, input_ids: torch.Tensor, image
     llama.load_state_dict({k: v for k, v in state.items()
                            if k.startswith(("model.layers", "model.embed", "model.norm", "lm_head"))
                            and "inv_freq" not in k})
-    clip_model = CLIPModel(CLIPConfig.from_pretrained(clip)).eval()
-    clip_model.load_state_dict(torch.load(clip / "pytorch_model.bin", weights_only=True))
+    vision = CLIPVisionModel(CLIPConfig.from_pretrained(clip).vision_config).eval()
+    weights = torch.load(clip / "pytorch_model.bin", weights_only=True)
+    nested = any(k.startswith("vision_model.") for k in vision.state_dict())  # varies in 5.x
+    vision.load_state_dict({(k if nested else k[len("vision_model."):]): v for k, v in weights.items()
+                            if k.startswith("vision_model.") and not k.endswith("position_ids")})
     with torch.no_grad():
-        feats = clip_model.vision_model(image[None], output_hidden_states=True).hidden_states[-2][:, 1:]
+        feats = vision(pixel_values=image[None], output_hidden_states=True).hidden_states[-2][:, 1:]
         proj = F.linear(F.gelu(F.linear(feats, state["model.mm_projector.0.weight"],
                                         state["model.mm_projector.0.bias"])),
                         state["model.mm_projector.2.weight"], state["model.mm_projector.2.bias"])[0]
