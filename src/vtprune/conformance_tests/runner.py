@@ -331,22 +331,6 @@ NEUTRAL = {"scorer": "constant", "allocator": "global", "selector": "topk"}
 """The partners :func:`check_stage` composes a single stage with (a selector gets the kit's
 :func:`uneven_regions_allocator` instead of ``global``, see :func:`stage_strategy`)."""
 
-def _refuses_regions(strategy: Strategy) -> bool:
-    """True when the selector rejects region quotas with a ContractError (as ``divprune`` or
-    ``pool`` do, by design) on a small context with regions."""
-    from .generators import ContextSpec, _needs, build_context
-
-    ctx = build_context(ContextSpec(grid=(3, 4), dim=3, budgets=(5,), signals=_needs(strategy.capabilities)))
-    try:
-        scores = strategy.scorer(ctx)
-        strategy.selector(ctx, scores, uneven_regions_allocator(ctx, scores))
-    except ContractError:
-        return True
-    except Exception:  # any other error is the checks' business, with the regions allocator
-        return False
-    return False
-
-
 def stage_strategy(
     kind: str,
     name: str,
@@ -360,8 +344,8 @@ def stage_strategy(
 
     A selector is tested against the kit's :func:`uneven_regions_allocator` (several regions,
     uneven quotas, some 0) unless ``partners`` names an allocator, so that its quota handling
-    is exercised; a selector that refuses region quotas with a ``ContractError`` (by design,
-    e.g. ``divprune``) gets the ``global`` allocator instead.
+    is exercised; a selector declaring ``capabilities.region_quotas=False`` (e.g. ``divprune``)
+    gets the ``global`` allocator instead.
     """
     if kind not in NEUTRAL:
         raise UnknownNameError(f"unknown stage kind {kind!r}; choose from {list(NEUTRAL)}")
@@ -379,7 +363,8 @@ def stage_strategy(
         )
     except ContractError as err:
         raise ContractError(f"cannot build a strategy around {kind} {name!r}: {err}") from None
-    if kind == "selector" and "allocator" not in (partners or {}) and not _refuses_regions(strategy):
+    takes_quotas = registry.spec("selector", stages["selector"]).capabilities.region_quotas
+    if kind == "selector" and "allocator" not in (partners or {}) and takes_quotas:
         scorer_name, _, selector_name = strategy.stage_names
         strategy = replace(
             strategy,

@@ -398,7 +398,17 @@ class Registry:
                 )
             for i in takers:
                 routed[i][key] = value
+        allocator_caps, selector_caps = stages[1].capabilities, stages[2].capabilities
+        if allocator_caps.regions and not selector_caps.region_quotas:
+            raise ContractError(
+                f"strategy {label!r}: allocator {stage_names[1]!r} splits the budget into region "
+                f"quotas, which selector {stage_names[2]!r} does not take "
+                "(capabilities.region_quotas=False); compose it with the 'global' allocator, or "
+                "use a selector that honours quotas ('topk', 'spread')"
+            )
         fns = [s.build(**kw) for s, kw in zip(stages, routed)]
+        if not selector_caps.region_quotas:
+            fns[2] = _global_budget_only(stage_names[2], fns[2])
         if schedule is not None and routed[3]:
             schedule = functools.partial(schedule, **routed[3])
         caps = functools.reduce(operator.or_, (s.capabilities for s in stages))
@@ -412,6 +422,23 @@ class Registry:
             params=dict(params),
             schedule_factory=schedule,
         )
+
+
+def _global_budget_only(name: str, select: Callable[..., Any]) -> Callable[..., Any]:
+    """``select`` refusing an allocation with regions (its selector declared
+    ``region_quotas=False``); the one place that message is written."""
+
+    @functools.wraps(select)
+    def guarded(ctx: Any, scores: Any, alloc: Any) -> Any:
+        if alloc.regions is not None:
+            raise ContractError(
+                f"selector {name!r} does not support region quotas "
+                "(capabilities.region_quotas=False); compose it with the 'global' allocator, or "
+                "use 'topk' with a region allocator"
+            )
+        return select(ctx, scores, alloc)
+
+    return guarded
 
 
 def _records(kind: str, hook_name: str, function: Callable[[], Any], source: str) -> list[Any]:

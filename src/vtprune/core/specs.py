@@ -40,6 +40,12 @@ class Capabilities:
             the canvas: each row's output is what it would be on the row's own grid alone
             (the conformance kit checks it). Without it, :class:`~vtprune.core.Strategy`
             crops the rows to their own grids and calls the stage once per distinct grid.
+        regions: an allocator that splits the budget into per-region quotas
+            (``Allocation.regions`` / ``quotas``), like ALTP's ``ddc`` and ``ddf``.
+        region_quotas: a selector that keeps exactly ``quotas[b, r]`` tokens in each region
+            when the allocation has regions (the kit checks it). False: it takes one budget per
+            sample only; the registry then refuses to compose it with a ``regions`` allocator
+            and refuses a region allocation at run time, with one message.
     """
 
     needs: frozenset[str] = frozenset()
@@ -48,6 +54,8 @@ class Capabilities:
     merges: bool = False
     text_in_feature_space: bool = False
     row_grids: bool = False
+    regions: bool = False
+    region_quotas: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(SIGNALS)
@@ -63,6 +71,8 @@ class Capabilities:
             merges=self.merges or other.merges,
             text_in_feature_space=self.text_in_feature_space or other.text_in_feature_space,
             row_grids=self.row_grids and other.row_grids,
+            regions=self.regions or other.regions,
+            region_quotas=self.region_quotas and other.region_quotas,
         )
 
 

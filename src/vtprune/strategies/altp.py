@@ -558,7 +558,7 @@ def make_spread() -> Selector:
 
 # -- registration -------------------------------------------------------------------------------
 
-_NEEDS_IMAGE = Capabilities(needs=frozenset({"image"}), row_grids=True)
+_REGIONS = Capabilities(needs=frozenset({"image"}), row_grids=True, regions=True)
 """DDC / DDF segment each row's own pixels on its own grid (``ctx.grids``); densities and
 quotas read tokens through their regions only."""
 
@@ -572,11 +572,11 @@ def vtprune_scorers() -> Iterable[ScorerSpec]:
 def vtprune_allocators() -> Iterable[AllocatorSpec]:
     return [
         AllocatorSpec(
-            "ddc", make_ddc, _NEEDS_IMAGE,
+            "ddc", make_ddc, _REGIONS,
             description="SLIC regions, >= min_quota each, rest by region size (ALTP DDC)",
         ),
         AllocatorSpec(
-            "ddf", make_ddf, _NEEDS_IMAGE,
+            "ddf", make_ddf, _REGIONS,
             description="DDC regions, rest by density x size (ALTP DDF)",
         ),
     ]

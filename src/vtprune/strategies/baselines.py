@@ -15,7 +15,6 @@ from ..core import (
     PAD_INDEX,
     Allocation,
     Capabilities,
-    ContractError,
     PruneContext,
     Scorer,
     ScorerSpec,
@@ -104,11 +103,6 @@ def make_uniform_grid() -> Selector:
     """
 
     def select(ctx: PruneContext, scores: torch.Tensor, alloc: Allocation) -> Selection:
-        if alloc.regions is not None:
-            raise ContractError(
-                "selector 'uniform_grid' does not support region quotas; compose it with the "
-                "'global' allocator, or use 'topk' with a region allocator"
-            )
         valid = ctx.valid_mask()
         budget = alloc.budget.cpu()  # [B] host
         width = int(budget.max()) if budget.numel() else 0
@@ -140,7 +134,8 @@ def vtprune_scorers() -> Iterable[ScorerSpec]:
 
 @hookimpl
 def vtprune_selectors() -> Iterable[SelectorSpec]:
-    return [SelectorSpec("uniform_grid", make_uniform_grid, _ROW_GRIDS, description="even lattice over the grid")]
+    return [SelectorSpec("uniform_grid", make_uniform_grid, Capabilities(row_grids=True, region_quotas=False),
+                         description="even lattice over the grid")]
 
 
 @hookimpl

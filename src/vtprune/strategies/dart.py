@@ -206,10 +206,6 @@ def make_dart_visual(pivots: int = PIVOTS) -> Selector:
 
 def _dart_selector(name: str, pivots: int, text_pivots: int) -> Selector:
     def select(ctx: PruneContext, scores: torch.Tensor, alloc: Allocation) -> Selection:
-        if alloc.regions is not None:
-            raise ContractError(
-                f"selector {name!r} does not support region quotas; compose it with the 'global' allocator"
-            )
         text = ctx.text_features
         if text_pivots and text is not None and text.shape[-1] != ctx.features.shape[-1]:
             raise ContractError(
@@ -236,11 +232,12 @@ def vtprune_selectors() -> Iterable[SelectorSpec]:
     return [
         SelectorSpec(
             "dart", make_dart,
-            Capabilities(needs=frozenset({"text_features"}), text_in_feature_space=True, row_grids=True),
+            Capabilities(needs=frozenset({"text_features"}), text_in_feature_space=True, row_grids=True,
+                         region_quotas=False),
             description="image + instruction pivots, then the visual tokens least similar to each",
         ),
         SelectorSpec(
-            "dart_visual", make_dart_visual, Capabilities(row_grids=True),
+            "dart_visual", make_dart_visual, Capabilities(row_grids=True, region_quotas=False),
             description="image pivots by score, then the tokens least similar to each pivot",
         ),
     ]

@@ -128,11 +128,6 @@ def make_divprune() -> Selector:
     """Selector ``divprune``: greedy max-min cosine diversity (ignores scores; no quotas)."""
 
     def select(ctx: PruneContext, scores: torch.Tensor, alloc: Allocation) -> Selection:
-        if alloc.regions is not None:
-            raise ContractError(
-                "selector 'divprune' does not support region quotas; compose it with the "
-                "'global' allocator"
-            )
         valid = ctx.valid_mask()
         budget = alloc.budget.to(valid.device)
         keep_all = budget == valid.sum(dim=1)
@@ -149,7 +144,7 @@ def make_divprune() -> Selector:
 
 @hookimpl
 def vtprune_selectors() -> Iterable[SelectorSpec]:
-    return [SelectorSpec("divprune", make_divprune, Capabilities(row_grids=True), description="greedy max-min cosine diversity")]
+    return [SelectorSpec("divprune", make_divprune, Capabilities(row_grids=True, region_quotas=False), description="greedy max-min cosine diversity")]
 
 
 @hookimpl

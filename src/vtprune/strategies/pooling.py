@@ -111,11 +111,6 @@ def make_pool() -> Selector:
     """
 
     def select(ctx: PruneContext, scores: torch.Tensor, alloc: Allocation) -> Selection:
-        if alloc.regions is not None:
-            raise ContractError(
-                "selector 'pool' does not support region quotas; compose it with the 'global' "
-                "allocator"
-            )
         feats = ctx.features  # [B, N, D]
         dev = feats.device
         valid = ctx.valid_mask().to(dev)
@@ -161,7 +156,7 @@ def make_pool() -> Selector:
 def vtprune_selectors() -> Iterable[SelectorSpec]:
     return [
         SelectorSpec(
-            "pool", make_pool, Capabilities(merges=True, row_grids=True),
+            "pool", make_pool, Capabilities(merges=True, row_grids=True, region_quotas=False),
             description="average-pool the grid into budget cells (merging)",
         )
     ]

@@ -291,11 +291,6 @@ def make_sparsevlm(recycle: bool = True) -> Selector:
         raise ContractError(f"sparsevlm: recycle must be True or False, got {recycle!r}")
 
     def select(ctx: PruneContext, scores: torch.Tensor, alloc: Allocation) -> Selection:
-        if alloc.regions is not None:
-            raise ContractError(
-                "selector 'sparsevlm' does not support region quotas; compose it with the "
-                "'global' allocator"
-            )
         return sparsevlm_select(ctx.features, scores, ctx.valid_mask(), alloc.budget, recycle)
 
     return select
@@ -471,7 +466,7 @@ def vtprune_selectors() -> Iterable[SelectorSpec]:
         SelectorSpec(
             "sparsevlm",
             make_sparsevlm,
-            Capabilities(merges=True, row_grids=True),
+            Capabilities(merges=True, row_grids=True, region_quotas=False),
             description="top tokens + deleted tokens recycled by DPC-kNN clustering (exact budget)",
         )
     ]

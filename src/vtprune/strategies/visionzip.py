@@ -201,11 +201,6 @@ def make_visionzip(contextual_ratio: float = CONTEXTUAL_RATIO, merge: str = "mea
     ratio = float(contextual_ratio)
 
     def select(ctx: PruneContext, scores: torch.Tensor, alloc: Allocation) -> Selection:
-        if alloc.regions is not None:
-            raise ContractError(
-                "selector 'visionzip' does not support region quotas; compose it with the "
-                "'global' allocator"
-            )
         return visionzip_select(ctx.features, scores, ctx.valid_mask(), alloc.budget, ratio, merge)
 
     return select
@@ -229,7 +224,7 @@ def vtprune_selectors() -> Iterable[SelectorSpec]:
         SelectorSpec(
             "visionzip",
             make_visionzip,
-            Capabilities(merges=True, row_grids=True),
+            Capabilities(merges=True, row_grids=True, region_quotas=False),
             description="dominant tokens by score + contextual tokens merged by cosine similarity",
         )
     ]
