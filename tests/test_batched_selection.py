@@ -5,10 +5,11 @@ of ``spread`` against the per-region reference."""
 from __future__ import annotations
 
 import torch
+from altp_reference import farthest_point_groups_reference
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from vtprune.strategies.altp import farthest_point_groups, farthest_point_groups_reference
+from vtprune.strategies.altp import farthest_point_groups
 from vtprune.strategies.divprune import (
     max_min_diverse,
     max_min_diverse_batched,

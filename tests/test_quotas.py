@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from altp_reference import allocate_quotas
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vtprune.strategies.altp import allocate_quotas
 from vtprune.strategies.quotas import allocate_quotas_batched
 
 

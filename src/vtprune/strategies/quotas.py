@@ -1,7 +1,7 @@
 """DDC / DDF quotas for a whole batch at once: one tensor program over [B, R], no host loop.
 
-The rule is :func:`vtprune.strategies.altp.allocate_quotas` (the one-sample numpy reference,
-kept as the test oracle), restated with sorts and cumulative sums:
+The rule (its one-sample numpy statement is the test oracle, ``tests/altp_reference.py``),
+restated with sorts and cumulative sums:
 
 1. every non-empty region gets ``min(min_quota, size)`` (``base``); when that exceeds the
    budget, regions are served by decreasing density (then size, then lower id) until it runs
