@@ -279,7 +279,7 @@ def make_ddc(
             ``"skimage"``.
         patch_pixels: SLIC runs on the image block-mean downscaled so that a token patch is
             about this many pixels wide (default 3: 336 px / 24 tokens -> a quarter of the
-            resolution, 84 x 84; it was 7 = half resolution); None = full resolution.
+            resolution, 84 x 84); None = full resolution.
     """
     return make_region_allocator(
         "size", n_segments, segment_ratio, compactness, min_quota, density, backend, patch_pixels

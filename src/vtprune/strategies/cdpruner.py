@@ -137,8 +137,8 @@ def greedy_dpp(
         # L[j, :]: a float64 vector-matrix product per sample, rounded to float32 — the kernel
         # bmm picks can depend on the batch, and float64 makes its last-bit differences vanish
         # in the rounding, so a sample's row (and its tie-breaks) is the same alone and in a batch.
-        # Row vector times the transposed rows: 2.8x faster on the CPU than the rows times a
-        # column (a batched gemv there; 0.31 vs 0.85 ms per sample and step at 576 x 1024)
+        # Row vector times the transposed rows, not rows times a column: the latter is a
+        # batched gemv on the CPU, several times slower (docs/benchmarks.md §2d)
         sim = torch.bmm(wide[rows, j][:, None, :], wide.transpose(1, 2))[:, 0].float()
         row = sim * q * q[rows, j][:, None]
         known = (chol[:step, rows, j][:, :, None] * chol[:step]).sum(dim=0)  # [B, N]

@@ -129,8 +129,8 @@ def unit_rows_batched(features: torch.Tensor) -> torch.Tensor:
 
 CPU_CHUNK_BYTES = 8 * 2**20
 """On the CPU, samples are processed in chunks whose unit rows fit in about this many bytes,
-so each step's products stay in cache (measured: 3-4x faster than one 37 MB batch at
-576 x 1024 x 16); on an accelerator the whole batch is one chunk."""
+so each step's products stay in cache (faster than one batch-sized product, docs/altp.md);
+on an accelerator the whole batch is one chunk."""
 
 
 def farthest_points_batched(
@@ -291,8 +291,8 @@ class _Runs:
 def _run_dots(rows: torch.Tensor, picks: torch.Tensor, runs: np.ndarray) -> torch.Tensor:
     """Products of each run of ``rows`` [M, D] with its pick: run k is rows
     ``runs[k]:runs[k + 1]`` and its pick is ``picks[k]`` [D]; -> [M]. One matrix-vector
-    product per run (the fastest form measured here: a padded batched product, an expanded
-    copy of the picks, or one product against every pick were 1.2-3x slower)."""
+    product per run (faster than a padded batched product, an expanded copy of the picks, or
+    one product against every pick)."""
     bounds = runs.tolist()
     return torch.cat([torch.mv(rows[lo:hi], picks[k]) for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))])
 

@@ -68,7 +68,7 @@ def normalise_image(image: torch.Tensor, factor: int = 1) -> np.ndarray:
     """
     if image.dim() != 3 or image.shape[0] not in (1, 3):
         raise ContractError(f"expected one image [3, H, W] (or [1, H, W]), got {tuple(image.shape)}")
-    x = image.detach().to("cpu", torch.float32).numpy()  # numpy: ~30x faster than torch here
+    x = image.detach().to("cpu", torch.float32).numpy()  # numpy: much faster than torch here
     return _normalise_array(x, factor)
 
 
@@ -143,10 +143,10 @@ def choose_backend(backend: str, device: torch.device, batch_size: int) -> str:
     (checked); ``"auto"`` -> ``"torch"`` on any non-CPU device (no copy to the host, no
     synchronisation), else :func:`resolve_backend` (fast-slic, else scikit-image).
 
-    The rule is measured (docs/altp.md, ``bench_slic_quality.py speed``): on this 2-core CPU
-    at 336 px / 24x24, per image, torch 52-63 ms, scikit-image 26-29 ms, fast-slic ~3 ms at
-    batch 1, 4 and 16 alike, so ``batch_size`` does not change the CPU choice today; it is a
-    parameter so that a faster torch kernel can claim large CPU batches without an API change.
+    Why (measured, docs/altp.md and docs/benchmarks.md, ``bench_slic_quality.py speed``): on a
+    CPU the torch kernel is slower than both host backends at every batch size measured, so
+    ``batch_size`` does not change the CPU choice today; it is a parameter so that a faster
+    torch kernel can claim large CPU batches without an API change.
     """
     if backend == "auto" and device.type != "cpu":
         return "torch"
