@@ -7,6 +7,7 @@ channels, R regions. Every record checks itself on construction and raises
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -327,6 +328,33 @@ class PruneContext:
         )
 
 
+@dataclass(frozen=True)
+class Invariant:
+    """One value invariant with one body: ``holds`` is a bool tensor (any shape, on the
+    device), True where it holds; ``message(*where)`` says what is wrong at the first element
+    where it does not, built on the host only on the failure path."""
+
+    holds: torch.Tensor
+    message: Callable[..., str]
+
+
+def verdict(invariants: Sequence[Invariant], device: torch.device | str) -> torch.Tensor:
+    """All ``invariants`` as one 0-d bool tensor on ``device`` (no host read)."""
+    ok = torch.ones((), dtype=torch.bool, device=device)
+    for inv in invariants:
+        ok = ok & inv.holds.all().to(device)
+    return ok
+
+
+def raise_first(invariants: Sequence[Invariant]) -> None:
+    """Raise :class:`ContractError` with the message of the first broken invariant, at its
+    first failing element; return when all hold (host reads: the failure path)."""
+    for inv in invariants:
+        if not bool(inv.holds.all()):
+            where = (int(v) for v in (~inv.holds).nonzero()[0])
+            raise ContractError(inv.message(*where))
+
+
 def scores_verdict(scores: Any, ctx: PruneContext) -> torch.Tensor:
     """The structural checks of :func:`check_scores` (raised at once, no host read) and its
     value invariant (finite on valid tokens) as a 0-d bool tensor for the caller to read."""
@@ -382,49 +410,36 @@ class Allocation:
         _expect(self.regions.dtype == torch.long, "allocation.regions must be a long tensor")
         _expect(self.quotas.dtype == torch.long, "allocation.quotas must be a long tensor")
 
-    def explain(self) -> None:
-        """Raise :class:`ContractError` naming the first broken value invariant (region ids
-        in range, quotas >= 0, within their region's size, summing to the budget); return
-        when all hold. Host reads: call it on the failure path (see :func:`check_allocation`)."""
+    def invariants(self) -> list[Invariant]:
+        """The value invariants (region ids in range, quotas >= 0, within their region's size,
+        summing to the budget), each with its message; empty without regions."""
         if self.regions is None or self.quotas is None:
-            return
-        r = self.quotas.shape[1]
-        _expect(
-            bool(((self.regions >= -1) & (self.regions < r)).all()),
-            f"region ids must lie in [-1, {r - 1}] for quotas with R={r} columns",
-        )
-        _expect(bool((self.quotas >= 0).all()), "quotas must be non-negative")
-        sizes = self.region_sizes()
-        over = self.quotas > sizes
-        if bool(over.any()):
-            i, k = (int(v) for v in over.nonzero()[0])
-            raise ContractError(
-                f"quota {int(self.quotas[i, k])} of region {k} in sample {i} exceeds its "
-                f"size {int(sizes[i, k])}"
-            )
-        totals = self.quotas.sum(dim=1).cpu()
-        mismatch = totals != self.budget.cpu()
-        if bool(mismatch.any()):
-            i = int(mismatch.nonzero()[0, 0])
-            raise ContractError(
-                f"quotas of sample {i} sum to {int(totals[i])} but its budget is "
-                f"{int(self.budget[i])}; quotas must sum exactly to the budget"
-            )
+            return []
+        regions, quotas, budget = self.regions, self.quotas, self.budget
+        r = quotas.shape[1]
+        in_range = (regions >= -1) & (regions < r)                          # [B, N]
+        safe = torch.where(in_range, regions, -1)
+        sizes = torch.zeros(quotas.shape[0], r + 1, dtype=torch.long, device=regions.device)
+        sizes = sizes.scatter_add_(1, safe + 1, torch.ones_like(safe))[:, 1:].to(quotas.device)
+        totals = quotas.sum(dim=1)                                          # [B]
+        return [
+            Invariant(in_range, lambda i, j: (
+                f"region ids must lie in [-1, {r - 1}] for quotas with R={r} columns; sample {i}, "
+                f"token {j} has region {int(regions[i, j])}")),
+            Invariant(quotas >= 0, lambda i, k: (
+                f"quotas must be non-negative; region {k} of sample {i} has {int(quotas[i, k])}")),
+            Invariant(quotas <= sizes, lambda i, k: (
+                f"quota {int(quotas[i, k])} of region {k} in sample {i} exceeds its size "
+                f"{int(sizes[i, k])}")),
+            Invariant(totals == budget.to(quotas.device), lambda i: (
+                f"quotas of sample {i} sum to {int(totals[i])} but its budget is {int(budget[i])}; "
+                "quotas must sum exactly to the budget")),
+        ]
 
-    def _all_fine(self, r: int) -> torch.Tensor:
-        """Every value invariant of :meth:`explain` as one 0-d bool tensor."""
-        assert self.regions is not None and self.quotas is not None
-        in_range = (self.regions >= -1) & (self.regions < r)
-        regions = torch.where(in_range, self.regions, -1)
-        sizes = torch.zeros(self.quotas.shape[0], r + 1, dtype=torch.long, device=regions.device)
-        sizes = sizes.scatter_add_(1, regions + 1, torch.ones_like(regions))[:, 1:].to(self.quotas.device)
-        totals = self.quotas.sum(dim=1) == self.budget.to(self.quotas.device)
-        return (
-            in_range.all().to(self.quotas.device)
-            & (self.quotas >= 0).all()
-            & (self.quotas <= sizes).all()
-            & totals.all()
-        )
+    def explain(self) -> None:
+        """Raise :class:`ContractError` naming the first broken value invariant; return when
+        all hold. Host reads: call it on the failure path (see :func:`check_allocation`)."""
+        raise_first(self.invariants())
 
     def region_sizes(self) -> torch.Tensor:
         """Tokens per region [B, R] (long)."""
@@ -542,7 +557,7 @@ def selection_verdict(sel: Any, ctx: PruneContext, alloc: Allocation | None = No
         f"selection.indices must be [B, max budget]=[{b}, {width}], got {tuple(sel.indices.shape)}",
     )
     _check_merged(sel, ctx)
-    return _selection_fine(sel, ctx, alloc, sel.kept_mask)
+    return verdict(selection_invariants(sel, ctx, alloc), sel.indices.device)
 
 
 def check_selection(sel: Any, ctx: PruneContext, alloc: Allocation | None = None) -> Selection:
@@ -551,85 +566,53 @@ def check_selection(sel: Any, ctx: PruneContext, alloc: Allocation | None = None
     Raises :class:`ContractError` naming the first broken invariant: count equals budget,
     indices in range, valid, unique, sorted ascending, padding is -1, quotas respected.
     """
-    if bool(selection_verdict(sel, ctx, alloc)):  # one host read when the selection is right
-        return sel
-    b, n = ctx.batch_size, ctx.num_tokens
-    counts = sel.counts.cpu()
-    real = sel.kept_mask
-    idx = sel.indices
-    bad = ~real & (idx != PAD_INDEX)
-    if bool(bad.any()):
-        i, j = _first(bad)
-        raise ContractError(
-            f"{_at(idx, i, j)}, past sample {i}'s count {int(counts[i])}: padding past a "
-            "sample's count must be -1"
-        )
-    bad = real & ((idx < 0) | (idx >= n))
-    if bool(bad.any()):
-        i, j = _first(bad)
-        raise ContractError(f"{_at(idx, i, j)} (sample {i}): kept indices must lie in [0, {n - 1}]")
-    if idx.shape[1] > 1:
-        bad = real[:, 1:] & (idx[:, 1:] <= idx[:, :-1])  # column j: slot j + 1 vs slot j
-        if bool(bad.any()):
-            i, j = _first(bad)
-            j += 1
-            kind = "duplicate" if int(idx[i, j]) == int(idx[i, j - 1]) else "unsorted"
-            raise ContractError(
-                f"{_at(idx, i, j)} after {int(idx[i, j - 1])} (sample {i}): kept indices must be "
-                f"unique and sorted ascending ({kind}: {idx[i, : int(counts[i])].tolist()[:20]}...)"
-            )
-    valid = ctx.valid_mask().to(idx.device)
-    bad = real & ~valid.gather(1, idx.clamp(0, n - 1))
-    if bool(bad.any()):
-        i, j = _first(bad)
-        raise ContractError(
-            f"{_at(idx, i, j)} (sample {i}): a kept index points at an invalid (padding) token "
-            f"(ctx.valid[{i}, {int(idx[i, j])}] is False)"
-        )
-    kept = sel.token_mask(n)
-    if alloc is not None and alloc.regions is not None and alloc.quotas is not None:
-        regions = alloc.regions.to(kept.device)
-        r = alloc.quotas.shape[1]
-        got = torch.zeros(b, r + 1, dtype=torch.long, device=kept.device)
-        got.scatter_add_(1, regions + 1, kept.long())
-        got = got[:, 1:].to(alloc.quotas.device)
-        if not torch.equal(got, alloc.quotas):
-            i, k = (int(v) for v in (got != alloc.quotas).nonzero()[0])
-            raise ContractError(
-                f"sample {i} kept {int(got[i, k])} tokens in region {k} but its quota is "
-                f"{int(alloc.quotas[i, k])}"
-            )
+    if not bool(selection_verdict(sel, ctx, alloc)):  # one host read when the selection is right
+        raise_first(selection_invariants(sel, ctx, alloc))
     return _check_merged(sel, ctx)
 
 
-def _first(mask: torch.Tensor) -> tuple[int, int]:
-    """(row, column) of the first True entry of a 2-D bool mask (it has one)."""
-    i, j = (int(v) for v in mask.nonzero()[0])
-    return i, j
+def selection_invariants(sel: Selection, ctx: PruneContext, alloc: Allocation | None) -> list[Invariant]:
+    """The index invariants of a selection, each with its message (where and what)."""
+    idx, n = sel.indices, ctx.num_tokens
+    real = sel.kept_mask                                                     # [B, K]
+    counts = sel.counts
+    in_range = (idx >= 0) & (idx < n)
+    valid = ctx.valid_mask().to(idx.device)
+    safe = torch.where(real & in_range, idx, n)
+    kept = torch.zeros(idx.shape[0], n + 1, dtype=torch.bool, device=idx.device).scatter_(1, safe, True)[:, :n]
+
+    def unsorted(i: int, j: int) -> str:
+        j += 1  # column j compares slot j + 1 with slot j
+        kind = "duplicate" if int(idx[i, j]) == int(idx[i, j - 1]) else "unsorted"
+        return (f"{_at(idx, i, j)} after {int(idx[i, j - 1])} (sample {i}): kept indices must be "
+                f"unique and sorted ascending ({kind}: {idx[i, : int(counts[i])].tolist()[:20]}...)")
+
+    out = [
+        Invariant(real | (idx == PAD_INDEX), lambda i, j: (
+            f"{_at(idx, i, j)}, past sample {i}'s count {int(counts[i])}: padding past a "
+            "sample's count must be -1")),
+        Invariant(~real | in_range, lambda i, j: (
+            f"{_at(idx, i, j)} (sample {i}): kept indices must lie in [0, {n - 1}]")),
+        Invariant(~real[:, 1:] | (idx[:, 1:] > idx[:, :-1]), unsorted),
+        Invariant(~(kept & ~valid), lambda i, t: (
+            f"selection.indices[{i}, {int((idx[i] == t).nonzero()[0, 0])}] = {t} (sample {i}): a "
+            f"kept index points at an invalid (padding) token (ctx.valid[{i}, {t}] is False)")),
+    ]
+    if alloc is not None and alloc.regions is not None and alloc.quotas is not None:
+        quotas = alloc.quotas.to(kept.device)
+        r = quotas.shape[1]
+        regions = alloc.regions.to(kept.device)
+        regions = torch.where((regions >= -1) & (regions < r), regions, -1)  # broken ids: the allocation's check
+        got = torch.zeros(idx.shape[0], r + 1, dtype=torch.long, device=kept.device)
+        got = got.scatter_add_(1, regions + 1, kept.long())[:, 1:]
+        out.append(Invariant(got == quotas, lambda i, k: (
+            f"sample {i} kept {int(got[i, k])} tokens in region {k} but its quota is {int(quotas[i, k])}")))
+    return out
 
 
 def _at(idx: torch.Tensor, i: int, j: int) -> str:
     """``"selection.indices[i, j] = v"``: where a selection is wrong, and what it holds there."""
     return f"selection.indices[{i}, {j}] = {int(idx[i, j])}"
-
-
-def _selection_fine(sel: Selection, ctx: PruneContext, alloc: Allocation | None, real: torch.Tensor) -> torch.Tensor:
-    """Every index invariant of :func:`check_selection` as one 0-d bool tensor."""
-    idx, n = sel.indices, ctx.num_tokens
-    ok = torch.where(real, (idx >= 0) & (idx < n), idx == PAD_INDEX).all()
-    if idx.shape[1] > 1:
-        ok &= ((idx[:, 1:] > idx[:, :-1]) | ~real[:, 1:]).all()
-    safe = torch.where(real & (idx >= 0) & (idx < n), idx, n)
-    kept = torch.zeros(idx.shape[0], n + 1, dtype=torch.bool, device=idx.device).scatter_(1, safe, True)[:, :n]
-    ok &= ~(kept & ~ctx.valid_mask().to(kept.device)).any()
-    if alloc is not None and alloc.regions is not None and alloc.quotas is not None:
-        r = alloc.quotas.shape[1]
-        got = torch.zeros(idx.shape[0], r + 1, dtype=torch.long, device=kept.device)
-        regions = alloc.regions.to(kept.device)
-        regions = torch.where((regions >= -1) & (regions < r), regions, -1)  # broken ids: caught by the allocation check
-        got = got.scatter_add_(1, regions + 1, kept.long())[:, 1:]
-        ok &= (got == alloc.quotas.to(kept.device)).all()
-    return ok
 
 
 def _check_merged(sel: Selection, ctx: PruneContext) -> Selection:
@@ -659,7 +642,7 @@ def allocation_verdict(alloc: Any, ctx: PruneContext) -> torch.Tensor:
     )
     valid = ctx.valid_mask().to(alloc.regions.device)
     on_valid = torch.where(valid, alloc.regions >= 0, alloc.regions == -1).all()
-    return alloc._all_fine(alloc.quotas.shape[1]) & on_valid.to(alloc.quotas.device)
+    return verdict(alloc.invariants(), alloc.quotas.device) & on_valid.to(alloc.quotas.device)
 
 
 def check_allocation(alloc: Any, ctx: PruneContext) -> Allocation:
