@@ -9,7 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vtprune.core import Allocation, ContractError, PruneContext, Selection
-from vtprune.core.types import allocation_verdict, raise_first, selection_invariants, selection_verdict
+from vtprune.core.types import (
+    allocation_verdict,
+    raise_first,
+    selection_invariants,
+    selection_verdict,
+)
 
 
 def matrix(data, rows: int, cols: int, lo: int, hi: int) -> torch.Tensor:
