@@ -338,10 +338,18 @@ def test_results_count_runs_and_keep_one_record_per_check():
     # uniform reads each row's own grid from ctx.grids (row_grids): the canvas check runs too
     assert all(r.strategy == "uniform" for r in results) and set(status.values()) == {"passed"}
     # budget-drawing checks: 3 sweep contexts (a third of 10) + at most 10 - round(1.5 * 3)
-    # drawn ones (hypothesis may stop early); the others: 10 drawn ones
-    budget = {c.name: c.budget for c in CHECKS}
+    # drawn ones (hypothesis may stop early); with the 4 real-size contexts (the selection
+    # contract) at most max(3, 10 - round(1.5 * 7)) drawn ones; the others: 10 drawn ones
+    checks = {c.name: c for c in CHECKS}
     ran = [r for r in results if r.status == "passed"]
-    assert all(r.runs == 10 if budget[r.check] != "any" else 4 <= r.runs <= 3 + 6 for r in ran)
+    for r in ran:
+        check = checks[r.check]
+        if check.budget != "any":
+            assert r.runs == 10, r
+        elif check.real_sizes and check.name == "check_selection_contract":
+            assert 3 + 4 + 1 <= r.runs <= 3 + 4 + 3, r
+        else:
+            assert 4 <= r.runs <= 3 + 6, r
 
 
 def test_check_strategy_builds_names_with_parameters():

@@ -417,6 +417,9 @@ class Check:
         budget: budgets the runner draws for it (``"any"``, ``"all"`` or ``"none"``).
         once: run on one fixed context (the largest of the budget sweep), not on
             hypothesis' draws: for expensive checks (:data:`OPT_IN_CHECKS`).
+        real_sizes: also run on :func:`~.generators.real_size_specs` (576 and 2304 tokens,
+            budgets past 10, an in-LLM point with pruned tokens): the selection contract, and
+            the quota check for strategies whose allocator makes regions.
     """
 
     name: str
@@ -425,6 +428,7 @@ class Check:
     requires: tuple[Requirement, ...] = ()
     budget: Literal["any", "all", "none"] = "any"
     once: bool = False
+    real_sizes: bool = False
 
     @property
     def description(self) -> str:
@@ -440,7 +444,7 @@ class Check:
 CHECKS: tuple[Check, ...] = (
     Check("check_scores_contract", check_scores_contract, "api"),
     Check("check_allocation_contract", check_allocation_contract, "api"),
-    Check("check_selection_contract", check_selection_contract, "api"),
+    Check("check_selection_contract", check_selection_contract, "api", real_sizes=True),
     Check("check_replacement_features", check_replacement_features, "api"),
     Check("check_keep_all_keeps_every_valid_token", check_keep_all_keeps_every_valid_token, "property", budget="all"),
     Check("check_keep_none_keeps_nothing", check_keep_none_keeps_nothing, "property", budget="none"),
@@ -459,7 +463,7 @@ CHECKS: tuple[Check, ...] = (
         "check_padding_features_ignored", check_padding_features_ignored, "property",
         requires=("deterministic",),
     ),
-    Check("check_selector_respects_quotas", check_selector_respects_quotas, "property"),
+    Check("check_selector_respects_quotas", check_selector_respects_quotas, "property", real_sizes=True),
 )
 """Every default check of the kit, in the order they run."""
 

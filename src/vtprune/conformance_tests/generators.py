@@ -374,7 +374,9 @@ def context_specs(
     if in_llm and draw(st.sampled_from((False, False, True))):
         layer = draw(st.integers(1, 40))
     if layer is not None:  # survivors of earlier prune points: as many in every sample
-        survivors = draw(st.integers(0, n))
+        # most draws have earlier-pruned tokens (padding a stage must skip) and something to keep
+        pruned = n > 1 and draw(st.sampled_from((True, True, True, False)))
+        survivors = draw(st.integers(1, n - 1)) if pruned else draw(st.integers(0, n))
         valid_counts = None if survivors == n else (survivors,) * batch
         padding = "scattered"
     elif ragged and _row_grids(capabilities) and draw(st.booleans()):  # a canvas of rows' own grids
@@ -391,8 +393,9 @@ def context_specs(
         if draw(st.booleans()):
             ratio = draw(st.floats(0.0, counts[0] / n, allow_nan=False, allow_infinity=False))
             budgets = (keep_count(ratio, n),) * batch
-        else:
-            budgets = (draw(st.integers(0, counts[0])),) * batch
+        else:  # mostly at least one token: every budget 1..survivors
+            low = 1 if counts[0] and draw(st.sampled_from((True, True, False))) else 0
+            budgets = (draw(st.integers(low, counts[0])),) * batch
     elif budget == "all":
         budgets = counts
     elif budget == "none":
@@ -498,6 +501,49 @@ def budget_sweep(
     return specs
 
 
+REAL_RATIOS = (0.1, 0.111, 0.25, 0.5)
+"""Keep ratios of published settings (0.111 = 64 of 576) the real-size contexts use."""
+
+
+def real_size_specs(capabilities: Capabilities | Iterable[str] | None = None, seed: int | None = 0) -> list[ContextSpec]:
+    """Contexts at the token counts real models use, with the budgets where size-dependent
+    bugs live (float index or ratio arithmetic, narrow integer types):
+
+    - 576 tokens (24 x 24, CLIP-L/336): one sample per published keep ratio, plus 1 and 575;
+    - 2304 tokens (48 x 48): keep 0.1 (positions past 2048: float16 is not exact there);
+    - 100 tokens: every budget 11..100 (past the budget sweep's 10; k = 49, 98 break
+      ``arange(0, 1, 1 / k)``);
+    - an in-LLM point at 576 tokens with 300 survivors scattered (earlier-pruned padding).
+
+    Small widths keep them cheap; dtype, feature kind and signal shapes are drawn from ``seed``
+    as :func:`budget_sweep` draws them.
+    """
+    import random
+
+    rng = random.Random(seed)
+    signals = _needs(capabilities)
+    text_dim = "text_features" in signals and not _same_space(capabilities)
+    attention = {"attention", "cls_attention", "text_attention"} & set(signals)
+
+    def spec(grid: tuple[int, int], budgets: tuple[int, ...], **kw: Any) -> ContextSpec:
+        return ContextSpec(
+            batch=len(budgets), grid=grid, dim=rng.randint(2, 8), dtype=rng.choice(tuple(DTYPES)),
+            budgets=budgets, features=rng.choice(FEATURE_KINDS), seed=rng.randint(0, 2**16),
+            signals=signals, heads=(1 if kw.get("layer") else rng.randint(0, 2)) if attention else 0,
+            text_tokens=2, text_dim=rng.randint(1, 8) if text_dim else None,
+            px_per_cell=rng.choice(PX_PER_CELL) if "image" in signals else 14,
+            image_range=rng.choice(IMAGE_RANGES) if "image" in signals else "unit", **kw,
+        )
+
+    clip = tuple(keep_count(r, 576) for r in REAL_RATIOS) + (1, 575)
+    return [
+        spec((24, 24), clip),
+        spec((48, 48), (keep_count(0.1, 2304),)),
+        spec((10, 10), tuple(range(11, 101))),
+        spec((24, 24), (keep_count(0.1, 576),) * 2, layer=2, valid_counts=(300, 300), padding="scattered"),
+    ]
+
+
 def prune_contexts(
     capabilities: Capabilities | Iterable[str] | None = None,
     device: str | torch.device = "cpu",
@@ -516,6 +562,7 @@ __all__ = [
     "PX_PER_CELL",
     "SWEEP_MAX_COUNT",
     "budget_sweep",
+    "real_size_specs",
     "build_context",
     "context_specs",
     "image_size",

@@ -40,7 +40,7 @@ from ..core import (
     get_strategy,
 )
 from .checks import CHECKS, OPT_IN_CHECKS, Check
-from .generators import ContextSpec, budget_sweep, build_context, context_specs
+from .generators import ContextSpec, budget_sweep, build_context, context_specs, real_size_specs
 from .partners import REGION_COUNT, _kit_schedule, uneven_regions_allocator
 
 DEFAULT_MAX_EXAMPLES = 30
@@ -168,8 +168,10 @@ def _sweep(strategy: Strategy, check: Check, max_examples: int, derandomize: boo
     examples, so that hypothesis keeps two thirds); none for keep-all / keep-none checks."""
     if check.budget != "any":
         return []
-    specs = budget_sweep(strategy.capabilities, check_seed(check.name) if derandomize else None)
-    return specs[: max_examples // 3]
+    seed = check_seed(check.name) if derandomize else None
+    specs = budget_sweep(strategy.capabilities, seed)[: max_examples // 3]
+    real = check.real_sizes and (check.name != "check_selector_respects_quotas" or strategy.capabilities.regions)
+    return specs + (real_size_specs(strategy.capabilities, seed) if real else [])
 
 
 def _smaller(failure: _Falsified, one: Callable[..., None]) -> _Falsified:
