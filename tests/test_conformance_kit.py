@@ -262,6 +262,8 @@ def test_correct_strategies_pass_every_check(strategy):
     assert set(statuses) == set(CHECK_NAMES)
     if not strategy.capabilities.row_grids:  # grid rows as regions: Strategy crops for it
         assert statuses.pop("check_row_grids_own_grid") == "skipped"
+    # closures, not registered: no other interpreter can rebuild them (skipped, with the reason)
+    assert statuses.pop("check_hash_seed_independent") == "skipped"
     assert set(statuses.values()) == {"passed"}
 
 
@@ -320,8 +322,9 @@ def test_capabilities_not_names_decide_what_is_skipped():
         "capabilities.deterministic is False and capabilities.batch_consistent is False"
     )
     assert all(r.status == "passed" for n, r in results.items() if r.status != "skipped")
-    # deterministic, batch-consistent, row-grids and padding-features checks need determinism
-    assert summarize(list(results.values())) == "random: 8 passed, 0 failed, 4 skipped"
+    # deterministic, batch-consistent, row-grids, padding-features and hash-seed checks need
+    # determinism
+    assert summarize(list(results.values())) == "random: 8 passed, 0 failed, 5 skipped"
     # the same stages under a name but with default capabilities are checked (and fail)
     strict = make("random", scorer=global_rng_scorer)
     assert "check_deterministic" in failed(strict)
@@ -344,7 +347,9 @@ def test_results_count_runs_and_keep_one_record_per_check():
     ran = [r for r in results if r.status == "passed"]
     for r in ran:
         check = checks[r.check]
-        if check.budget != "any":
+        if check.once:  # one fixed context
+            assert r.runs == 1, r
+        elif check.budget != "any":
             assert r.runs == 10, r
         elif check.real_sizes and check.name == "check_selection_contract":
             assert 3 + 4 + 1 <= r.runs <= 3 + 4 + 3, r

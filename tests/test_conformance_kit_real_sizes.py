@@ -72,3 +72,34 @@ def test_counts_wrapping_past_255_kept_tokens_are_caught() -> None:
 
 def test_a_selector_keeping_pruned_tokens_inside_the_llm_is_caught() -> None:
     assert "check_selection_contract" in _failed(_strategy("llm_padding", padding_inside_the_llm))
+
+
+# -- a stage depending on Python's hash salt (module level, so another interpreter can rebuild it)
+
+
+def salted_scores(ctx: PruneContext) -> torch.Tensor:
+    """Feature norms plus a per-process offset from ``hash()`` of a string (the bug)."""
+    salt = (hash("vtprune") % 1000) / 1000.0
+    scores = ctx.features.float().norm(dim=-1) + salt * torch.arange(ctx.num_tokens).flip(0)
+    return scores.masked_fill(~ctx.valid_mask(), float("-inf"))
+
+
+def global_budget(ctx: PruneContext, scores: torch.Tensor) -> Allocation:
+    return Allocation(budget=ctx.budget.clone())
+
+
+def top_k(ctx: PruneContext, scores: torch.Tensor, alloc: Allocation) -> Selection:
+    return stages.make_topk()(ctx, scores, alloc)
+
+
+def test_a_stage_reading_the_hash_salt_is_caught_by_default() -> None:
+    salted = Strategy(name="salted", scorer=salted_scores, allocator=global_budget, selector=top_k,
+                      capabilities=Capabilities())
+    results = {r.check: r for r in check_strategy(salted)}
+    assert results["check_hash_seed_independent"].status == "failed"
+    assert "PYTHONHASHSEED" in results["check_hash_seed_independent"].message
+    fixed = Strategy(name="fixed", scorer=lambda ctx: ctx.features.float().norm(dim=-1),
+                     allocator=global_budget, selector=top_k, capabilities=Capabilities())
+    skipped = {r.check: r for r in check_strategy(fixed, checks=["check_hash_seed_independent"])}
+    assert skipped["check_hash_seed_independent"].status == "skipped"
+    assert "cannot be rebuilt in another interpreter" in skipped["check_hash_seed_independent"].skip_reason

@@ -388,9 +388,20 @@ def check_deterministic_across_processes(strategy: Strategy, ctx: PruneContext) 
     """A fresh Python interpreter with another ``PYTHONHASHSEED`` gives the same scores,
     allocation and selection as this process on the same context (no ``hash()`` of strings,
     set order or ``id()`` in the result). Opt-in: it starts a new interpreter (seconds)."""
+    _across_processes(strategy, ctx, persistent=False)
+
+
+def check_hash_seed_independent(strategy: Strategy, ctx: PruneContext) -> None:
+    """Another Python interpreter, started with another ``PYTHONHASHSEED``, gives the same
+    scores, allocation and selection on one fixed context (no ``hash()`` of strings, set order
+    or ``id()`` in the result). One persistent interpreter serves every strategy of a run."""
+    _across_processes(strategy, ctx, persistent=True)
+
+
+def _across_processes(strategy: Strategy, ctx: PruneContext, persistent: bool) -> None:
     from .fresh import differences
 
-    differ, here, there = differences(strategy, ctx)
+    differ, here, there = differences(strategy, ctx, persistent=persistent)
     if differ:
         detail = ""
         a, b = here["selection.indices"], there["selection.indices"]
@@ -416,7 +427,9 @@ class Check:
         requires: :class:`~vtprune.core.Capabilities` flags that must all be True.
         budget: budgets the runner draws for it (``"any"``, ``"all"`` or ``"none"``).
         once: run on one fixed context (the largest of the budget sweep), not on
-            hypothesis' draws: for expensive checks (:data:`OPT_IN_CHECKS`).
+            hypothesis' draws: for expensive checks.
+        rebuildable: needs the strategy rebuilt in another interpreter (picklable stages or
+            registered names); skipped with the reason otherwise.
         real_sizes: also run on :func:`~.generators.real_size_specs` (576 and 2304 tokens,
             budgets past 10, an in-LLM point with pruned tokens): the selection contract, and
             the quota check for strategies whose allocator makes regions.
@@ -429,6 +442,7 @@ class Check:
     budget: Literal["any", "all", "none"] = "any"
     once: bool = False
     real_sizes: bool = False
+    rebuildable: bool = False
 
     @property
     def description(self) -> str:
@@ -438,7 +452,16 @@ class Check:
     def skip_reason(self, strategy: Strategy) -> str | None:
         """Why this check does not apply to ``strategy`` (from its capabilities), or None."""
         off = [flag for flag in self.requires if not getattr(strategy.capabilities, flag)]
-        return " and ".join(f"capabilities.{flag} is False" for flag in off) or None
+        if off:
+            return " and ".join(f"capabilities.{flag} is False" for flag in off)
+        if self.rebuildable:
+            from .fresh import recipe
+
+            if recipe(strategy) is None:
+                return ("the strategy cannot be rebuilt in another interpreter (its stages are "
+                        "closures and it is not registered): register it, or define its stages "
+                        "at module level")
+        return None
 
 
 CHECKS: tuple[Check, ...] = (
@@ -464,13 +487,17 @@ CHECKS: tuple[Check, ...] = (
         requires=("deterministic",),
     ),
     Check("check_selector_respects_quotas", check_selector_respects_quotas, "property", real_sizes=True),
+    Check(
+        "check_hash_seed_independent", check_hash_seed_independent, "property",
+        requires=("deterministic",), once=True, rebuildable=True,
+    ),
 )
 """Every default check of the kit, in the order they run."""
 
 OPT_IN_CHECKS: tuple[Check, ...] = (
     Check(
         "check_deterministic_across_processes", check_deterministic_across_processes, "property",
-        requires=("deterministic",), once=True,
+        requires=("deterministic",), once=True, rebuildable=True,
     ),
 )
 """Checks that run only when named in ``checks=[...]`` (they cost seconds each)."""
@@ -496,4 +523,5 @@ __all__ = [
     "check_padding_features_ignored",
     "check_selector_respects_quotas",
     "check_deterministic_across_processes",
+    "check_hash_seed_independent",
 ]

@@ -6,8 +6,11 @@ life of a process but differs between processes passes it: ``hash()`` of a strin
 here runs the strategy on one context in this process and in a new interpreter started with a
 different ``PYTHONHASHSEED``, and compares scores, allocations and selections exactly.
 
-It costs a Python + torch start-up (~2-4 s on the development machine), so it is not among
-the default checks: name it (``checks=[..., "check_deterministic_across_processes"]``).
+A new interpreter costs a Python + torch start-up (~2-4 s on the development machine), so the
+default check (``check_hash_seed_independent``) replays in one **persistent** interpreter per
+process (:class:`Replayer`, started on first use, reused by every later check and strategy):
+after the first start-up a replay costs milliseconds. The opt-in
+``check_deterministic_across_processes`` starts a brand-new interpreter every time.
 
 The fresh interpreter must be able to rebuild the strategy: it is pickled when it can be
 (stage functions defined at module level of an importable module), else rebuilt by its
@@ -17,6 +20,7 @@ registered name (``vtprune.get_strategy(name, **params)``) or from its registere
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import subprocess
@@ -37,28 +41,45 @@ from vtprune.conformance_tests.fresh import _child_main
 _child_main(sys.argv[1], sys.argv[2])
 """
 
+_SERVER = r"""
+import os, sys
+protocol = os.fdopen(os.dup(1), "wb")  # stdout is the protocol; prints go to stderr
+os.dup2(2, 1)
+import torch
+torch.set_num_threads(1)
+from vtprune.conformance_tests.fresh import _serve
+_serve(sys.stdin.buffer, protocol)
+"""
+
 KIT_ALLOCATOR = "kit:uneven_regions"
 
 
 def recipe(strategy: Strategy) -> tuple[Any, ...] | None:
-    """How a fresh interpreter rebuilds ``strategy``, or None when it cannot."""
+    """How a fresh interpreter rebuilds ``strategy``, or None when it cannot: by pickling it,
+    or by the names of a strategy or stages that *installed* plugins register (entry points;
+    what this process registered by hand is not there)."""
     try:
         return ("pickle", pickle.dumps(strategy))
     except Exception:  # closures from stage factories are not picklable
         pass
     registry = default_registry()
     params = dict(strategy.params)
+
+    def installed(kind: str, name: str) -> bool:
+        registry.spec(kind, name)  # raises when unknown
+        return not registry.source(kind, name).startswith("local ")
+
     try:
-        if registry.get_strategy(strategy.name, **params).stage_names == strategy.stage_names:
+        if (installed("strategy", strategy.name)
+                and registry.get_strategy(strategy.name, **params).stage_names == strategy.stage_names):
             return ("registered", strategy.name, params)
     except Exception:
         pass
     scorer, allocator, selector = strategy.stage_names
     try:
-        registry.spec("scorer", scorer)
-        registry.spec("selector", selector)
-        if allocator != KIT_ALLOCATOR:
-            registry.spec("allocator", allocator)
+        if not (installed("scorer", scorer) and installed("selector", selector)
+                and (allocator == KIT_ALLOCATOR or installed("allocator", allocator))):
+            return None
     except Exception:
         return None
     return ("compose", strategy.name, strategy.stage_names, params)
@@ -136,6 +157,85 @@ def _child_main(inp: str, outp: str) -> None:
         pickle.dump({k: None if v is None else v.cpu() for k, v in result.items()}, fh)
 
 
+def _send(stream: Any, obj: Any) -> None:
+    blob = pickle.dumps(obj)
+    stream.write(len(blob).to_bytes(8, "little") + blob)
+    stream.flush()
+
+
+def _receive(stream: Any) -> Any:
+    header = stream.read(8)
+    if len(header) < 8:
+        raise EOFError("the replay interpreter closed its output")
+    return pickle.loads(stream.read(int.from_bytes(header, "little")))
+
+
+def _serve(inp: Any, out: Any) -> None:
+    """The persistent interpreter's loop: one job in, its outputs (or its error) out."""
+    while True:
+        try:
+            job = _receive(inp)
+        except EOFError:
+            return
+        try:
+            result = _outputs(_rebuild(job["recipe"]), _context(job["ctx"]))
+            _send(out, ("ok", {k: None if v is None else v.cpu() for k, v in result.items()}))
+        except Exception as exc:
+            _send(out, ("error", f"{type(exc).__name__}: {exc}"))
+
+
+class Replayer:
+    """One interpreter, started with another ``PYTHONHASHSEED``, that replays jobs until this
+    process exits (or :meth:`close`). ``replay(strategy, ctx)`` = :func:`replay_in_fresh_interpreter`
+    without the start-up after the first call."""
+
+    _shared: Replayer | None = None
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONHASHSEED"] = _other_hash_seed()
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self._log = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVER], env=env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._log,
+        )
+
+    @classmethod
+    def shared(cls) -> Replayer:
+        """The process-wide replayer (started on first use; a dead one is replaced)."""
+        if cls._shared is None or cls._shared._proc.poll() is not None:
+            cls._shared = cls()
+            atexit.register(cls._shared.close)
+        return cls._shared
+
+    def replay(self, strategy: Strategy, ctx: PruneContext) -> dict[str, Any]:
+        how = recipe(strategy)
+        if how is None:
+            raise RuntimeError(f"strategy {strategy.name!r} cannot be rebuilt in another interpreter")
+        try:
+            _send(self._proc.stdin, {"recipe": how, "ctx": _context_payload(ctx)})
+            status, value = _receive(self._proc.stdout)
+        except (EOFError, BrokenPipeError, OSError) as exc:
+            self._log.seek(0)
+            tail = "\n".join(self._log.read().decode(errors="replace").strip().splitlines()[-6:])
+            raise RuntimeError(f"the replay interpreter died ({exc}):\n{tail}") from None
+        if status != "ok":
+            raise RuntimeError(f"the replay interpreter could not run the strategy: {value}")
+        result: dict[str, Any] = value
+        return result
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._log.close()
+
+
 def _other_hash_seed() -> str:
     current = os.environ.get("PYTHONHASHSEED")
     if current is not None and current.isdigit():
@@ -181,14 +281,16 @@ def _equal(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     return torch.equal(a, b)
 
 
-def differences(strategy: Strategy, ctx: PruneContext) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
-    """Outputs that differ between this process and a fresh one, and both sets of outputs."""
+def differences(strategy: Strategy, ctx: PruneContext, persistent: bool = False,
+                ) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
+    """Outputs that differ between this process and another interpreter (a brand-new one, or
+    the persistent :class:`Replayer`), and both sets of outputs."""
     g = ctx.generator
     if g is not None:  # the generator in the state it was seeded with, as the child gets it
         ctx = replace(ctx, generator=torch.Generator(device=g.device).manual_seed(g.initial_seed()))
     here = _outputs(strategy, ctx)
-    there = replay_in_fresh_interpreter(strategy, ctx)
+    there = Replayer.shared().replay(strategy, ctx) if persistent else replay_in_fresh_interpreter(strategy, ctx)
     return [k for k in here if not _equal(here[k], there.get(k))], here, there
 
 
-__all__ = ["differences", "recipe", "replay_in_fresh_interpreter"]
+__all__ = ["Replayer", "differences", "recipe", "replay_in_fresh_interpreter"]
