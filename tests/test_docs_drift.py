@@ -101,3 +101,22 @@ def test_documented_commands_and_flags_exist(page: str, argv: list[str]) -> None
     flags = {w.split("=")[0] for w in words if w.startswith("--")}
     unknown = flags - _options(parser)
     assert not unknown, f"{page}: `vtprune {' '.join(argv)}` uses unknown flags {sorted(unknown)}"
+
+
+def test_plugin_checklist_names_every_capability_flag() -> None:
+    from dataclasses import fields
+
+    from vtprune.core import Capabilities
+
+    checklist = (ROOT / "docs" / "writing-a-plugin.md").read_text().split("## 8. Checklist", 1)[1]
+    for f in fields(Capabilities):
+        assert f"`{f.name}`" in checklist, f.name
+
+
+def test_only_the_benchmarks_import_strategy_modules() -> None:
+    """docs/design.md: strategies are reached through the registry (the benchmarks excepted)."""
+    src = ROOT / "src" / "vtprune"
+    importers = {p.relative_to(src).parts[0] for p in src.rglob("*.py")
+                 if "strategies" not in p.relative_to(src).parts
+                 and re.search(r"from \.\.?strategies|from vtprune\.strategies|import vtprune\.strategies", p.read_text())}
+    assert importers <= {"bench"}, importers
