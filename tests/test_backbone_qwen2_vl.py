@@ -84,7 +84,7 @@ def attach_or_skip(model, name, **kw):
         return attach(model, name, **kw)
     except MissingSignalError as err:
         assert "cls_attention" in str(err) and "[CLS]" in str(err), err
-        pytest.skip(f"{name} needs the vision [CLS] attention, which Qwen2-VL has not")
+        pytest.skip(f"{name} needs the vision [CLS] attention, which {type(model).__name__} has not")
 
 
 def _strategies():
@@ -337,7 +337,8 @@ def test_beam_search_expands_each_prompts_images(model, images, name):
 @pytest.mark.parametrize("name,keep", [("altp", 0.5), ("fastv", 0.5), ("uniform", 0)])
 def test_a_text_only_prompt_beside_an_image_prompt(model, name, keep):
     """A batch mixing a prompt without images and one with: each as alone (keep 0 included)."""
-    image = [torch.rand(3, 56, 84, generator=torch.Generator().manual_seed(1))]
+    side = 2 * int(model.config.vision_config.patch_size)  # pixels per visual token
+    image = [torch.rand(3, 2 * side, 3 * side, generator=torch.Generator().manual_seed(1))]
     rows, prompts = [[], image], ["just text here", "<image> what is it?"]
     with attach(model, name, keep=keep) as handle:
         together, _ = greedy(model, make_qwen_inputs(model, rows, prompts))
