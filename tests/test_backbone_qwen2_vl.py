@@ -41,15 +41,20 @@ def model(request):
     return build_tiny_qwen(request.param)
 
 
-@pytest.fixture(scope="module")
-def images():
-    """Per prompt: one 4x3 image; a 2x2 and a 3x4 one; one 6x6 (token grids after merging)."""
+def grid_images(side: int) -> list[list[torch.Tensor]]:
+    """Per prompt: one 4x3 image; a 2x2 and a 3x4 one; one 6x6 (token grids after merging),
+    at ``side`` pixels a token (28 for Qwen2-VL, 32 for Qwen3-VL)."""
     g = torch.Generator().manual_seed(0)
     return [
-        [torch.rand(3, 112, 84, generator=g)],
-        [torch.rand(3, 56, 56, generator=g), torch.rand(3, 84, 112, generator=g)],
-        [torch.rand(3, 168, 168, generator=g)],
+        [torch.rand(3, 4 * side, 3 * side, generator=g)],
+        [torch.rand(3, 2 * side, 2 * side, generator=g), torch.rand(3, 3 * side, 4 * side, generator=g)],
+        [torch.rand(3, 6 * side, 6 * side, generator=g)],
     ]
+
+
+@pytest.fixture(scope="module")
+def images():
+    return grid_images(28)
 
 
 AREAS = [12, 4, 12, 36]  # tokens of each image, in batch order

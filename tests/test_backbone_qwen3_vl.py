@@ -20,6 +20,7 @@ import pytest
 import torch
 from test_backbone_qwen2_vl import (  # noqa: F401  (collected here, on this module's fixtures)
     _threads,
+    grid_images,
     inputs,
     logits,
     test_a_text_only_prompt_beside_an_image_prompt,
@@ -55,13 +56,8 @@ def model(request):
 
 @pytest.fixture(scope="module")
 def images():
-    """The Qwen2-VL suite's token grids (4x3; 2x2 + 3x4; 6x6) at Qwen3-VL's 32 px per token."""
-    g = torch.Generator().manual_seed(0)
-    return [
-        [torch.rand(3, 128, 96, generator=g)],
-        [torch.rand(3, 64, 64, generator=g), torch.rand(3, 96, 128, generator=g)],
-        [torch.rand(3, 192, 192, generator=g)],
-    ]
+    """The Qwen2-VL suite's token grids (4x3; 2x2 + 3x4; 6x6) at Qwen3-VL's 32 px a token."""
+    return grid_images(32)
 
 
 def test_the_tiny_models_have_what_qwen3_vl_brings(model):
