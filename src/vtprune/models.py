@@ -262,14 +262,7 @@ _QWEN_VISION: dict[str, dict[str, Any]] = {
     },
 }
 _QWEN_VISION["qwen3_vl_moe"] = _QWEN_VISION["qwen3_vl"]
-_QWEN3_TEXT: dict[str, Any] = {
-    # per-head q/k RMSNorm (head_dim 16), interleaved M-RoPE: bands of (t, h, w) alternate
-    # across the 8 frequencies, 4 / 2 / 2 as the released 24 / 20 / 20 of 64
-    "head_dim": 16,
-    "rope_parameters": {
-        "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True,
-    },
-}
+_QWEN3_ROPE: dict[str, Any] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True}
 _QWEN3_MOE: dict[str, Any] = {
     "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "decoder_sparse_step": 1,
 }
@@ -288,6 +281,14 @@ def mrope_section(head_dim: int) -> list[int]:
     t = half // 4
     h = (half - t) // 2
     return [t, h, half - t - h]
+
+
+def interleaved_mrope_section(head_dim: int) -> list[int]:
+    """Qwen3-VL's interleaved (temporal, height, width) bands for a head of ``head_dim``, in the
+    proportions of its [24, 20, 20] for 128: [4, 2, 2] for 16, [12, 10, 10] for 64."""
+    half = head_dim // 2
+    hw = half * 20 // 64
+    return [half - 2 * hw, hw, hw]
 
 
 def tiny_qwen_config(
@@ -310,11 +311,15 @@ def tiny_qwen_config(
     patch = QWEN3_PATCH if qwen3 else QWEN_PATCH
     common = {"patch_size": patch, "spatial_merge_size": QWEN_MERGE, "temporal_patch_size": QWEN_TEMPORAL}
     config_class = getattr(transformers, _QWEN_CLASSES[family][0])
-    own = {**_QWEN3_TEXT, **(_QWEN3_MOE if family == "qwen3_vl_moe" else {})} if qwen3 else {}
-    text_config = {**_QWEN_TEXT, **own, **(text or {})}
-    if "rope_parameters" not in (text or {}) and not qwen3:
-        head_dim = int(text_config["hidden_size"]) // int(text_config["num_attention_heads"])
-        text_config["rope_parameters"] = {**_QWEN_TEXT["rope_parameters"], "mrope_section": mrope_section(head_dim)}
+    text_config = {**_QWEN_TEXT, **(_QWEN3_MOE if family == "qwen3_vl_moe" else {}), **(text or {})}
+    head_dim = int(text_config["hidden_size"]) // int(text_config["num_attention_heads"])
+    if qwen3:  # per-head q/k norms over head_dim, interleaved M-RoPE bands
+        text_config.setdefault("head_dim", head_dim)
+        head_dim = int(text_config["head_dim"])
+    if "rope_parameters" not in (text or {}):
+        rope = {**_QWEN3_ROPE, "mrope_section": interleaved_mrope_section(head_dim)} if qwen3 else {
+            **_QWEN_TEXT["rope_parameters"], "mrope_section": mrope_section(head_dim)}
+        text_config["rope_parameters"] = rope
     return config_class(
         text_config=text_config,
         vision_config={**common, **_QWEN_VISION[family], **(vision or {})},
@@ -446,4 +451,5 @@ __all__ = [
     "VISION_START_ID", "VISION_END_ID", "VIDEO_ID", "QWEN_FAMILIES", "QWEN3_FAMILIES",
     "tiny_llava_config", "build_tiny_llava", "make_inputs", "encode", "decode",
     "tiny_qwen_config", "build_tiny_qwen", "make_qwen_inputs", "qwen_patches", "qwen_image", "mrope_section",
+    "interleaved_mrope_section",
 ]
