@@ -138,7 +138,7 @@ def build_model(config: BenchConfig) -> Any:
     v = config.vision  # CLIP-style sizes -> the family's vision config
     hidden, width = int(v["hidden_size"]), int(config.text["hidden_size"])
     common = {"depth": int(v["num_hidden_layers"]), "num_heads": int(v["num_attention_heads"])}
-    vision = (
+    vision: dict[str, Any] = (
         {**common, "embed_dim": hidden, "hidden_size": width, "mlp_ratio": int(v["intermediate_size"]) / hidden}
         if config.family == "qwen2_vl"
         else {**common, "hidden_size": hidden, "intermediate_size": int(v["intermediate_size"]), "out_hidden_size": width}
