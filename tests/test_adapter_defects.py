@@ -11,6 +11,7 @@ from vtprune.backbones import attach
 from vtprune.models import (
     BOS_ID,
     IMAGE_ID,
+    QWEN3_FAMILIES,
     QWEN_FAMILIES,
     VIDEO_ID,
     VISION_END_ID,
@@ -21,7 +22,7 @@ from vtprune.models import (
     make_qwen_inputs,
 )
 
-FAMILIES = ("llava", *QWEN_FAMILIES)
+FAMILIES = ("llava", *QWEN_FAMILIES, *QWEN3_FAMILIES)
 SPECIAL_IDS = [IMAGE_ID, VIDEO_ID, VISION_START_ID, VISION_END_ID]
 
 
@@ -40,13 +41,18 @@ def model(family):
     return build_tiny_llava() if family == "llava" else build_tiny_qwen(family)
 
 
-def images(seed=0):
-    """Qwen: sample 0 holds two images (2x2 and 3x4 tokens), sample 1 one (4x3)."""
+def images(seed=0, side=28):
+    """Qwen: sample 0 holds two images (2x2 and 3x4 tokens), sample 1 one (4x3), at ``side``
+    pixels a token (Qwen3-VL: 32)."""
     g = torch.Generator().manual_seed(seed)
     return [
-        [torch.rand(3, 56, 56, generator=g), torch.rand(3, 84, 112, generator=g)],
-        [torch.rand(3, 112, 84, generator=g)],
+        [torch.rand(3, 2 * side, 2 * side, generator=g), torch.rand(3, 3 * side, 4 * side, generator=g)],
+        [torch.rand(3, 4 * side, 3 * side, generator=g)],
     ]
+
+
+def patch(model):
+    return int(model.config.vision_config.patch_size)
 
 
 PROMPTS = ["<image>left or <image> right?", "what is it?"]
@@ -56,7 +62,8 @@ def batch_of(model, rows=(0, 1)):
     if model.config.model_type == "llava":
         pixels = torch.rand(2, 3, 336, 336, generator=torch.Generator().manual_seed(0))
         return make_inputs(model, pixels[list(rows)], ["describe the image", "how many cats?"][rows[0] : rows[-1] + 1])
-    return make_qwen_inputs(model, [images()[r] for r in rows], [PROMPTS[r] for r in rows])
+    own = images(side=2 * patch(model))
+    return make_qwen_inputs(model, [own[r] for r in rows], [PROMPTS[r] for r in rows])
 
 
 def greedy(model, batch, steps, **kw):
@@ -71,19 +78,22 @@ def greedy(model, batch, steps, **kw):
 
 
 def video_batch(model):
-    """The image batch with a video (2 x 4 x 4 patches: 8 tokens) appended to each prompt."""
+    """The image batch with a video (2 x 4 x 4 patches: 8 tokens) appended to each prompt
+    (Qwen3-VL: one vision span per frame, as its processor separates frames)."""
     batch = batch_of(model)
     b = batch["input_ids"].shape[0]
-    span = torch.tensor([VISION_START_ID] + [VIDEO_ID] * 8 + [VISION_END_ID]).expand(b, -1)
+    frames = 2 if model.config.model_type.startswith("qwen3") else 1
+    ids = ([VISION_START_ID] + [VIDEO_ID] * (8 // frames) + [VISION_END_ID]) * frames
+    span = torch.tensor(ids).expand(b, -1)
     out = dict(
         batch,
         input_ids=torch.cat([batch["input_ids"], span], 1),
         attention_mask=torch.cat([batch["attention_mask"], torch.ones_like(span)], 1),
-        pixel_values_videos=torch.randn(64, 1176, generator=torch.Generator().manual_seed(1)),
+        pixel_values_videos=torch.randn(64, 6 * patch(model) ** 2, generator=torch.Generator().manual_seed(1)),
         video_grid_thw=torch.tensor([[2, 4, 4]] * b),
     )
     if "mm_token_type_ids" in batch:
-        types = torch.tensor([0] + [2] * 8 + [0]).expand(b, -1)
+        types = torch.tensor([2 if t == VIDEO_ID else 0 for t in ids]).expand(b, -1)
         out["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], types], 1)
     return out
 

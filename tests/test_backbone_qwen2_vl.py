@@ -41,15 +41,20 @@ def model(request):
     return build_tiny_qwen(request.param)
 
 
-@pytest.fixture(scope="module")
-def images():
-    """Per prompt: one 4x3 image; a 2x2 and a 3x4 one; one 6x6 (token grids after merging)."""
+def grid_images(side: int) -> list[list[torch.Tensor]]:
+    """Per prompt: one 4x3 image; a 2x2 and a 3x4 one; one 6x6 (token grids after merging),
+    at ``side`` pixels a token (28 for Qwen2-VL, 32 for Qwen3-VL)."""
     g = torch.Generator().manual_seed(0)
     return [
-        [torch.rand(3, 112, 84, generator=g)],
-        [torch.rand(3, 56, 56, generator=g), torch.rand(3, 84, 112, generator=g)],
-        [torch.rand(3, 168, 168, generator=g)],
+        [torch.rand(3, 4 * side, 3 * side, generator=g)],
+        [torch.rand(3, 2 * side, 2 * side, generator=g), torch.rand(3, 3 * side, 4 * side, generator=g)],
+        [torch.rand(3, 6 * side, 6 * side, generator=g)],
     ]
+
+
+@pytest.fixture(scope="module")
+def images():
+    return grid_images(28)
 
 
 AREAS = [12, 4, 12, 36]  # tokens of each image, in batch order
@@ -84,7 +89,7 @@ def attach_or_skip(model, name, **kw):
         return attach(model, name, **kw)
     except MissingSignalError as err:
         assert "cls_attention" in str(err) and "[CLS]" in str(err), err
-        pytest.skip(f"{name} needs the vision [CLS] attention, which Qwen2-VL has not")
+        pytest.skip(f"{name} needs the vision [CLS] attention, which {type(model).__name__} has not")
 
 
 def _strategies():
@@ -337,7 +342,8 @@ def test_beam_search_expands_each_prompts_images(model, images, name):
 @pytest.mark.parametrize("name,keep", [("altp", 0.5), ("fastv", 0.5), ("uniform", 0)])
 def test_a_text_only_prompt_beside_an_image_prompt(model, name, keep):
     """A batch mixing a prompt without images and one with: each as alone (keep 0 included)."""
-    image = [torch.rand(3, 56, 84, generator=torch.Generator().manual_seed(1))]
+    side = 2 * int(model.config.vision_config.patch_size)  # pixels per visual token
+    image = [torch.rand(3, 2 * side, 3 * side, generator=torch.Generator().manual_seed(1))]
     rows, prompts = [[], image], ["just text here", "<image> what is it?"]
     with attach(model, name, keep=keep) as handle:
         together, _ = greedy(model, make_qwen_inputs(model, rows, prompts))

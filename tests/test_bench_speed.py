@@ -54,6 +54,18 @@ def test_measured_kv_cache_bytes_equal_the_accounting(quick_result):
         assert row["kv_bytes"]["ratio"] < 1
 
 
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_vl_moe"])
+def test_quick_run_on_qwen3_vl(family):
+    """`--family qwen3_vl`: a 768 px image (24 x 24 tokens of 32 px), DeepStack in the LLM,
+    FastV's cache accounted exactly."""
+    cfg = with_overrides(QUICK, family=family)
+    r = run_speed(BenchConfig(**{**cfg.__dict__, "batches": (1,)}), strategies=["fastv"], progress=False)
+    assert r["model"]["family"] == family and r["model"]["visual_tokens"] == 576
+    (row,) = r["rows"]
+    assert row["error"] is None, row["error"]
+    assert row["schedule"] == "L2:144" and row["kv_bytes"]["pruned"] == row["kv_bytes_accounted"]
+
+
 def test_table_json_and_plot_render(quick_result, tmp_path):
     table = format_table(quick_result)
     assert table.count("\n") == 1 + len(quick_result["rows"])

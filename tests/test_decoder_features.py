@@ -44,12 +44,22 @@ def batch(model: Any) -> dict[str, torch.Tensor]:
     [
         ("GraniteConfig", {"embedding_multiplier": 12.0}, "embedding_multiplier"),
         ("GraniteConfig", {"embedding_multiplier": 1.0, "residual_multiplier": 0.22}, "residual_multiplier"),
-        ("Qwen3Config", {"head_dim": 16}, "q_norm"),
+        ("Qwen3Config", {"head_dim": 16}, "'qwen3' is not in"),  # per-head q/k norms replay; the type is unlisted
     ],
 )
 def test_decoders_the_loop_cannot_replay_are_refused_at_attach(config, text, named):
     model = llava_with(config, **text)
     with pytest.raises(UnsupportedModelError, match=named):
+        attach(model, "uniform", keep=0.5)
+
+
+def test_a_q_norm_over_all_heads_is_refused_by_name():
+    """Per-head q/k norms (Qwen3-VL) are replayed by the attention recomputation; a norm over
+    the whole projection (OLMo2's) is not, and is named."""
+    model = llava_with("Qwen3Config", head_dim=16)
+    attn = model.model.language_model.layers[0].self_attn
+    attn.q_norm = torch.nn.RMSNorm(attn.q_proj.out_features)
+    with pytest.raises(UnsupportedModelError, match="q_norm"):
         attach(model, "uniform", keep=0.5)
 
 

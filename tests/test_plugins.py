@@ -272,6 +272,7 @@ def test_entry_point_discovery_finds_the_example_adapter_after_the_builtin(disco
     assert discovered["adapters"] == [
         ["hf-llava", "vtprune (plugin 'llava')"],
         ["hf-qwen2-vl", "vtprune (plugin 'qwen2_vl')"],
+        ["hf-qwen3-vl", "vtprune (plugin 'qwen3_vl')"],
         ["toy-vlm", f"{EXAMPLE_DIST} (plugin 'toy_vlm')"],
     ]
 
@@ -285,7 +286,7 @@ def test_attach_finds_the_plugin_adapter_for_its_model_class(discovered: dict) -
 def test_broken_adapter_plugin_warns_and_the_other_adapters_work(discovered: dict) -> None:
     (message,) = [m for m in discovered["warnings"] if "vtprune-broken-adapter" in m]
     assert "'broken_adapter'" in message and "vtprune_adapter_dependency_that_is_not_installed" in message
-    assert [name for name, _ in discovered["adapters"]] == ["hf-llava", "hf-qwen2-vl", "toy-vlm"]
+    assert [name for name, _ in discovered["adapters"]] == ["hf-llava", "hf-qwen2-vl", "hf-qwen3-vl", "toy-vlm"]
     assert discovered["attached"]["adapter"] == "toy-vlm"
     (row,) = [ln for ln in discovered["plugins_text"].splitlines() if ln.startswith("broken_adapter")]
     assert "vtprune-broken-adapter" in row and "FAILED" in row
@@ -296,8 +297,9 @@ def test_adapters_command_lists_name_distribution_and_model_classes(discovered: 
     assert lines[0].split() == ["adapter", "from", "models", "description"]
     assert lines[1].split()[:2] == ["hf-llava", "vtprune"]
     assert lines[2].split()[:2] == ["hf-qwen2-vl", "vtprune"]
-    assert lines[3].split()[:3] == ["toy-vlm", EXAMPLE_DIST, "ToyVLM"]
-    toy = discovered["adapters_json"][2]
+    assert lines[3].split()[:2] == ["hf-qwen3-vl", "vtprune"]
+    assert lines[4].split()[:3] == ["toy-vlm", EXAMPLE_DIST, "ToyVLM"]
+    toy = discovered["adapters_json"][3]
     assert toy["class"] == "vtprune_example.adapter.ToyVLMAdapter"
     assert toy["models"] == ["ToyVLM"] and toy["source"].startswith(EXAMPLE_DIST)
     assert toy["description"].startswith("ToyVLM: visual tokens pruned")
@@ -323,7 +325,7 @@ def test_two_distributions_registering_one_adapter_name_is_an_error_naming_both(
     assert "adapter name 'toy-vlm' is registered twice" in out["error"]
     assert EXAMPLE_DIST in out["error"] and "vtprune-rival-adapter" in out["error"]
     out = run_python(code, [site, tmp_path], VTPRUNE_BLOCK_PLUGINS="vtprune-rival-adapter")
-    assert out == {"adapters": ["hf-llava", "hf-qwen2-vl", "toy-vlm"]}
+    assert out == {"adapters": ["hf-llava", "hf-qwen2-vl", "hf-qwen3-vl", "toy-vlm"]}
 
 
 def test_hybrid_of_plugin_stage_and_builtin_stages(discovered: dict) -> None:

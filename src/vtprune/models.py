@@ -235,9 +235,13 @@ VISION_START_ID, VISION_END_ID, VIDEO_ID = 260, 261, 262
 """Toy ids of Qwen's ``<|vision_start|>``, ``<|vision_end|>`` and video pad tokens (the image
 pad token is :data:`IMAGE_ID`)."""
 QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+QWEN3_FAMILIES = ("qwen3_vl", "qwen3_vl_moe")
+"""Qwen3-VL, dense and mixture-of-experts (:func:`build_tiny_qwen` builds all four families)."""
 QWEN_PATCH, QWEN_MERGE, QWEN_TEMPORAL = 14, 2, 2
 """Patch size, spatial merge and temporal patch size of the Qwen2-VL family: one visual token
 per 28 x 28 pixels after the patch merger."""
+QWEN3_PATCH = 16
+"""Qwen3-VL's patch size (same merge and temporal patch): one visual token per 32 x 32 pixels."""
 
 _QWEN_TEXT: dict[str, Any] = {
     **{k: v for k, v in _TEXT_DEFAULTS.items() if k != "max_position_embeddings"},
@@ -250,6 +254,23 @@ _QWEN_VISION: dict[str, dict[str, Any]] = {
         "depth": 2, "hidden_size": 32, "out_hidden_size": 64, "intermediate_size": 64, "num_heads": 2,
         "window_size": 56, "fullatt_block_indexes": [1],
     },
+    # DeepStack after vision blocks 0, 1, 2 -> added to the outputs of LLM layers 0, 1, 2 (the
+    # released models: blocks 8/16/24 of 27); a learned 8 x 8 position grid, interpolated
+    "qwen3_vl": {
+        "depth": 3, "hidden_size": 32, "out_hidden_size": 64, "intermediate_size": 64, "num_heads": 2,
+        "num_position_embeddings": 64, "deepstack_visual_indexes": [0, 1, 2],
+    },
+}
+_QWEN_VISION["qwen3_vl_moe"] = _QWEN_VISION["qwen3_vl"]
+_QWEN3_ROPE: dict[str, Any] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True}
+_QWEN3_MOE: dict[str, Any] = {
+    "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "decoder_sparse_step": 1,
+}
+_QWEN_CLASSES = {
+    "qwen2_vl": ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration"),
+    "qwen2_5_vl": ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration"),
+    "qwen3_vl": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration"),
+    "qwen3_vl_moe": ("Qwen3VLMoeConfig", "Qwen3VLMoeForConditionalGeneration"),
 }
 
 
@@ -262,26 +283,43 @@ def mrope_section(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
+def interleaved_mrope_section(head_dim: int) -> list[int]:
+    """Qwen3-VL's interleaved (temporal, height, width) bands for a head of ``head_dim``, in the
+    proportions of its [24, 20, 20] for 128: [4, 2, 2] for 16, [12, 10, 10] for 64."""
+    half = head_dim // 2
+    hw = half * 20 // 64
+    return [half - 2 * hw, hw, hw]
+
+
 def tiny_qwen_config(
     family: str = "qwen2_5_vl",
     vision: dict[str, Any] | None = None,
     text: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> Any:
-    """Config of a tiny Qwen2-VL (``family="qwen2_vl"``) or Qwen2.5-VL (``"qwen2_5_vl"``) with
-    the real patch geometry (14 px patches, 2 x 2 merge, 2 frames), a 4-layer GQA decoder with
-    M-RoPE (sections 2/3/3 of a 16-dim head) and the toy vocabulary."""
+    """Config of a tiny Qwen2-VL (``family="qwen2_vl"``), Qwen2.5-VL (``"qwen2_5_vl"``),
+    Qwen3-VL (``"qwen3_vl"``) or Qwen3-VL-MoE (``"qwen3_vl_moe"``) with the real patch
+    geometry (14 px patches for Qwen2, 16 px for Qwen3; 2 x 2 merge, 2 frames), a 4-layer GQA
+    decoder with M-RoPE (Qwen2: sections 2/3/3 of a 16-dim head; Qwen3: interleaved 4/2/2,
+    per-head q/k norms, DeepStack after layers 0-2; MoE: 4 experts, 2 per token) and the toy
+    vocabulary."""
     import transformers
 
-    classes = {"qwen2_vl": "Qwen2VLConfig", "qwen2_5_vl": "Qwen2_5_VLConfig"}
-    if family not in classes:
-        raise ContractError(f"family must be one of {list(classes)}, got {family!r}")
-    common = {"patch_size": QWEN_PATCH, "spatial_merge_size": QWEN_MERGE, "temporal_patch_size": QWEN_TEMPORAL}
-    config_class = getattr(transformers, classes[family])
-    text_config = {**_QWEN_TEXT, **(text or {})}
+    if family not in _QWEN_CLASSES:
+        raise ContractError(f"family must be one of {list(_QWEN_CLASSES)}, got {family!r}")
+    qwen3 = family in QWEN3_FAMILIES
+    patch = QWEN3_PATCH if qwen3 else QWEN_PATCH
+    common = {"patch_size": patch, "spatial_merge_size": QWEN_MERGE, "temporal_patch_size": QWEN_TEMPORAL}
+    config_class = getattr(transformers, _QWEN_CLASSES[family][0])
+    text_config = {**_QWEN_TEXT, **(_QWEN3_MOE if family == "qwen3_vl_moe" else {}), **(text or {})}
+    head_dim = int(text_config["hidden_size"]) // int(text_config["num_attention_heads"])
+    if qwen3:  # per-head q/k norms over head_dim, interleaved M-RoPE bands
+        text_config.setdefault("head_dim", head_dim)
+        head_dim = int(text_config["head_dim"])
     if "rope_parameters" not in (text or {}):
-        head_dim = int(text_config["hidden_size"]) // int(text_config["num_attention_heads"])
-        text_config["rope_parameters"] = {**_QWEN_TEXT["rope_parameters"], "mrope_section": mrope_section(head_dim)}
+        rope = {**_QWEN3_ROPE, "mrope_section": interleaved_mrope_section(head_dim)} if qwen3 else {
+            **_QWEN_TEXT["rope_parameters"], "mrope_section": mrope_section(head_dim)}
+        text_config["rope_parameters"] = rope
     return config_class(
         text_config=text_config,
         vision_config={**common, **_QWEN_VISION[family], **(vision or {})},
@@ -296,31 +334,33 @@ def tiny_qwen_config(
 
 def build_tiny_qwen(family: str = "qwen2_5_vl", seed: int = 0, attn_implementation: str = "sdpa", **overrides: Any) -> Any:
     """A randomly initialised tiny ``Qwen2_5_VLForConditionalGeneration`` (or
-    ``Qwen2VLForConditionalGeneration`` for ``family="qwen2_vl"``), eval mode; see
+    ``Qwen2VLForConditionalGeneration`` for ``family="qwen2_vl"``,
+    ``Qwen3VLForConditionalGeneration`` for ``"qwen3_vl"``,
+    ``Qwen3VLMoeForConditionalGeneration`` for ``"qwen3_vl_moe"``), eval mode; see
     :func:`tiny_qwen_config`. Same seed, same weights."""
     import transformers
 
-    classes = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
     cfg = tiny_qwen_config(family, **overrides)
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        model = getattr(transformers, classes[family])(cfg)
+        model = getattr(transformers, _QWEN_CLASSES[family][1])(cfg)
     finally:
         torch.random.set_rng_state(state)
     model.set_attn_implementation(attn_implementation)
     return model.eval()
 
 
-def qwen_patches(image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """One normalised image [3, H, W] (H, W multiples of 28) as the Qwen2-VL processor
-    flattens it: patches [t * h * w, 3 * 2 * 14 * 14] in merge-block order (each 2 x 2 block
-    of patches consecutive, blocks in raster order), and its grid (t, h, w) in patches."""
+def qwen_patches(image: torch.Tensor, patch: int = QWEN_PATCH) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """One normalised image [3, H, W] (H, W multiples of 2 * ``patch``: 28 for Qwen2-VL, 32 for
+    Qwen3-VL) as the processor flattens it: patches [t * h * w, 3 * 2 * patch * patch] in
+    merge-block order (each 2 x 2 block of patches consecutive, blocks in raster order), and
+    its grid (t, h, w) in patches."""
     c, hp, wp = image.shape
-    p, m, tp = QWEN_PATCH, QWEN_MERGE, QWEN_TEMPORAL
+    p, m, tp = patch, QWEN_MERGE, QWEN_TEMPORAL
     if hp % (p * m) or wp % (p * m):
         raise ContractError(
-            f"Qwen2-VL images must have sides that are multiples of {p * m} px, got {hp}x{wp}; "
+            f"this model's images must have sides that are multiples of {p * m} px, got {hp}x{wp}; "
             "resize them (the processor's smart_resize does this)"
         )
     gh, gw = hp // p, wp // p
@@ -330,12 +370,12 @@ def qwen_patches(image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int
     return x.reshape(gh * gw, c * tp * p * p), (1, gh, gw)
 
 
-def qwen_image(patches: torch.Tensor, grid_thw: Sequence[int]) -> torch.Tensor:
+def qwen_image(patches: torch.Tensor, grid_thw: Sequence[int], patch: int = QWEN_PATCH) -> torch.Tensor:
     """Inverse of :func:`qwen_patches` for the first frame: patches -> image [3, H, W]."""
     from .backbones.qwen2_vl import patches_to_image
 
     t, h, w = (int(v) for v in grid_thw)
-    return patches_to_image(patches, (t, h, w), QWEN_PATCH, QWEN_MERGE, QWEN_TEMPORAL)
+    return patches_to_image(patches, (t, h, w), patch, QWEN_MERGE, QWEN_TEMPORAL)
 
 
 def make_qwen_inputs(
@@ -344,19 +384,21 @@ def make_qwen_inputs(
     prompts: Sequence[str],
     padding_side: str = "left",
 ) -> dict[str, torch.Tensor]:
-    """Qwen2-VL inputs as transformers' processor makes them, without a processor.
+    """Qwen2-VL / Qwen3-VL inputs as transformers' processor makes them, without a processor.
 
     Args:
-        model: a Qwen2-VL / Qwen2.5-VL model (its config gives the special token ids).
+        model: a Qwen2-VL / Qwen2.5-VL / Qwen3-VL model (its config gives the special token
+            ids and the patch size).
         images: per prompt, one image [3, H, W] or a list of them (any sizes, sides multiples
-            of 28 px); uint8 images are scaled and CLIP-normalised, float ones used as given.
+            of 2 patches: 28 px for Qwen2-VL, 32 px for Qwen3-VL); uint8 images are scaled and
+            CLIP-normalised, float ones used as given.
         prompts: B strings (toy vocabulary). ``<image>`` marks where each image goes;
             without one, the prompt's images come first. Each image becomes
             ``<|vision_start|>`` + h/2 * w/2 image pad tokens + ``<|vision_end|>``.
         padding_side: ``"left"`` (for ``generate``) or ``"right"``.
 
     Returns:
-        ``input_ids`` / ``attention_mask`` [B, T], ``pixel_values`` [patches, 1176] and
+        ``input_ids`` / ``attention_mask`` [B, T], ``pixel_values`` [patches, 3 * 2 * patch^2] (1176 for Qwen2-VL, 1536 for Qwen3-VL) and
         ``image_grid_thw`` [M, 3] (when there are images), and ``mm_token_type_ids`` [B, T]
         (1 on image tokens) where this transformers release takes it.
     """
@@ -368,6 +410,7 @@ def make_qwen_inputs(
         raise ContractError(f"got {len(images)} image lists but {len(prompts)} prompts; pass one per prompt")
     cfg = model.config
     image_id, start_id, end_id = int(cfg.image_token_id), int(cfg.vision_start_token_id), int(cfg.vision_end_token_id)
+    patch = int(cfg.vision_config.patch_size)
     rows: list[list[int]] = []
     patches: list[torch.Tensor] = []
     grids: list[tuple[int, int, int]] = []
@@ -386,7 +429,7 @@ def make_qwen_inputs(
                 mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
                 std = torch.tensor(CLIP_STD).view(3, 1, 1)
                 image = (image.float() / 255.0 - mean) / std
-            flat, thw = qwen_patches(image.float())
+            flat, thw = qwen_patches(image.float(), patch)
             patches.append(flat)
             grids.append(thw)
             tokens = thw[1] * thw[2] // QWEN_MERGE**2
@@ -405,7 +448,8 @@ def make_qwen_inputs(
 
 __all__ = [
     "PAD_ID", "BOS_ID", "EOS_ID", "IMAGE_ID", "TOY_VOCAB_SIZE",
-    "VISION_START_ID", "VISION_END_ID", "VIDEO_ID", "QWEN_FAMILIES",
+    "VISION_START_ID", "VISION_END_ID", "VIDEO_ID", "QWEN_FAMILIES", "QWEN3_FAMILIES",
     "tiny_llava_config", "build_tiny_llava", "make_inputs", "encode", "decode",
     "tiny_qwen_config", "build_tiny_qwen", "make_qwen_inputs", "qwen_patches", "qwen_image", "mrope_section",
+    "interleaved_mrope_section",
 ]

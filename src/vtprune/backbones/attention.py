@@ -1,7 +1,7 @@
 """Recompute one query row of a decoder layer's attention — so SDPA never has to be switched off.
 
 The row is rebuilt from the layer's *input* hidden states with the layer's own input norm,
-q/k projections and rotary embedding, exactly as the layer computes it (GQA heads repeated,
+q/k projections, per-head q/k norms (Qwen3-VL) and rotary embedding, exactly as the layer computes it (GQA heads repeated,
 scaled, causal over the query's key range, padding masked, softmax in fp32).
 """
 
@@ -35,6 +35,20 @@ def mrope_sections(freq: torch.Tensor, section: list[int]) -> torch.Tensor:
     return torch.cat([band[i % 3] for i, band in enumerate(bands)], dim=-1)
 
 
+def project_heads(attn: Any, which: str, x: torch.Tensor, hd: int) -> torch.Tensor:
+    """The layer's queries (``which="q"``) or keys (``"k"``) of ``x`` [B, n, D], before RoPE:
+    [B, heads, n, hd]. A per-head RMSNorm (``self_attn.q_norm`` / ``k_norm``, Qwen3 and
+    Qwen3-VL) is applied to each head's vector as the attention does, between the projection
+    and the rotary embedding; norms over the whole projection (OLMo2) are refused at attach
+    (:mod:`.decoder_features`)."""
+    b, n, _ = x.shape
+    states = getattr(attn, f"{which}_proj")(x).view(b, n, -1, hd)  # [B, n, H, hd]
+    norm = getattr(attn, f"{which}_norm", None)
+    if norm is not None:
+        states = norm(states)
+    return states.transpose(1, 2)
+
+
 def _rope_fn(attn: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     module = sys.modules[type(attn).__module__]
     fn = getattr(module, "apply_rotary_pos_emb", None)
@@ -59,7 +73,8 @@ def query_attention(
 
     Args:
         layer: a Llama-like decoder layer (``input_layernorm``, ``self_attn`` with ``q_proj``,
-            ``k_proj``, ``head_dim``, ``num_key_value_groups``, ``scaling``).
+            ``k_proj``, ``head_dim``, ``num_key_value_groups``, ``scaling``, and optionally
+            per-head ``q_norm`` / ``k_norm``, see :func:`project_heads`).
         hidden_in: [B, T, D] the hidden states entering ``layer``.
         position_embeddings: (cos, sin), each [B or 1, T, head_dim], as the layer receives them
             (M-RoPE whose rotary embedding leaves the sections to the attention, as in older
@@ -74,8 +89,8 @@ def query_attention(
     hd = int(attn.head_dim)
     rows = torch.arange(b, device=hidden_in.device)
     x = layer.input_layernorm(hidden_in)  # [B, T, D]
-    q = attn.q_proj(x[rows, query_index]).view(b, 1, -1, hd).transpose(1, 2)  # [B, H, 1, hd]
-    k = attn.k_proj(x).view(b, t, -1, hd).transpose(1, 2)  # [B, Hkv, T, hd]
+    q = project_heads(attn, "q", x[rows, query_index][:, None], hd)  # [B, H, 1, hd]
+    k = project_heads(attn, "k", x, hd)  # [B, Hkv, T, hd]
     cos, sin = position_embeddings
     if cos.dim() == 4:
         section = attn.config.rope_parameters["mrope_section"]
@@ -114,12 +129,11 @@ def rows_attention(
     """
     attn = layer.self_attn
     b, t, _ = hidden_in.shape
-    nq = query_rows.shape[1]
     hd = int(attn.head_dim)
     rows = torch.arange(b, device=hidden_in.device)[:, None]
     x = layer.input_layernorm(hidden_in)  # [B, T, D]
-    q = attn.q_proj(x[rows, query_rows]).view(b, nq, -1, hd).transpose(1, 2)  # [B, H, Q, hd]
-    k = attn.k_proj(x).view(b, t, -1, hd).transpose(1, 2)  # [B, Hkv, T, hd]
+    q = project_heads(attn, "q", x[rows, query_rows], hd)  # [B, H, Q, hd]
+    k = project_heads(attn, "k", x, hd)  # [B, Hkv, T, hd]
     cos, sin = position_embeddings
     if cos.dim() == 4:  # M-RoPE sections left to the attention (as in query_attention)
         section = attn.config.rope_parameters["mrope_section"]
@@ -215,4 +229,4 @@ def cls_attention(layer: Any, hidden_in: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1)[:, :, 1:]
 
 
-__all__ = ["query_attention", "rows_attention", "instruction_rows", "instruction_attention", "cls_attention", "mrope_sections"]
+__all__ = ["project_heads", "query_attention", "rows_attention", "instruction_rows", "instruction_attention", "cls_attention", "mrope_sections"]

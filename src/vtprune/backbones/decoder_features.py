@@ -15,9 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_vl_text", "qwen2_5_vl_text")
+SUPPORTED_MODEL_TYPES = (
+    "llama", "mistral", "qwen2", "qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl_text", "qwen3_vl_moe_text",
+)
 """Text model types whose decoder layers are Llama-style (pre-norm, q/k/v/o projections with
-optional biases, RoPE from the model's ``rotary_emb``, grouped-query attention, gated MLP)."""
+optional biases and optional per-head q/k RMSNorms, RoPE from the model's ``rotary_emb``,
+grouped-query attention, a gated MLP or a mixture of experts run as the layer's own module)."""
 
 
 _QWEN_TYPES = ("qwen2", "qwen2_vl_text", "qwen2_5_vl_text")
@@ -42,9 +45,17 @@ def _multiplier(key: str) -> Callable[[Any, Any], bool]:
     return present
 
 
-def _module(name: str) -> Callable[[Any, Any], bool]:
+def _whole_norm(name: str) -> Callable[[Any, Any], bool]:
+    """A q/k norm over the whole projection (OLMo2), not each head (Qwen3: weight of
+    ``head_dim`` elements, replayed by :func:`~.attention.project_heads`)."""
+
     def present(cfg: Any, layer: Any) -> bool:
-        return getattr(getattr(layer, "self_attn", None), name, None) is not None
+        attn = getattr(layer, "self_attn", None)
+        norm = getattr(attn, name, None)
+        if norm is None:
+            return False
+        weight = getattr(norm, "weight", None)
+        return weight is None or weight.numel() != int(getattr(attn, "head_dim", -1))
 
     return present
 
@@ -67,14 +78,15 @@ REFUSED_FEATURES: tuple[DecoderFeature, ...] = (
         "residual branches are scaled inside the layers in a way the adapter does not replay (Granite)",
     ),
     DecoderFeature(
-        "per-head query norm", "self_attn.q_norm", _module("q_norm"),
-        "queries are normalised per head before RoPE (Qwen3, OLMo2); recomputed attention rows "
-        "would differ from the model's, so attention-scored strategies would keep the wrong tokens",
+        "query norm over all heads", "self_attn.q_norm", _whole_norm("q_norm"),
+        "queries are normalised across all heads at once (OLMo2); the attention recomputation "
+        "replays per-head norms only (Qwen3-VL), so attention-scored strategies would keep the "
+        "wrong tokens",
     ),
     DecoderFeature(
-        "per-head key norm", "self_attn.k_norm", _module("k_norm"),
-        "keys are normalised per head before RoPE (Qwen3, OLMo2); recomputed attention rows "
-        "would differ from the model's",
+        "key norm over all heads", "self_attn.k_norm", _whole_norm("k_norm"),
+        "keys are normalised across all heads at once (OLMo2); the attention recomputation "
+        "replays per-head norms only",
     ),
     DecoderFeature(
         "partial rotary embedding", "partial_rotary_factor", _partial_rotary,

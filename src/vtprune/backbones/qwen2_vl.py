@@ -115,7 +115,7 @@ class Qwen2VLAdapter(DecoderAdapter):
     def missing_signal_hint(self, signal: str) -> str:
         if signal == "cls_attention":
             return (
-                "Qwen2-VL's vision tower has no [CLS] token, so [CLS]-attention strategies "
+                f"{self.family}'s vision tower has no [CLS] token, so [CLS]-attention strategies "
                 "(VisionZip) cannot run on this family; pick a strategy without cls_attention"
             )
         return ""

@@ -76,9 +76,11 @@ class BenchConfig:
     seed: int = 0
     kv_dtype: str = "float32"
     family: str = "llava"
-    """``"llava"``, or a Qwen2-VL family (``"qwen2_5_vl"``, ``"qwen2_vl"``): the same LLM and
-    vision sizes in that family's classes (M-RoPE decoder, patch-merger vision tower), with a
-    672 x 672 image per prompt = a 24 x 24 grid of 576 visual tokens, like LLaVA's."""
+    """``"llava"``, or a Qwen family (``"qwen2_5_vl"``, ``"qwen2_vl"``, ``"qwen3_vl"``,
+    ``"qwen3_vl_moe"``): the same LLM and vision sizes in that family's classes (M-RoPE
+    decoder, patch-merger vision tower; Qwen3-VL: DeepStack after the first three layers),
+    with one image per prompt of a 24 x 24 grid of 576 visual tokens, like LLaVA's (672 px
+    for Qwen2-VL, 768 px for Qwen3-VL)."""
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -94,9 +96,19 @@ class BenchConfig:
             )
 
 
-FAMILIES = ("llava", "qwen2_5_vl", "qwen2_vl")
+FAMILIES = ("llava", "qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe")
+QWEN_GRID = 24
+"""Tokens per side of the Qwen benchmark image (576 in all): 672 px for Qwen2-VL's 28 px a
+token, 768 px for Qwen3-VL's 32."""
 QWEN_IMAGE_SIZE = 672
-"""Pixels per side of the Qwen benchmark image: 672 / 28 = 24 tokens per side, 576 in all."""
+"""Pixels per side of the Qwen2-VL benchmark image: 672 / 28 = 24 tokens per side."""
+
+
+def qwen_image_size(model: Any) -> int:
+    """Pixels per side of a Qwen model's benchmark image: :data:`QWEN_GRID` tokens, each
+    2 x 2 patches of the model's patch size."""
+    vis = model.config.vision_config
+    return QWEN_GRID * int(vis.spatial_merge_size) * int(vis.patch_size)
 
 FULL = BenchConfig()
 LARGE = BenchConfig(
@@ -126,11 +138,13 @@ def build_model(config: BenchConfig) -> Any:
     v = config.vision  # CLIP-style sizes -> the family's vision config
     hidden, width = int(v["hidden_size"]), int(config.text["hidden_size"])
     common = {"depth": int(v["num_hidden_layers"]), "num_heads": int(v["num_attention_heads"])}
-    vision = (
-        {**common, "hidden_size": hidden, "intermediate_size": int(v["intermediate_size"]), "out_hidden_size": width}
-        if config.family == "qwen2_5_vl"
-        else {**common, "embed_dim": hidden, "hidden_size": width, "mlp_ratio": int(v["intermediate_size"]) / hidden}
+    vision: dict[str, Any] = (
+        {**common, "embed_dim": hidden, "hidden_size": width, "mlp_ratio": int(v["intermediate_size"]) / hidden}
+        if config.family == "qwen2_vl"
+        else {**common, "hidden_size": hidden, "intermediate_size": int(v["intermediate_size"]), "out_hidden_size": width}
     )
+    if config.family in ("qwen3_vl", "qwen3_vl_moe"):  # DeepStack from the first blocks, as many as there are
+        vision["deepstack_visual_indexes"] = list(range(min(3, common["depth"])))
     return build_tiny_qwen(config.family, seed=config.seed, text=dict(config.text), vision=vision)
 
 
@@ -140,7 +154,7 @@ def make_batches(model: Any, config: BenchConfig) -> dict[int, dict[str, torch.T
 
     sizes = sorted(set(config.batches) | {1})
     if config.family != "llava":
-        image = sample_image(size=QWEN_IMAGE_SIZE)
+        image = sample_image(size=qwen_image_size(model))
         return {b: make_qwen_inputs(model, [image] * b, list(PROMPTS[:b])) for b in sizes}
     image = sample_image(size=int(model.config.vision_config.image_size))
     return {b: make_inputs(model, [image] * b, list(PROMPTS[:b]), padding_side="left") for b in sizes}
@@ -278,7 +292,7 @@ def describe_model(model: Any, config: BenchConfig) -> dict[str, Any]:
         "llm": {k: getattr(text, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                "num_attention_heads", "num_key_value_heads", "vocab_size")},
         "vision": {k: getattr(vis, k) for k in vision_keys},
-        "visual_tokens": (QWEN_IMAGE_SIZE // 28) ** 2 if qwen else int(model.config.image_seq_length),
+        "visual_tokens": QWEN_GRID**2 if qwen else int(model.config.image_seq_length),
         "llm_params": count(model.model.language_model), "vision_params": count(tower),
         "dtype": str(model.dtype).removeprefix("torch."),
         "attn_implementation": getattr(text, "_attn_implementation", None),

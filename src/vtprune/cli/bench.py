@@ -101,8 +101,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--quick", action="store_true", help="tiny model, one keep, one repeat (seconds)")
     p.add_argument("--size", choices=("base", "large"), default="base",
                    help="benchmark model: base (LLM hidden 512) or large (hidden 1024); default base")
-    p.add_argument("--family", choices=("llava", "qwen2_5_vl", "qwen2_vl"), default="llava",
-                   help="model family of the benchmark model (default llava); Qwen: 672 px images, 576 tokens")
+    p.add_argument("--family", choices=("llava", "qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe"), default="llava",
+                   help="model family of the benchmark model (default llava); Qwen: one image of 576 tokens a prompt")
     p.add_argument("--out", default="out/bench", help="output directory (default: out/bench)")
     p.add_argument("--strategies", type=csv, default=None, help="comma-separated names (default: all registered)")
     p.add_argument("--keeps", type=ratios, default=None, help="comma-separated keep ratios (default 0.5,0.25,0.1)")
