@@ -98,3 +98,11 @@ def test_pixels_are_a_bicubic_square_resize_then_imagenet_normalised():
     expect = (torch.from_numpy(direct).permute(2, 0, 1) - torch.tensor(S.IMAGENET_MEAN).view(3, 1, 1)) \
         / torch.tensor(S.IMAGENET_STD).view(3, 1, 1)
     assert torch.allclose(pixels, expect, atol=1e-6)
+
+
+def test_hf_to_meta_inverts_meta_to_hf():
+    state = {k: v for k, v in tiny_meta_sam2().state_dict().items() if not S.is_video_only(k)}
+    hf = converted(tiny_meta_sam2(), TinyHiera()).state_dict()
+    back = S.hf_to_meta(hf)
+    assert set(back) == set(state)
+    assert all(torch.equal(back[k], state[k]) for k in state)

@@ -132,6 +132,63 @@ def meta_to_hf(keys: Iterable[str]) -> dict[str, str]:
     return out
 
 
+# ``Sam2Model`` -> Meta, for building checkpoints in Meta's layout (tiny_sa2va); applied in order.
+_BACK: tuple[tuple[str, str], ...] = (
+    (r"^vision_encoder\.backbone\.patch_embed\.projection\.", "image_encoder.trunk.patch_embed.proj."),
+    (r"^vision_encoder\.backbone\.blocks\.(\d+)\.layer_norm(\d)\.", r"image_encoder.trunk.blocks.\1.norm\2."),
+    (r"^vision_encoder\.backbone\.", "image_encoder.trunk."),
+    (r"^vision_encoder\.neck\.convs\.(\d+)\.", r"image_encoder.neck.convs.\1.conv."),
+    (r"^no_memory_embedding$", "no_mem_embed"),
+    (r"^prompt_encoder\.shared_embedding\.positional_embedding$",
+     "sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"),
+    (r"^prompt_encoder\.mask_embed\.conv1\.", "sam_prompt_encoder.mask_downscaling.0."),
+    (r"^prompt_encoder\.mask_embed\.layer_norm1\.", "sam_prompt_encoder.mask_downscaling.1."),
+    (r"^prompt_encoder\.mask_embed\.conv2\.", "sam_prompt_encoder.mask_downscaling.3."),
+    (r"^prompt_encoder\.mask_embed\.layer_norm2\.", "sam_prompt_encoder.mask_downscaling.4."),
+    (r"^prompt_encoder\.mask_embed\.conv3\.", "sam_prompt_encoder.mask_downscaling.6."),
+    (r"^prompt_encoder\.", "sam_prompt_encoder."),
+    (r"^mask_decoder\.transformer\.layers\.(\d+)\.layer_norm(\d)\.", r"mask_decoder.transformer.layers.\1.norm\2."),
+    (r"^mask_decoder\.transformer\.layer_norm_final_attn\.", "mask_decoder.transformer.norm_final_attn."),
+    (r"^(mask_decoder\.transformer\..*)\.o_proj\.", r"\1.out_proj."),
+    (r"^mask_decoder\.upscale_conv1\.", "mask_decoder.output_upscaling.0."),
+    (r"^mask_decoder\.upscale_layer_norm\.", "mask_decoder.output_upscaling.1."),
+    (r"^mask_decoder\.upscale_conv2\.", "mask_decoder.output_upscaling.3."),
+    (r"^mask_decoder\.", "sam_mask_decoder."),
+)
+_BACK_COMPILED = [(re.compile(p), r) for p, r in _BACK]
+_HF_MLP = re.compile(r"^(.*(?:\.mlp|output_hypernetworks_mlps\.\d+|iou_prediction_head|"
+                     r"pred_obj_score_head))\.(proj_in|proj_out|layers\.(\d+))\.")
+
+
+def hf_to_meta(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ``Sam2Model`` state dict in Meta's layout (the inverse of :func:`meta_to_hf`, point
+    embeddings split per type, the shared copy of the positional embedding left out)."""
+    inner: dict[str, int] = {}
+    for key in state:
+        m = _HF_MLP.match(key)
+        if m and m.group(3) is not None:
+            inner[m.group(1)] = max(inner.get(m.group(1), 0), int(m.group(3)) + 1)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key == SHARED_PE:
+            continue
+        if key == POINT_EMBED:
+            out.update({f"sam_prompt_encoder.point_embeddings.{i}.weight": value[i: i + 1]
+                        for i in range(value.shape[0])})
+            continue
+        new = key
+        m = _HF_MLP.match(new)
+        if m:
+            part = m.group(2)
+            i = 0 if part == "proj_in" else inner.get(m.group(1), 0) + 1 if part == "proj_out" \
+                else int(m.group(3)) + 1
+            new = f"{m.group(1)}.layers.{i}." + new[m.end():]
+        for pattern, repl in _BACK_COMPILED:
+            new = pattern.sub(repl, new)
+        out[new] = value
+    return out
+
+
 def point_embeddings(state: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Meta's ``point_embeddings.{i}.weight`` [1, C] tensors stacked to [n, C]."""
     found = sorted((int(m.group(1)), v) for k, v in state.items() for m in [_POINT.match(k)] if m)
