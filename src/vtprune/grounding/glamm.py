@@ -37,7 +37,8 @@ class GroundingResult:
     text: decoded answer; caption: tags and ``[SEG]`` removed; phrases: ``<p>`` contents;
     masks: bool [n, H, W] at the image's own size, one per ``[SEG]``; seg_embeddings:
     float [n, P] (P = SAM's prompt width, 256), what SAM's prompt received; sequence: long [T]
-    token ids the LLM saw (prompt with image tokens expanded, then the answer).
+    token ids the LLM saw (prompt with image tokens expanded, then the answer); prompt_length:
+    how many of them are the prompt.
     """
 
     text: str
@@ -46,6 +47,7 @@ class GroundingResult:
     masks: torch.Tensor
     seg_embeddings: torch.Tensor
     sequence: torch.Tensor
+    prompt_length: int = 0
 
 
 def as_uint8(image: ImageLike) -> np.ndarray:
@@ -180,7 +182,7 @@ class GLaMM(nn.Module):
                 answer = answer[:-1]
             parsed = read_answer(self.tokenizer.decode(answer))
             results.append(GroundingResult(parsed.text, parsed.caption, parsed.phrases, m,
-                                           emb.float().cpu(), seq.cpu()))
+                                           emb.float().cpu(), seq.cpu(), prompt_len))
         return results
 
     def _generate(self, pixels: torch.Tensor, max_new_tokens: int, use_cache: bool,
