@@ -11,7 +11,7 @@ import torch
 
 from vtprune.grounding import load
 from vtprune.grounding.checkpoints import ConversionError, iter_tensors
-from vtprune.grounding.sa2va_convert import GCG_QUESTION, MIN_PIXELS, MAX_PIXELS, convert_sa2va
+from vtprune.grounding.sa2va_convert import GCG_QUESTION, MAX_PIXELS, MIN_PIXELS, convert_sa2va
 
 
 def test_parts_load_with_plain_transformers_classes(tiny_sa2va_source, tiny_sa2va_dir):

@@ -73,7 +73,9 @@ class Sa2VA(nn.Module):
         """Load ``vtprune convert sa2va``'s output (float32 on the CPU unless told otherwise)."""
         from safetensors.torch import load_file
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Sam2Model
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+            Qwen2VLImageProcessorPil,
+        )
 
         d = Path(directory)
         if not (d / "sa2va.json").is_file():
