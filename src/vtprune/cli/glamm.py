@@ -1,4 +1,4 @@
-"""``vtprune convert glamm`` and ``vtprune grandf run|score``: the real GLaMM on GranD-f."""
+"""``vtprune convert glamm`` and ``vtprune grandf run|score``: the real GLaMM (or Sa2VA) on GranD-f."""
 
 from __future__ import annotations
 
@@ -70,15 +70,18 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--clip", required=True, help="OpenAI CLIP folder (CLIPModel, vision_model.* keys)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_convert)
+    from .sa2va import add_convert
 
-    grandf = add_command(sub, "grandf", "GranD-f GCG evaluation of a converted GLaMM under pruning",
+    add_convert(csub)
+
+    grandf = add_command(sub, "grandf", "GranD-f GCG evaluation of a converted GLaMM or Sa2VA under pruning",
                          "vtprune grandf run glamm-hf --images GranDf_HA_images/val_test "
                          "--annotations annotations/val_test --strategies altp,fastv --keeps 0.1 --out runs/gcg")
     gsub = grandf.add_subparsers(dest="grandf_command", required=True)
     p = add_command(gsub, "run", "ground every image unpruned and per strategy x keep; write predictions and a table",
                     "vtprune grandf run glamm-hf --images GranDf_HA_images/val_test "
                     "--annotations annotations/val_test --strategies altp,fastv,pyramiddrop --keeps 0.1 --out runs/gcg")
-    p.add_argument("model", help="a folder `vtprune convert glamm` wrote")
+    p.add_argument("model", help="a folder `vtprune convert glamm` or `vtprune convert sa2va` wrote")
     p.add_argument("--images", required=True, help="GranDf_HA_images/val_test")
     p.add_argument("--strategies", type=csv, default=["altp", "fastv", "pyramiddrop"])
     p.add_argument("--keeps", type=ratios, default=[0.1])

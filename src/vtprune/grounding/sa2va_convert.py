@@ -218,11 +218,11 @@ def _copy_processor_files(src: Path, dst: Path, raw: dict) -> dict[str, int]:
                 "size": {"shortest_edge": bounds["min_pixels"], "longest_edge": bounds["max_pixels"]}})
     (dst / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
     tok = AutoTokenizer.from_pretrained(dst)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in SA2VA_TOKENS}
+    ids: dict[str, Any] = {t: tok.convert_tokens_to_ids(t) for t in SA2VA_TOKENS}
     missing = [t for t, i in ids.items() if i is None or i == tok.unk_token_id]
     if missing:
         raise ConversionError(f"the tokenizer in {src} lacks Sa2VA's tokens {missing}")
     if tok.eos_token_id is None or tok.pad_token_id is None:
         raise ConversionError(f"the tokenizer in {src} has no eos or pad token")
-    return {**ids, "eos": int(tok.eos_token_id), "pad": int(tok.pad_token_id)}
+    return {**{t: int(i) for t, i in ids.items()}, "eos": int(tok.eos_token_id), "pad": int(tok.pad_token_id)}
 

@@ -87,7 +87,8 @@ class Sam2Structure:
         extra = sorted(set(values) - known)
         if extra:
             raise ConversionError(f"unknown SAM 2 structure fields {extra}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
