@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .args import add_command, csv, positive, ratios
+from .args import add_command, convert_commands, csv, dtype, positive, ratios
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -21,20 +21,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dtype(name: str | None) -> Any:
-    if name is None:
-        return None
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from ..grounding.grandf_run import run, table
 
     rows = run(args.model, args.images, args.annotations, args.out, args.strategies, args.keeps,
                split=args.split, bert=args.bert, limit=args.limit, batch_size=args.batch_size,
-               max_new_tokens=args.max_new_tokens, dtype=_dtype(args.dtype), device=args.device,
+               max_new_tokens=args.max_new_tokens, dtype=dtype(args.dtype), device=args.device,
                captions=not args.no_captions)
     print(table(rows))
     return 0
@@ -61,18 +53,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub: Any) -> None:
     """Register ``convert`` and ``grandf``."""
-    convert = add_command(sub, "convert", "convert a released checkpoint to transformers-native parts",
-                          "vtprune convert glamm GLaMM-GCG --clip clip-vit-large-patch14-336 --out glamm-hf")
-    csub = convert.add_subparsers(dest="convert_command", required=True)
+    csub = convert_commands(sub)
     p = add_command(csub, "glamm", "GLaMM (+ OpenAI CLIP) -> LLaVA + SAM + [SEG] projection (docs/glamm.md)",
                     "vtprune convert glamm GLaMM-GCG --clip clip-vit-large-patch14-336 --out glamm-hf")
     p.add_argument("checkpoint", help="the released GLaMM folder (config.json, shards, tokenizer)")
     p.add_argument("--clip", required=True, help="OpenAI CLIP folder (CLIPModel, vision_model.* keys)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_convert)
-    from .sa2va import add_convert
-
-    add_convert(csub)
 
     grandf = add_command(sub, "grandf", "GranD-f GCG evaluation of a converted GLaMM or Sa2VA under pruning",
                          "vtprune grandf run glamm-hf --images GranDf_HA_images/val_test "

@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .args import add_command, csv, positive, ratios
-from .glamm import _dtype
+from .args import add_command, convert_commands, csv, dtype, positive, ratios
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -27,22 +26,19 @@ def cmd_refer(args: argparse.Namespace) -> int:
 
     rows = run(args.model, args.refs, args.images, args.out, args.strategies, args.keeps,
                dataset=args.dataset, split=args.split, split_by=args.split_by, limit=args.limit,
-               max_new_tokens=args.max_new_tokens, dtype=_dtype(args.dtype), device=args.device)
+               max_new_tokens=args.max_new_tokens, dtype=dtype(args.dtype), device=args.device)
     print(table(rows))
     return 0
 
 
-def add_convert(csub: Any) -> None:
-    """Register ``convert sa2va`` under ``convert``."""
-    p = add_command(csub, "sa2va", "Sa2VA-Qwen2.5-VL -> Qwen2.5-VL + SAM 2 + [SEG] projection (docs/sa2va.md)",
+def add_commands(sub: Any) -> None:
+    """Register ``convert sa2va`` and ``refer``."""
+    p = add_command(convert_commands(sub), "sa2va", "Sa2VA-Qwen2.5-VL -> Qwen2.5-VL + SAM 2 + [SEG] projection (docs/sa2va.md)",
                     "vtprune convert sa2va Sa2VA-Qwen2_5-VL-7B --out sa2va-hf")
     p.add_argument("checkpoint", help="the released Sa2VA folder (config.json, shards, tokenizer)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_convert)
 
-
-def add_commands(sub: Any) -> None:
-    """Register ``refer``."""
     refer = add_command(sub, "refer", "referring segmentation (cIoU, gIoU) of a converted Sa2VA under pruning",
                         "vtprune refer run sa2va-hf --refs ref_seg --images coco/train2014 "
                         "--dataset refcoco --split val --strategies altp,fastv --keeps 0.1 --out runs/refcoco")
