@@ -136,3 +136,10 @@ def dtype(name: str | None) -> Any:
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def add_weights_options(p: argparse.ArgumentParser, model: str) -> None:
+    """``--dtype`` and ``--device`` for commands that load a converted model."""
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help=f"weights' dtype ({model}'s evaluation runs bfloat16 on a GPU)")
+    p.add_argument("--device", default=None, help="e.g. cuda")

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .args import add_command, convert_commands, csv, dtype, positive, ratios
+from .args import add_command, add_weights_options, convert_commands, csv, dtype, positive, ratios
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -76,9 +76,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--limit", type=positive, default=None, help="only the first N images")
     p.add_argument("--batch-size", type=positive, default=1)
     p.add_argument("--max-new-tokens", type=positive, default=512)
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="weights' dtype (GLaMM's evaluation runs bfloat16 on a GPU)")
-    p.add_argument("--device", default=None, help="e.g. cuda")
+    add_weights_options(p, "GLaMM or Sa2VA")
     _common(p)
     p.set_defaults(func=cmd_run)
     p = add_command(gsub, "score", "score a folder of GLaMM-format prediction files (GLaMM's own too)",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .args import add_command, convert_commands, csv, dtype, positive, ratios
+from .args import add_command, add_weights_options, convert_commands, csv, dtype, positive, ratios
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -57,7 +57,5 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, help="folder for results.json and table.md")
     p.add_argument("--limit", type=positive, default=None, help="only the first N images")
     p.add_argument("--max-new-tokens", type=positive, default=64)
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="weights' dtype (Sa2VA's evaluation runs bfloat16 on a GPU)")
-    p.add_argument("--device", default=None, help="e.g. cuda")
+    add_weights_options(p, "Sa2VA")
     p.set_defaults(func=cmd_refer)

@@ -80,6 +80,18 @@ def clip_pixels(image: np.ndarray, shortest_edge: int, crop: int, mean: Sequence
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
+def load_projection(path: Path) -> nn.Sequential:
+    """The ``[SEG]`` projection (``text_hidden_fcs``) a converter wrote: Linear(d, d), ReLU,
+    Linear(d, P), sizes from the tensors."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    hidden, out = state["0.weight"].shape[1], state["2.weight"].shape[0]
+    projection = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out))
+    projection.load_state_dict(state)
+    return projection
+
+
 class GLaMM(nn.Module):
     """GLaMM from a converted folder: ``llava``, ``sam``, ``projection``, ``tokenizer``, ``meta``."""
 
@@ -99,7 +111,6 @@ class GLaMM(nn.Module):
     def load(cls, directory: str | Path, dtype: torch.dtype | None = None,
              device: str | torch.device | None = None) -> GLaMM:
         """Load ``vtprune convert glamm``'s output (float32 on the CPU unless told otherwise)."""
-        from safetensors.torch import load_file
         from transformers import LlavaForConditionalGeneration, SamModel
 
         d = Path(directory)
@@ -110,10 +121,7 @@ class GLaMM(nn.Module):
         kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
         llava = LlavaForConditionalGeneration.from_pretrained(d / "llava", **kwargs)
         sam = SamModel.from_pretrained(d / "sam", **kwargs)
-        state = load_file(str(d / "seg_projection.safetensors"))
-        hidden, out = state["0.weight"].shape[1], state["2.weight"].shape[0]
-        projection = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out))
-        projection.load_state_dict(state)
+        projection = load_projection(d / "seg_projection.safetensors")
         model = cls(llava, sam, projection, GlammTokenizer(d / "tokenizer"), meta)
         if dtype is not None:
             model.projection.to(dtype)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from . import sam2 as sam2_ops
-from .glamm import GroundingResult, ImageLike, as_uint8
+from .glamm import GroundingResult, ImageLike, as_uint8, load_projection
 from .glamm_text import read_answer
 
 FETCH_MIN_PIXELS, FETCH_MAX_PIXELS = 4 * 28 * 28, 16384 * 28 * 28  # qwen_vl_utils' defaults
@@ -71,7 +71,6 @@ class Sa2VA(nn.Module):
     def load(cls, directory: str | Path, dtype: torch.dtype | None = None,
              device: str | torch.device | None = None) -> Sa2VA:
         """Load ``vtprune convert sa2va``'s output (float32 on the CPU unless told otherwise)."""
-        from safetensors.torch import load_file
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Sam2Model
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
             Qwen2VLImageProcessorPil,
@@ -88,10 +87,7 @@ class Sa2VA(nn.Module):
         kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
         qwen = Qwen2_5_VLForConditionalGeneration.from_pretrained(d / "qwen", **kwargs)
         sam2 = Sam2Model.from_pretrained(d / "sam2", **kwargs)
-        state = load_file(str(d / "seg_projection.safetensors"))
-        hidden, out = state["0.weight"].shape[1], state["2.weight"].shape[0]
-        projection = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out))
-        projection.load_state_dict(state)
+        projection = load_projection(d / "seg_projection.safetensors")
         tokenizer = AutoTokenizer.from_pretrained(d / "qwen")
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(d / "qwen")
         model = cls(qwen, sam2, projection, tokenizer, image_processor, meta)
