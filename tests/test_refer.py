@@ -59,3 +59,17 @@ def test_run_tabulates_pruning_settings(tiny_sa2va_dir, tmp_path):
     assert rows[1]["flops_ratio"] < 1 and rows[1]["visual_tokens_per_layer"] < rows[0]["visual_tokens_per_layer"]
     assert rows[0]["sentences"] > 0 and 0 <= rows[0]["cIoU"] <= 1
     assert refer.table(rows) == (tmp_path / "out" / "table.md").read_text().strip()
+    assert (tmp_path / "out" / "keep_plot.png").stat().st_size > 0
+
+
+def test_keep_plot_draws_each_strategy_and_skips_empty_metrics(tmp_path):
+    from PIL import Image
+
+    from vtprune.grounding.keep_plot import plot_keeps
+
+    rows = [{"strategy": "unpruned", "keep": None, "cIoU": 0.5, "miou": None}]
+    rows += [{"strategy": s, "keep": k, "cIoU": k / 2, "miou": None}
+             for s in ("altp", "fastv") for k in (0.1, 0.25, 1.0)]
+    path = plot_keeps(rows, ("cIoU", "miou"), tmp_path / "p.png", title="t")
+    assert path is not None and Image.open(path).size[0] > 100
+    assert plot_keeps(rows, ("miou",), tmp_path / "q.png") is None and not (tmp_path / "q.png").exists()

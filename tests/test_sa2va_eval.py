@@ -17,6 +17,7 @@ def test_grandf_run_takes_a_sa2va(tiny_sa2va_dir, tmp_path):
     assert rows[1]["flops_ratio"] < 1
     assert rows[1]["visual_tokens_per_layer"] < rows[0]["visual_tokens_per_layer"]
     assert len(list((tmp_path / "gcg" / "predictions" / "altp_keep0.1").glob("*.json"))) == 2
+    assert (tmp_path / "gcg" / "keep_plot.png").is_file()
 
 
 def test_new_user_path_through_the_command_line(tmp_path, capsys):

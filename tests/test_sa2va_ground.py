@@ -38,7 +38,7 @@ def model(tiny_sa2va_dir):
 
 
 def forcing(model, ims, plan):
-    inputs, _ = model._inputs(ims, [model.meta["gcg_question"]] * len(ims))
+    inputs, _, _ = model._inputs(ims, [model.meta["gcg_question"]] * len(ims))
     return LogitsProcessorList([ForceAt(plan, inputs["input_ids"].shape[1])])
 
 
@@ -65,7 +65,7 @@ def test_cached_seg_state_is_the_full_sequence_state_at_the_seg_itself(model):
     ims = images()
     out = model.ground(ims, max_new_tokens=10, logits_processor=forcing(model, ims, seg_plan(model)))
     for im, r in zip(ims, out):
-        inputs, _ = model._inputs([im], [model.meta["gcg_question"]])
+        inputs, _, _ = model._inputs([im], [model.meta["gcg_question"]])
         with torch.no_grad():
             hidden = model.qwen(input_ids=r.sequence[None], attention_mask=torch.ones_like(r.sequence)[None],
                                 pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"],
@@ -80,7 +80,7 @@ def test_states_equal_sa2vas_own_selection_on_its_generate_output(model):
     im = images()[:1]
     processor = forcing(model, im, seg_plan(model, 1))
     ours = model.ground(im, max_new_tokens=10, logits_processor=processor)[0]
-    inputs, _ = model._inputs(im, [model.meta["gcg_question"]])
+    inputs, _, _ = model._inputs(im, [model.meta["gcg_question"]])
     out = model.qwen.generate(**inputs, max_new_tokens=10, do_sample=False, output_hidden_states=True,
                               return_dict_in_generate=True, logits_processor=processor,
                               eos_token_id=model.eos_ids, pad_token_id=model.meta["pad_token_id"])

@@ -2,7 +2,8 @@
 
 ``run(...)`` grounds every image of a split once unpruned and once per (strategy, keep), writes
 GLaMM-format prediction files under ``out/predictions/<setting>/``, scores each folder with
-:func:`.grandf.score`, and writes ``out/results.json`` and ``out/table.md``. ``export_scenes``
+:func:`.grandf.score`, and writes ``out/results.json``, ``out/table.md`` and
+``out/keep_plot.png`` (mIoU, AP50, recall against keep per strategy). ``export_scenes``
 writes stand-in scenes as a GranD-f-shaped split (images + the two ground-truth files), so the
 whole path runs without the data set.
 """
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import grandf
+from .keep_plot import plot_keeps
 
 COLUMNS = ("setting", "visual tokens / layer", "FLOPs", "METEOR", "CIDEr", "AP50", "mIoU",
            "recall", "s / image")
@@ -109,6 +111,7 @@ def run(model_dir: str | Path, images: str | Path, annotations: str | Path, out:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "table.md").write_text(table(rows) + "\n")
+    plot_keeps(rows, ("miou", "ap50", "recall"), out / "keep_plot.png", title=f"GranD-f {split}")
     return rows
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .keep_plot import plot_keeps
+
 SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 COLUMNS = ("setting", "visual tokens / layer", "FLOPs", "cIoU", "gIoU", "sentences", "s / sentence")
 
@@ -113,8 +115,8 @@ def run(model_dir: str | Path, root: str | Path, images: str | Path, out: str | 
         max_new_tokens: int = 64, dtype: Any = None, device: Any = None,
         progress: bool = True) -> list[dict[str, Any]]:
     """Segment every sentence of a split unpruned and per (strategy, keep) with a grounding
-    model that has ``refer`` (Sa2VA); writes ``out/results.json`` and ``out/table.md`` and
-    returns one row per setting. ``limit`` takes the first N images."""
+    model that has ``refer`` (Sa2VA); writes ``out/results.json``, ``out/table.md`` and
+    ``out/keep_plot.png`` (cIoU, gIoU against keep per strategy) and returns one row per setting. ``limit`` takes the first N images."""
     from PIL import Image
     from tqdm import tqdm
 
@@ -158,6 +160,7 @@ def run(model_dir: str | Path, root: str | Path, images: str | Path, out: str | 
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "table.md").write_text(table(rows) + "\n")
+    plot_keeps(rows, ("cIoU", "gIoU"), out / "keep_plot.png", title=f"{dataset} {split}")
     return rows
 
 

@@ -106,8 +106,10 @@ class Sa2VA(nn.Module):
         return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
     def _inputs(self, images: Sequence[np.ndarray], questions: Sequence[str],
-                answers: Sequence[str] | None = None) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
-        """Left-padded model inputs and each row's unpadded ids (prompt, then the answer)."""
+                answers: Sequence[str] | None = None,
+                ) -> tuple[dict[str, torch.Tensor], list[list[int]], list[int]]:
+        """Left-padded model inputs, each row's unpadded ids (prompt, then the answer) and
+        each prompt's length."""
         bounds = self.meta["pixels"]
         processed = self.image_processor(
             images=[fetch_resize(im) for im in images], return_tensors="pt",
@@ -115,10 +117,11 @@ class Sa2VA(nn.Module):
         grids = processed["image_grid_thw"]                                   # [B, 3]
         merge = int(self.image_processor.merge_size) ** 2
         pad_token = self.tokenizer.convert_ids_to_tokens(self.image_id)
-        rows = []
+        rows, prompt_lens = [], []
         for i, question in enumerate(questions):
             text = self.prompt_text(question).replace(pad_token, pad_token * (int(grids[i].prod()) // merge))
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            prompt_lens.append(len(ids))
             if answers is not None:
                 ids = ids + self.tokenizer(answers[i], add_special_tokens=False)["input_ids"]
             rows.append(list(ids))
@@ -130,7 +133,7 @@ class Sa2VA(nn.Module):
         inputs = {"input_ids": ids_t, "attention_mask": mask,
                   "pixel_values": processed["pixel_values"].to(device, self.qwen.dtype),
                   "image_grid_thw": grids.to(device)}
-        return inputs, rows
+        return inputs, rows, prompt_lens
 
     @torch.no_grad()
     def _masks(self, images: Sequence[np.ndarray], seg: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -191,7 +194,7 @@ class Sa2VA(nn.Module):
                   kwargs: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
         """Greedy generation; per sample its sequence (to EOS), the ``[SEG]`` states [n, D]
         and its prompt length."""
-        inputs, rows = self._inputs(images, questions)
+        inputs, rows, prompt_lens = self._inputs(images, questions)
         settings = {"do_sample": False, "num_beams": 1, "eos_token_id": self.eos_ids,
                     "pad_token_id": self.meta["pad_token_id"], **kwargs}
         out = self.qwen.generate(**inputs, max_new_tokens=max_new_tokens, use_cache=True,
@@ -209,17 +212,15 @@ class Sa2VA(nn.Module):
             is_seg = new[i, : min(end, own.shape[1])] == self.seg_id             # the last token has no state
             seqs.append(torch.cat([torch.tensor(row), new[i, :end].cpu()]))
             states.append(own[i, : is_seg.shape[0]][is_seg])
-        return seqs, states, [len(r) for r in rows]
+        return seqs, states, prompt_lens
 
     def _teacher_forced(self, images: Sequence[np.ndarray], questions: Sequence[str],
                         answers: Sequence[str]) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
         """One forward over prompt + answer (left-padded); the state at each ``[SEG]``."""
-        prompts, _ = self._inputs(images, questions)
-        inputs, rows = self._inputs(images, questions, answers)
+        inputs, rows, prompt_lens = self._inputs(images, questions, answers)
         hidden = self.qwen(**inputs, output_hidden_states=True).hidden_states[-1]  # [B, T', D]
         length = inputs["input_ids"].shape[1]
         shift = hidden.shape[1] - length  # pruning drops visual tokens; the answer ends the row
-        prompt_lens = [int(m.sum()) for m in prompts["attention_mask"]]
         states = []
         for i in range(len(rows)):
             seg = torch.nonzero(inputs["input_ids"][i] == self.seg_id)[:, 0]
