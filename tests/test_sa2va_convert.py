@@ -111,3 +111,25 @@ def test_load_dispatches_to_sa2va(tiny_sa2va_dir):
     model = load(tiny_sa2va_dir)
     assert isinstance(model, Sa2VA)
     assert model.vtprune_backbone() is model.qwen
+
+
+def test_a_config_written_by_transformers_4_57_builds_the_same_model(tiny_sa2va_source, tiny_sa2va_dir, tmp_path):
+    """Released configs carry rope_scaling (not rope_parameters) and top-level copies of the
+    text fields; the converted model is the same."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    def as_457(cfg):
+        text = cfg["text_config"]
+        rope = text.pop("rope_parameters")
+        text["rope_scaling"] = {"mrope_section": rope["mrope_section"], "rope_type": "default", "type": "default"}
+        text["rope_theta"] = rope["rope_theta"]
+        cfg.update({k: text[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size", "rms_norm_eps")})
+        cfg["rope_scaling"], cfg["transformers_version"] = text["rope_scaling"], "4.57.1"
+        cfg["vision_config"]["model_type"] = "qwen2_5_vl"
+    src = edit_config(tiny_sa2va_source, tmp_path / "src", as_457)
+    ours = Qwen2_5_VLForConditionalGeneration.from_pretrained(convert_sa2va(src, tmp_path / "out") / "qwen")
+    ref = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_sa2va_dir / "qwen")
+    assert ours.config.text_config.rope_parameters["mrope_section"] == ref.config.text_config.rope_parameters["mrope_section"]
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        assert torch.equal(ours(input_ids=ids).logits, ref(input_ids=ids).logits)

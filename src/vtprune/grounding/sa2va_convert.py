@@ -76,10 +76,15 @@ def qwen_family(config: dict) -> str:
 
 
 def qwen_config(config: dict) -> Any:
-    """``Qwen2_5_VLConfig`` from Sa2VA's ``sa2va_chat`` config (its own fields dropped)."""
+    """``Qwen2_5_VLConfig`` from Sa2VA's ``sa2va_chat`` config: Sa2VA's own fields dropped, and
+    the top-level copies of text fields that transformers 4.5x writes beside ``text_config``
+    (``rope_scaling``, ``hidden_size``, ...; transformers 5 reads them from ``text_config``)."""
     from transformers import Qwen2_5_VLConfig
 
-    kept = {k: v for k, v in config.items() if k not in DROPPED_CONFIG}
+    text = config.get("text_config") or {}
+    mirrored = set(text) | {"rope_scaling", "rope_theta"}
+    kept = {k: v for k, v in config.items()
+            if k not in DROPPED_CONFIG and (k not in mirrored or k in ("tie_word_embeddings",))}
     return Qwen2_5_VLConfig(**kept)
 
 
