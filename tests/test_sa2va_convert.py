@@ -133,3 +133,16 @@ def test_a_config_written_by_transformers_4_57_builds_the_same_model(tiny_sa2va_
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     with torch.no_grad():
         assert torch.equal(ours(input_ids=ids).logits, ref(input_ids=ids).logits)
+
+
+def test_a_chat_template_kept_beside_the_tokenizer_is_used(tiny_sa2va_dir, tmp_path):
+    """Qwen2.5-VL releases may keep the template in chat_template.json (the processor's file)."""
+    dst = tmp_path / "copy"
+    shutil.copytree(tiny_sa2va_dir, dst)
+    template = (dst / "qwen" / "chat_template.jinja").read_text()
+    (dst / "qwen" / "chat_template.jinja").unlink()
+    (dst / "qwen" / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    assert load(dst).tokenizer.chat_template == template
+    (dst / "qwen" / "chat_template.json").unlink()
+    with pytest.raises(ValueError, match="chat template"):
+        load(dst)

@@ -89,6 +89,11 @@ class Sa2VA(nn.Module):
         sam2 = Sam2Model.from_pretrained(d / "sam2", **kwargs)
         projection = load_projection(d / "seg_projection.safetensors")
         tokenizer = AutoTokenizer.from_pretrained(d / "qwen")
+        if tokenizer.chat_template is None and (d / "qwen" / "chat_template.json").is_file():
+            tokenizer.chat_template = json.loads((d / "qwen" / "chat_template.json").read_text())["chat_template"]
+        if tokenizer.chat_template is None:
+            raise ValueError(f"the tokenizer in {d / 'qwen'} has no chat template (tokenizer_config.json, "
+                             "chat_template.jinja or chat_template.json); copy the checkpoint's")
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(d / "qwen")
         model = cls(qwen, sam2, projection, tokenizer, image_processor, meta)
         if dtype is not None:
