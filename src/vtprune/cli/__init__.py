@@ -11,9 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import bench, demo, glamm, grounding, registry, show
+from . import bench, demo, glamm, grounding, registry, sa2va, show
 
-GROUPS = (demo, registry, show, bench, grounding, glamm)  # the order ``vtprune --help`` lists them
+GROUPS = (demo, registry, show, bench, grounding, glamm, sa2va)  # the order ``vtprune --help`` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:

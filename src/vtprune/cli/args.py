@@ -116,3 +116,30 @@ def add_command(sub: Any, name: str, help: str, example: str, **kwargs: Any) -> 
     kwargs.setdefault("description", help)
     return sub.add_parser(name, help=help, epilog=f"example:\n  {example}",
                           formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
+def convert_commands(sub: Any) -> Any:
+    """The subparsers of ``vtprune convert``, created on first use: each model's command module
+    adds its own converter to it (``convert glamm``, ``convert sa2va``)."""
+    existing = sub.choices.get("convert")
+    if existing is None:
+        existing = add_command(sub, "convert", "convert a released checkpoint to transformers-native parts",
+                               "vtprune convert sa2va Sa2VA-Qwen2_5-VL-7B --out sa2va-hf")
+        existing.set_defaults(convert_subparsers=existing.add_subparsers(dest="convert_command", required=True))
+    return existing.get_default("convert_subparsers")
+
+
+def dtype(name: str | None) -> Any:
+    """A ``--dtype`` choice as a torch dtype (None: the checkpoint's own)."""
+    if name is None:
+        return None
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def add_weights_options(p: argparse.ArgumentParser, model: str) -> None:
+    """``--dtype`` and ``--device`` for commands that load a converted model."""
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help=f"weights' dtype ({model}'s evaluation runs bfloat16 on a GPU)")
+    p.add_argument("--device", default=None, help="e.g. cuda")

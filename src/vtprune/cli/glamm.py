@@ -1,4 +1,4 @@
-"""``vtprune convert glamm`` and ``vtprune grandf run|score``: the real GLaMM on GranD-f."""
+"""``vtprune convert glamm`` and ``vtprune grandf run|score``: the real GLaMM (or Sa2VA) on GranD-f."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .args import add_command, csv, positive, ratios
+from .args import add_command, add_weights_options, convert_commands, csv, dtype, positive, ratios
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -21,20 +21,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dtype(name: str | None) -> Any:
-    if name is None:
-        return None
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from ..grounding.grandf_run import run, table
 
     rows = run(args.model, args.images, args.annotations, args.out, args.strategies, args.keeps,
                split=args.split, bert=args.bert, limit=args.limit, batch_size=args.batch_size,
-               max_new_tokens=args.max_new_tokens, dtype=_dtype(args.dtype), device=args.device,
+               max_new_tokens=args.max_new_tokens, dtype=dtype(args.dtype), device=args.device,
                captions=not args.no_captions)
     print(table(rows))
     return 0
@@ -61,9 +53,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub: Any) -> None:
     """Register ``convert`` and ``grandf``."""
-    convert = add_command(sub, "convert", "convert a released checkpoint to transformers-native parts",
-                          "vtprune convert glamm GLaMM-GCG --clip clip-vit-large-patch14-336 --out glamm-hf")
-    csub = convert.add_subparsers(dest="convert_command", required=True)
+    csub = convert_commands(sub)
     p = add_command(csub, "glamm", "GLaMM (+ OpenAI CLIP) -> LLaVA + SAM + [SEG] projection (docs/glamm.md)",
                     "vtprune convert glamm GLaMM-GCG --clip clip-vit-large-patch14-336 --out glamm-hf")
     p.add_argument("checkpoint", help="the released GLaMM folder (config.json, shards, tokenizer)")
@@ -71,14 +61,14 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_convert)
 
-    grandf = add_command(sub, "grandf", "GranD-f GCG evaluation of a converted GLaMM under pruning",
+    grandf = add_command(sub, "grandf", "GranD-f GCG evaluation of a converted GLaMM or Sa2VA under pruning",
                          "vtprune grandf run glamm-hf --images GranDf_HA_images/val_test "
                          "--annotations annotations/val_test --strategies altp,fastv --keeps 0.1 --out runs/gcg")
     gsub = grandf.add_subparsers(dest="grandf_command", required=True)
     p = add_command(gsub, "run", "ground every image unpruned and per strategy x keep; write predictions and a table",
                     "vtprune grandf run glamm-hf --images GranDf_HA_images/val_test "
                     "--annotations annotations/val_test --strategies altp,fastv,pyramiddrop --keeps 0.1 --out runs/gcg")
-    p.add_argument("model", help="a folder `vtprune convert glamm` wrote")
+    p.add_argument("model", help="a folder `vtprune convert glamm` or `vtprune convert sa2va` wrote")
     p.add_argument("--images", required=True, help="GranDf_HA_images/val_test")
     p.add_argument("--strategies", type=csv, default=["altp", "fastv", "pyramiddrop"])
     p.add_argument("--keeps", type=ratios, default=[0.1])
@@ -86,9 +76,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--limit", type=positive, default=None, help="only the first N images")
     p.add_argument("--batch-size", type=positive, default=1)
     p.add_argument("--max-new-tokens", type=positive, default=512)
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="weights' dtype (GLaMM's evaluation runs bfloat16 on a GPU)")
-    p.add_argument("--device", default=None, help="e.g. cuda")
+    add_weights_options(p, "GLaMM or Sa2VA")
     _common(p)
     p.set_defaults(func=cmd_run)
     p = add_command(gsub, "score", "score a folder of GLaMM-format prediction files (GLaMM's own too)",

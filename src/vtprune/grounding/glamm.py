@@ -37,7 +37,8 @@ class GroundingResult:
     text: decoded answer; caption: tags and ``[SEG]`` removed; phrases: ``<p>`` contents;
     masks: bool [n, H, W] at the image's own size, one per ``[SEG]``; seg_embeddings:
     float [n, P] (P = SAM's prompt width, 256), what SAM's prompt received; sequence: long [T]
-    token ids the LLM saw (prompt with image tokens expanded, then the answer).
+    token ids the LLM saw (prompt with image tokens expanded, then the answer); prompt_length:
+    how many of them are the prompt.
     """
 
     text: str
@@ -46,6 +47,7 @@ class GroundingResult:
     masks: torch.Tensor
     seg_embeddings: torch.Tensor
     sequence: torch.Tensor
+    prompt_length: int = 0
 
 
 def as_uint8(image: ImageLike) -> np.ndarray:
@@ -78,6 +80,18 @@ def clip_pixels(image: np.ndarray, shortest_edge: int, crop: int, mean: Sequence
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
+def load_projection(path: Path) -> nn.Sequential:
+    """The ``[SEG]`` projection (``text_hidden_fcs``) a converter wrote: Linear(d, d), ReLU,
+    Linear(d, P), sizes from the tensors."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    hidden, out = state["0.weight"].shape[1], state["2.weight"].shape[0]
+    projection = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out))
+    projection.load_state_dict(state)
+    return projection
+
+
 class GLaMM(nn.Module):
     """GLaMM from a converted folder: ``llava``, ``sam``, ``projection``, ``tokenizer``, ``meta``."""
 
@@ -97,7 +111,6 @@ class GLaMM(nn.Module):
     def load(cls, directory: str | Path, dtype: torch.dtype | None = None,
              device: str | torch.device | None = None) -> GLaMM:
         """Load ``vtprune convert glamm``'s output (float32 on the CPU unless told otherwise)."""
-        from safetensors.torch import load_file
         from transformers import LlavaForConditionalGeneration, SamModel
 
         d = Path(directory)
@@ -108,10 +121,7 @@ class GLaMM(nn.Module):
         kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
         llava = LlavaForConditionalGeneration.from_pretrained(d / "llava", **kwargs)
         sam = SamModel.from_pretrained(d / "sam", **kwargs)
-        state = load_file(str(d / "seg_projection.safetensors"))
-        hidden, out = state["0.weight"].shape[1], state["2.weight"].shape[0]
-        projection = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out))
-        projection.load_state_dict(state)
+        projection = load_projection(d / "seg_projection.safetensors")
         model = cls(llava, sam, projection, GlammTokenizer(d / "tokenizer"), meta)
         if dtype is not None:
             model.projection.to(dtype)
@@ -180,7 +190,7 @@ class GLaMM(nn.Module):
                 answer = answer[:-1]
             parsed = read_answer(self.tokenizer.decode(answer))
             results.append(GroundingResult(parsed.text, parsed.caption, parsed.phrases, m,
-                                           emb.float().cpu(), seq.cpu()))
+                                           emb.float().cpu(), seq.cpu(), prompt_len))
         return results
 
     def _generate(self, pixels: torch.Tensor, max_new_tokens: int, use_cache: bool,

@@ -1,8 +1,9 @@
-"""Run a grounding model on GranD-f under pruning strategies and tabulate the metrics.
+"""Run a grounding model (GLaMM, Sa2VA) on GranD-f under pruning strategies and tabulate the metrics.
 
 ``run(...)`` grounds every image of a split once unpruned and once per (strategy, keep), writes
 GLaMM-format prediction files under ``out/predictions/<setting>/``, scores each folder with
-:func:`.grandf.score`, and writes ``out/results.json`` and ``out/table.md``. ``export_scenes``
+:func:`.grandf.score`, and writes ``out/results.json``, ``out/table.md`` and
+``out/keep_plot.png`` (mIoU, AP50, recall against keep per strategy). ``export_scenes``
 writes stand-in scenes as a GranD-f-shaped split (images + the two ground-truth files), so the
 whole path runs without the data set.
 """
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import grandf
+from .keep_plot import plot_keeps
 
 COLUMNS = ("setting", "visual tokens / layer", "FLOPs", "METEOR", "CIDEr", "AP50", "mIoU",
            "recall", "s / image")
@@ -35,20 +37,26 @@ def _setting_name(strategy: str | None, keep: float | None) -> str:
     return "unpruned" if strategy is None else f"{strategy}_keep{keep:g}"
 
 
-def _costs(model: Any, strategy: str | None, keep: float | None) -> tuple[float, float]:
-    """(mean visual tokens per decoder layer, prefill FLOPs ratio) of a setting."""
+def _costs(model: Any, strategy: str | None, keep: float | None, visual: int, total: int,
+           ) -> tuple[float, float]:
+    """(mean visual tokens per decoder layer, prefill FLOPs ratio) of a setting, for a prompt of
+    ``total`` tokens of which ``visual`` are image tokens (means over the split's images: Qwen's
+    count varies per image). Works for any grounding model with ``vtprune_backbone()``."""
     from ..core.registry import get_strategy
     from ..measure.flops import ModelDims, compare, visual_per_layer
 
-    config = model.llava.config
-    dims = ModelDims.from_config(config)
-    visual = int(model.meta["num_image_tokens"])
+    dims = ModelDims.from_config(model.vtprune_backbone().config)
     if strategy is None or keep is None:
         return float(visual), 1.0
     schedule = get_strategy(strategy).schedule(dims.layers, keep)
-    total = len(model.prompt_ids())
     per_layer = visual_per_layer(schedule, visual, dims.layers)
     return float(np.mean(per_layer)), compare(dims, schedule, visual, total).prefill_ratio
+
+
+def _prompt_counts(model: Any, result: Any) -> tuple[int, int]:
+    """(image tokens, prompt tokens) the model saw for one grounded image."""
+    prompt = result.sequence[: result.prompt_length]
+    return int((prompt == model.image_id).sum()), int(result.prompt_length)
 
 
 def run(model_dir: str | Path, images: str | Path, annotations: str | Path, out: str | Path,
@@ -78,6 +86,7 @@ def run(model_dir: str | Path, images: str | Path, annotations: str | Path, out:
         pred_dir = out / "predictions" / name
         handle = attach(model, strategy, keep=keep) if strategy is not None and keep is not None else None
         seconds = 0.0
+        counts: list[tuple[int, int]] = []
         try:
             for start in tqdm(range(0, len(ids), batch_size), desc=name, disable=not progress):
                 chunk = ids[start: start + batch_size]
@@ -87,11 +96,13 @@ def run(model_dir: str | Path, images: str | Path, annotations: str | Path, out:
                 results = model.ground(arrays, max_new_tokens=max_new_tokens)
                 seconds += time.perf_counter() - t0
                 for i, r in zip(chunk, results):
+                    counts.append(_prompt_counts(model, r))
                     grandf.write_prediction(pred_dir, i, r.caption, r.phrases, r.masks.numpy())
         finally:
             if handle is not None:
                 handle.detach()
-        tokens, flops = _costs(model, strategy, keep)
+        visual, total = (round(float(np.mean(c))) for c in zip(*counts))
+        tokens, flops = _costs(model, strategy, keep, visual, total)
         metrics = grandf.score(pred_dir, annotations, split, similarity, image_ids=ids,
                                captions=captions)
         rows.append({"setting": name, "strategy": strategy or "unpruned", "keep": keep,
@@ -100,6 +111,7 @@ def run(model_dir: str | Path, images: str | Path, annotations: str | Path, out:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "table.md").write_text(table(rows) + "\n")
+    plot_keeps(rows, ("miou", "ap50", "recall"), out / "keep_plot.png", title=f"GranD-f {split}")
     return rows
 
 
