@@ -91,7 +91,7 @@ def test_a_qwen3_vl_sa2va_is_refused_saying_why(tiny_sa2va_source, tmp_path):
         cfg["vision_config"]["model_type"] = "qwen3_vl"
         cfg["architectures"] = ["Sa2VAChatModelQwen3VL"]
     src = edit_config(tiny_sa2va_source, tmp_path / "src", as_qwen3)
-    with pytest.raises(ConversionError, match="Qwen3-VL adapter"):
+    with pytest.raises(ConversionError, match="conversion of this Sa2VA variant"):
         convert_sa2va(src, tmp_path / "out")
 
 

@@ -83,7 +83,8 @@ class Sa2VA(nn.Module):
         meta = json.loads((d / "sa2va.json").read_text())
         if meta.get("qwen_family") != "qwen2_5_vl":
             raise ValueError(f"{d} holds a Sa2VA on {meta.get('qwen_family')!r}; vtprune loads the "
-                             "Qwen2.5-VL variants only (no Qwen3-VL adapter yet)")
+                             "Qwen2.5-VL variants only (the Qwen3-VL variant's conversion is not "
+                             "built yet)")
         kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
         qwen = Qwen2_5_VLForConditionalGeneration.from_pretrained(d / "qwen", **kwargs)
         sam2 = Sam2Model.from_pretrained(d / "sam2", **kwargs)

@@ -15,7 +15,8 @@ taken from a ``Qwen2_5_VLForConditionalGeneration`` built on the meta device fro
 checkpoint's config); ``grounding_encoder.sam2_model.*`` -> SAM 2 (:mod:`.sam2`; the video-only
 modules are dropped by name); ``text_hidden_fcs.{0,2}`` -> the projection. The config is Sa2VA's
 ``sa2va_chat`` one without ``auto_map``, ``template`` and ``architectures``. Sa2VA-Qwen3-VL
-checkpoints are refused: vtprune has no Qwen3-VL adapter yet.
+checkpoints are refused: vtprune prunes Qwen3-VL (adapter ``hf-qwen3-vl``), but this
+converter has not been built and checked for that variant's layout and preprocessing yet.
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ def qwen_family(config: dict) -> str:
     names = " ".join([text_type, vision_type, *map(str, config.get("architectures", []))]).lower()
     if "qwen3" in names:
         raise ConversionError(
-            "this is a Sa2VA-Qwen3-VL checkpoint: vtprune has no Qwen3-VL adapter yet, so it could "
-            "not be pruned; only Sa2VA-Qwen2.5-VL (3B, 7B) converts for now (docs/sa2va.md)")
+            "this is a Sa2VA-Qwen3-VL checkpoint: vtprune prunes Qwen3-VL models (adapter "
+            "hf-qwen3-vl), but the conversion of this Sa2VA variant (its key layout, 32-px tokens "
+            "and pixel bounds) is not built yet; only Sa2VA-Qwen2.5-VL (3B, 7B) converts for now "
+            "(docs/sa2va.md)")
     if config.get("model_type") != "sa2va_chat" or "text_config" not in config:
         raise ConversionError(
             f"config.json is not a Sa2VA-Qwen checkpoint's (model_type {config.get('model_type')!r}, "
