@@ -82,12 +82,18 @@ def test_decode_and_read_answer_follow_glamms_post_processing(tok):
     assert "interleaved     segmentation" in GCG_INSTRUCTION  # the eval script's line continuation
 
 
-def test_transformers_5_tokenizer_differs_around_added_tokens(tiny_glamm_source):
-    """Why vtprune does not use transformers 5's Llama tokenizer for GLaMM."""
+def test_transformers_own_tokenizer_agrees_only_from_5_24(tiny_glamm_source):
+    """Why vtprune restates GLaMM's rules: transformers 5.0-5.23's tokenizer for the same files
+    differs around the added tokens (a "▁" before <im_start>, around </p> and [SEG]); 5.24's
+    agrees on these texts."""
     pytest.importorskip("google.protobuf")
+    import transformers
+    from packaging.version import Version
     from transformers import AutoTokenizer
 
     fast = AutoTokenizer.from_pretrained(str(tiny_glamm_source[0]))
     tok = GlammTokenizer(tiny_glamm_source[0])
-    text = "USER: The <im_start>"
-    assert fast(text, add_special_tokens=False).input_ids != tok.encode(text)
+    before, after = gcg_prompt().split("<image>")
+    texts = [before, after, "<p> a man </p> [SEG] rides", "USER: The <im_start>"]
+    same = [fast(t, add_special_tokens=False).input_ids == tok.encode(t) for t in texts]
+    assert all(same) == (Version(transformers.__version__) >= Version("5.24")), same
