@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ..core import PruneContext, Strategy, default_registry
+from ..core.specs import accepted_params
 
 _CHILD = r"""
 import pickle, sys
@@ -80,9 +81,16 @@ def recipe(strategy: Strategy) -> tuple[Any, ...] | None:
         if not (installed("scorer", scorer) and installed("selector", selector)
                 and (allocator == KIT_ALLOCATOR or installed("allocator", allocator))):
             return None
+        kinds = [("scorer", scorer), ("selector", selector)]
+        kinds += [] if allocator == KIT_ALLOCATOR else [("allocator", allocator)]
+        factories = [registry.spec(kind, name).factory for kind, name in kinds]
     except Exception:
         return None
-    return ("compose", strategy.name, strategy.stage_names, params)
+    # the stages' own parameters only: the replay composes with the kit's schedule, and a
+    # schedule parameter (e.g. FastV's layer) changes no stage output on a given context
+    stage_params = {k: v for k, v in params.items()
+                    if any(accepted_params(f) is None or k in (accepted_params(f) or ()) for f in factories)}
+    return ("compose", strategy.name, strategy.stage_names, stage_params)
 
 
 def _rebuild(how: tuple[Any, ...]) -> Strategy:
