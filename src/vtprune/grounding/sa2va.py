@@ -41,7 +41,11 @@ def fetch_resize(image: np.ndarray) -> np.ndarray:
     """``qwen_vl_utils.fetch_image``'s resize: sides to multiples of 28 (rounded) within its
     default pixel bounds, PIL's default resample (bicubic); the identity when already there."""
     from PIL import Image
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    try:  # where transformers keeps it: the PIL module in late 5.x, the processor's in 5.0
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+    except ImportError:
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
     h, w = image.shape[:2]
     nh, nw = smart_resize(h, w, factor=28, min_pixels=FETCH_MIN_PIXELS, max_pixels=FETCH_MAX_PIXELS)
@@ -49,6 +53,15 @@ def fetch_resize(image: np.ndarray) -> np.ndarray:
         return image
     return np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BICUBIC))
 
+
+
+def qwen_image_processor_class() -> Any:
+    """transformers' PIL-based Qwen2-VL image processor (what Sa2VA's transformers 4.5x ran):
+    ``Qwen2VLImageProcessorPil`` where the default class is torchvision-backed (transformers
+    5.x late releases), ``Qwen2VLImageProcessor`` where that one is still the PIL one (5.0)."""
+    import transformers
+
+    return getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
 
 class Sa2VA(nn.Module):
     """Sa2VA from a converted folder: ``qwen``, ``sam2``, ``projection``, ``tokenizer``,
@@ -72,9 +85,6 @@ class Sa2VA(nn.Module):
              device: str | torch.device | None = None) -> Sa2VA:
         """Load ``vtprune convert sa2va``'s output (float32 on the CPU unless told otherwise)."""
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Sam2Model
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-            Qwen2VLImageProcessorPil,
-        )
 
         d = Path(directory)
         if not (d / "sa2va.json").is_file():
@@ -95,7 +105,7 @@ class Sa2VA(nn.Module):
         if tokenizer.chat_template is None:
             raise ValueError(f"the tokenizer in {d / 'qwen'} has no chat template (tokenizer_config.json, "
                              "chat_template.jinja or chat_template.json); copy the checkpoint's")
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(d / "qwen")
+        image_processor = qwen_image_processor_class().from_pretrained(d / "qwen")
         model = cls(qwen, sam2, projection, tokenizer, image_processor, meta)
         if dtype is not None:
             model.projection.to(dtype)

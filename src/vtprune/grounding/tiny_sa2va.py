@@ -149,9 +149,10 @@ def tiny_sam2(cfg: TinySa2VAConfig, gen: torch.Generator) -> tuple[dict[str, tor
 
 def build_tiny_sa2va(out: str | Path, cfg: TinySa2VAConfig = TinySa2VAConfig(), shards: int = 2) -> Path:
     """Write the checkpoint folder (module docstring); returns it."""
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     from ..models import tiny_qwen_config
+    from .sa2va import qwen_image_processor_class
 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -188,5 +189,5 @@ def build_tiny_sa2va(out: str | Path, cfg: TinySa2VAConfig = TinySa2VAConfig(), 
                          "max_pixels": cfg.max_pixels},
     })
     (root / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056).save_pretrained(root)
+    qwen_image_processor_class()(min_pixels=3136, max_pixels=12845056).save_pretrained(root)
     return root
