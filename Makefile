@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml constraints.txt Makefile examples/vtprune-example-plugi
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel cython numpy
 	$(PIP) install -q -c constraints.txt "$(TORCH)"
-	$(PIP) install -q -c constraints.txt -e ".[test,lint]"
+	$(PIP) install -q -c constraints.txt -e ".[test,lint,sam2ref]"
 	# sam2: Meta's SAM 2, the reference the Sa2VA conversion is tested against. Its declared
 	# dependencies pull torchvision (which replaces the CPU torch), so it installs without
-	# them; the two it imports (hydra-core, iopath) are in [test]. No CUDA extension.
+	# them; the two it imports (hydra-core, iopath) are in [sam2ref]. No CUDA extension.
 	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-deps --no-build-isolation -c constraints.txt sam2==1.1.0
 	# fast-slic: optional accelerated SLIC; vtprune falls back to scikit-image without it.
 	$(PIP) install -q --no-build-isolation fast-slic==0.4.0 \
@@ -47,7 +47,7 @@ PINS_newest := torch==2.14.1 transformers==5.24.0
 	$(PYTHON) -m venv .venv-$*
 	.venv-$*/bin/python -m pip install -q --upgrade pip setuptools wheel cython numpy
 	.venv-$*/bin/python -m pip install -q $(PINS_$*)
-	.venv-$*/bin/python -m pip install -q -e ".[test]" $(PINS_$*)
+	.venv-$*/bin/python -m pip install -q -e ".[test,sam2ref]" $(PINS_$*)
 	SAM2_BUILD_CUDA=0 .venv-$*/bin/python -m pip install -q --no-deps --no-build-isolation sam2==1.1.0
 	.venv-$*/bin/python -m pip install -q --no-build-isolation fast-slic==0.4.0 \
 	  || echo "warning: fast-slic did not build; vtprune will use scikit-image's SLIC"
